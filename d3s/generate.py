@@ -1,0 +1,533 @@
+"""Generation: Algorithm 1 of the paper, as a resumable, reproducible, multi-process run.
+
+A run reads as the steps of :func:`generate`:
+
+1. check every input (classes, backgrounds, photo and template sources, settings) before any model
+   is loaded, so mistakes cost nothing;
+2. plan: every (foreground, background, k) item gets an id and its own seed; items are cut into
+   fixed batches (so which images are denoised together never depends on the number of processes);
+3. open the output folder: its ``d3s_run.json`` must match the settings, finished items are skipped;
+4. share the remaining batches among processes (``accelerate launch``), round-robin;
+5. for each batch: draw guides from each item's seed, run the img2img pipeline with one generator
+   per image, turn the outputs into rows;
+6. write rows as parquet shards, atomically, and finally the dataset card.
+
+Every row records what is needed to regenerate exactly that image (:func:`regenerate`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from . import __version__
+from .dataset import label_features, read_column, remove_partial_files, shard_paths, write_card, write_shard
+from .guides import (DEFAULT_FG_SCALE, GuideChoice, PhotoSource, TemplateSource, build_guide, choose, photo_source,
+                     template_source)
+from .labels import Concept, label_space, parse_foregrounds
+from .prompts import Recipe, load_recipe
+
+MANIFEST = "d3s_run.json"
+
+
+class GenerationError(ValueError):
+    """Bad input to a generation run; raised before any model is loaded or any file written."""
+
+
+@dataclass
+class GenerationConfig:
+    """Everything that decides a run's images. Defaults are the authors' settings (SPEC.md 2).
+
+    Args:
+        foregrounds (`str`): classes, e.g. ``"0,207,281"``, ``"0-99"``, ``"all"``, ``"wordnet:red_panda.n.01"``.
+        backgrounds (`str`, defaults to ``"all"``): shift names or indices of the recipe.
+        out (`str`): output dataset folder.
+        per_pair (`int`, defaults to 12): images per (foreground, background) pair (paper: 12).
+        model (`str`): diffusers img2img model id or folder, or ``tiny``.
+        recipe (`str`): built-in recipe name or JSON path (prompt template and shifts).
+        photos (`str`, *optional*): ImageNet-style folder or ``hf:ORG/NAME[:split]``; none = template-only guides.
+        templates (`str`, defaults to ``"procedural"``): template folder (``d3s templates``) or ``procedural``.
+        size (`int`, defaults to 512), steps (`int`, 50), strength (`float`, 0.9), guidance (`float`, 5.0):
+            the img2img settings; ``int(steps * strength)`` denoising steps are run.
+        scheduler (`str`, defaults to ``"ddim"``): ``ddim`` (eta 0) or ``model`` (keep the model's own).
+        fg_scale (`float`, defaults to 0.4): pasted photo side as a fraction of the image side.
+        seed (`int`, defaults to 0): the run seed; each image's seed is derived from it and the item.
+        batch_size (`int`, defaults to 8): images denoised together (fixed for the life of a run).
+        shard_size (`int`, defaults to 256): rows per parquet shard (rounded up to whole batches).
+        split (`str`, defaults to ``"train"``): split name of the shards.
+        keep_guides (`bool`, defaults to `True`): store each guide as a second image column.
+        safety_checker (`bool`, defaults to `False`): run the model's NSFW checker, record its flag.
+    """
+
+    foregrounds: str
+    out: str
+    backgrounds: str = "all"
+    per_pair: int = 12
+    model: str = "CompVis/stable-diffusion-v1-4"
+    recipe: str = "backgrounds"
+    photos: str | None = None
+    templates: str = "procedural"
+    size: int = 512
+    steps: int = 50
+    strength: float = 0.9
+    guidance: float = 5.0
+    scheduler: str = "ddim"
+    fg_scale: float = DEFAULT_FG_SCALE
+    seed: int = 0
+    batch_size: int = 8
+    shard_size: int = 256
+    split: str = "train"
+    keep_guides: bool = True
+    safety_checker: bool = False
+
+
+# Settings that change pixels or the plan; a folder made with other values refuses to resume.
+_PLAN_KEYS = ("foregrounds", "backgrounds", "per_pair", "model", "recipe", "photos_kind", "templates", "size", "steps",
+              "strength", "guidance", "scheduler", "fg_scale", "seed", "batch_size", "split", "keep_guides", "safety_checker")
+
+
+@dataclass(frozen=True)
+class PlanItem:
+    item_id: int
+    fg: int  # index in the run's fg label space (ImageNet index for ImageNet classes)
+    bg: int  # index of the shift in the recipe
+    k: int  # repeat index within the (fg, bg) pair
+    seed: int
+
+
+@dataclass
+class Plan:
+    """The resolved inputs of a run and its items, in a fixed order (fg, then bg, then k)."""
+
+    config: GenerationConfig
+    recipe: Recipe
+    concepts: list[Concept]
+    classes: list[Concept]  # the fg label space
+    shifts: list[int]
+    items: list[PlanItem] = field(default_factory=list)
+
+    def batches(self) -> list[list[PlanItem]]:
+        b = self.config.batch_size
+        return [self.items[i : i + b] for i in range(0, len(self.items), b)]
+
+    def counts(self) -> tuple[Counter, Counter]:
+        return Counter(self.classes[i.fg].name for i in self.items), Counter(self.recipe.shifts[i.bg] for i in self.items)
+
+    def manifest(self) -> dict:
+        c = self.config
+        settings = {k: v for k, v in asdict(c).items() if k not in ("out", "shard_size", "photos")}
+        settings.update(
+            foregrounds=[x.wnid for x in self.concepts],
+            backgrounds=[self.recipe.shifts[i] for i in self.shifts],
+            recipe=self.recipe.to_dict(),
+            photos_kind=photo_kind(c.photos),
+            templates="procedural" if c.templates == "procedural" else "folder",
+        )
+        return {"d3s_version": __version__, "items": len(self.items), "photos": c.photos, "template_folder": c.templates,
+                "settings": settings}
+
+
+def photo_kind(spec: str | None) -> str:
+    return "none" if not spec else ("hub" if spec.startswith("hf:") else "folder")
+
+
+def item_seed(run_seed: int, concept: Concept, shift: str, k: int) -> int:
+    """A stable 63-bit seed per image: adding classes or backgrounds to a plan never changes other images' seeds."""
+    digest = hashlib.sha256(f"d3s:{run_seed}:{concept.wnid}:{shift}:{k}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+# --- 1. inputs ------------------------------------------------------------------------------------
+
+def check_settings(c: GenerationConfig) -> None:
+    """Numeric settings, each error naming the argument, the value and what is valid."""
+    if not 0.0 < c.strength <= 1.0:
+        raise GenerationError(f"--strength must be in (0, 1] (0.9 in the paper), got {c.strength}.")
+    if c.steps < 1 or int(c.steps * c.strength) < 1:
+        raise GenerationError(
+            f"--steps x --strength must give at least one denoising step, got {c.steps} x {c.strength}; "
+            f"for few-step models use e.g. --steps 2 --strength 0.5."
+        )
+    if c.size < 8 or c.size % 8:
+        raise GenerationError(f"--size must be a positive multiple of 8 (512 for SD 1.x), got {c.size}.")
+    for name in ("per_pair", "batch_size", "shard_size"):
+        if getattr(c, name) < 1:
+            raise GenerationError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(c, name)}.")
+    if c.guidance < 0:
+        raise GenerationError(f"--guidance must be >= 0 (5.0 in the paper, 0 for SD-Turbo), got {c.guidance}.")
+    if not 0.0 < c.fg_scale <= 1.0:
+        raise GenerationError(f"--fg-scale must be in (0, 1] (0.4 in the paper), got {c.fg_scale}.")
+    if c.scheduler not in ("ddim", "model"):
+        raise GenerationError(f"--scheduler must be 'ddim' or 'model', got {c.scheduler!r}.")
+
+
+def make_plan(c: GenerationConfig) -> tuple[Plan, PhotoSource, TemplateSource]:
+    """Resolve and check all inputs, then list the items. Raises on any bad input; touches no file."""
+    from .guides import GuideSourceError
+    from .labels import LabelError
+
+    check_settings(c)
+    try:
+        recipe = load_recipe(c.recipe)
+        concepts = parse_foregrounds(c.foregrounds)
+        shifts = recipe.parse_shifts(c.backgrounds)
+        photos = photo_source(c.photos)
+        photos.check(concepts)
+        templates = template_source(c.templates)
+        templates.check(recipe, shifts)
+    except (LabelError, GuideSourceError) as err:
+        raise GenerationError(str(err)) from err
+    classes = label_space(concepts)
+    index = {x.wnid: i for i, x in enumerate(classes)}
+    items = []
+    for concept in concepts:
+        for bg in shifts:
+            for k in range(c.per_pair):
+                seed = item_seed(c.seed, concept, recipe.shifts[bg], k)
+                items.append(PlanItem(len(items), index[concept.wnid], bg, k, seed))
+    return Plan(c, recipe, concepts, classes, shifts, items), photos, templates
+
+
+def format_plan(plan: Plan) -> str:
+    """The dry-run report: totals and counts per class and background."""
+    per_class, per_bg = plan.counts()
+    c = plan.config
+    lines = [
+        f"plan: {len(plan.items)} images = {len(plan.concepts)} foreground(s) x {len(plan.shifts)} background(s) x {c.per_pair} per pair",
+        f"model {c.model}, {c.size}px, {c.steps} steps x strength {c.strength} = {int(c.steps * c.strength)} denoising steps, "
+        f"guidance {c.guidance}, scheduler {c.scheduler}, batch {c.batch_size}, seed {c.seed}",
+        f"recipe {plan.recipe.name!r}: {plan.recipe.prompt!r}",
+        "per background:",
+        *[f"  {bg:<14} {n}" for bg, n in per_bg.items()],
+        "per foreground:",
+        *[f"  {name:<30} {n}" for name, n in list(per_class.items())[:50]],
+    ]
+    if len(per_class) > 50:
+        lines.append(f"  ... and {len(per_class) - 50} more classes, {c.per_pair * len(plan.shifts)} images each")
+    if plan.items:
+        first = plan.items[0]
+        lines.append(f"first prompt: {plan.recipe.prompt_for(plan.classes[first.fg], plan.recipe.shifts[first.bg])}")
+    return "\n".join(lines)
+
+
+# --- 2-3. output folder and resume ------------------------------------------------------------------
+
+def open_output(plan: Plan, is_main: bool) -> None:
+    """Create the folder and manifest, or check that an existing one was made with the same settings."""
+    out = Path(plan.config.out)
+    path = out / MANIFEST
+    manifest = plan.manifest()
+    if path.exists():
+        old = json.loads(path.read_text())["settings"]
+        new = manifest["settings"]
+        diff = [k for k in _PLAN_KEYS if old.get(k) != new.get(k)]
+        if diff:
+            shown = "; ".join(f"{k}: folder has {_short(old.get(k))}, this run asks {_short(new.get(k))}" for k in diff)
+            raise GenerationError(
+                f"{out} was generated with other settings ({shown}). Rerun with the folder's settings to resume it, "
+                f"or choose another --out."
+            )
+    elif out.exists() and any(out.iterdir()):
+        raise GenerationError(f"{out} exists and is not a d3s generation folder (no {MANIFEST}); choose an empty or new --out.")
+    elif is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(manifest, indent=2))
+        os.replace(tmp, path)
+
+
+def _short(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) < 80 else text[:77] + "..."
+
+
+def finished_items(out: str | Path, split: str) -> set[int]:
+    """Item ids already in readable shards; an unreadable shard is set aside (its items are redone)."""
+    paths = shard_paths(out, split)
+    ids, bad = read_column(paths, "item_id")
+    for p in bad:
+        p.rename(p.with_suffix(".parquet.unreadable"))
+        print(f"warning: shard {p.name} is unreadable; moved aside, its images will be generated again")
+    return set(ids)
+
+
+def remaining_batches(plan: Plan, done: set[int]) -> list[list[PlanItem]]:
+    return [rest for batch in plan.batches() if (rest := [i for i in batch if i.item_id not in done])]
+
+
+# --- 5. one batch -------------------------------------------------------------------------------------
+
+def features(plan: Plan):
+    """The row schema: image (+ guide), labels, prompt, seed and provenance."""
+    import datasets
+
+    cols = {
+        "item_id": datasets.Value("int64"),
+        "image": datasets.Image(),
+        **label_features([x.name for x in plan.classes], plan.recipe.shifts),
+        "fg_wnid": datasets.Value("string"),
+        "prompt": datasets.Value("string"),
+        "seed": datasets.Value("int64"),
+        "k": datasets.Value("int32"),
+        "photo": datasets.Value("string"),
+        "template": datasets.Value("string"),
+        "paste_box": datasets.Sequence(datasets.Value("int32"), length=4),
+        "model": datasets.Value("string"),
+        "scheduler": datasets.Value("string"),
+        "steps": datasets.Value("int32"),
+        "strength": datasets.Value("float32"),
+        "guidance": datasets.Value("float32"),
+        "size": datasets.Value("int32"),
+        "batch_size": datasets.Value("int32"),
+        "recipe": datasets.Value("string"),
+        "nsfw": datasets.Value("bool"),
+    }
+    if plan.config.keep_guides:
+        cols["guide"] = datasets.Image()
+    return datasets.Features(cols)
+
+
+@dataclass
+class PreparedBatch:
+    items: list[PlanItem]
+    choices: list[GuideChoice]
+    guides: list
+    prompts: list[str]
+
+
+def prepare_batch(plan: Plan, batch: Sequence[PlanItem], photos: PhotoSource, templates: TemplateSource) -> PreparedBatch:
+    """Draw each item's guide from its own seed and write its prompt."""
+    c = plan.config
+    choices, guides, prompts = [], [], []
+    for item in batch:
+        concept, shift = plan.classes[item.fg], plan.recipe.shifts[item.bg]
+        rng = np.random.default_rng(item.seed)
+        choice = choose(rng, photos.refs(concept), templates.refs(shift), c.size, c.fg_scale)
+        choices.append(choice)
+        guides.append(build_guide(choice, photos, templates, c.size))
+        prompts.append(plan.recipe.prompt_for(concept, shift))
+    return PreparedBatch(list(batch), choices, guides, prompts)
+
+
+def denoise(pipe, prepared: PreparedBatch, c: GenerationConfig) -> tuple[list, list]:
+    """Run img2img on a batch with one CPU generator per image (CPU noise is the same on every device)."""
+    import torch
+
+    generators = [torch.Generator("cpu").manual_seed(item.seed) for item in prepared.items]
+    out = pipe(
+        prompt=prepared.prompts,
+        image=prepared.guides,
+        strength=c.strength,
+        num_inference_steps=c.steps,
+        guidance_scale=c.guidance,
+        eta=0.0,
+        generator=generators,
+        output_type="pil",
+    )
+    flags = out.nsfw_content_detected or [None] * len(out.images)
+    return out.images, flags
+
+
+def make_rows(plan: Plan, prepared: PreparedBatch, images: list, flags: list) -> list[dict]:
+    c = plan.config
+    rows = []
+    for item, choice, guide, prompt, image, flag in zip(prepared.items, prepared.choices, prepared.guides, prepared.prompts, images, flags):
+        row = dict(
+            item_id=item.item_id, image=image, fg=item.fg, bg=item.bg, fg_wnid=plan.classes[item.fg].wnid,
+            prompt=prompt, seed=item.seed, k=item.k, photo=choice.photo, template=choice.template,
+            paste_box=list(choice.paste_box), model=c.model, scheduler=c.scheduler, steps=c.steps, strength=c.strength,
+            guidance=c.guidance, size=c.size, batch_size=c.batch_size, recipe=plan.recipe.name,
+            nsfw=None if flag is None else bool(flag),
+        )
+        if c.keep_guides:
+            row["guide"] = guide
+        rows.append(row)
+    return rows
+
+
+# --- the run ----------------------------------------------------------------------------------------
+
+def _distributed_state():
+    """(process index, process count, barrier) from accelerate when launched by it; plain values otherwise."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        state = PartialState()
+        return state.process_index, state.num_processes, state.wait_for_everyone, state.device
+    return 0, 1, (lambda: None), None
+
+
+def generate(c: GenerationConfig, dry_run: bool = False, pipe=None, progress: bool = True) -> dict:
+    """Generate (or finish generating) the dataset described by ``c``. Returns a summary dict."""
+    plan, photos, templates = make_plan(c)
+    if dry_run:
+        print(format_plan(plan))
+        return {"planned": len(plan.items), "generated": 0}
+
+    rank, world, barrier, device = _distributed_state()
+    if rank == 0:
+        open_output(plan, is_main=True)
+        remove_partial_files(c.out)
+    barrier()
+    if rank != 0:
+        open_output(plan, is_main=False)
+    done = finished_items(c.out, c.split) if rank == 0 else None
+    barrier()
+    if done is None:
+        done = finished_items(c.out, c.split)
+    todo = remaining_batches(plan, done)[rank::world]
+    feats = features(plan)
+    if rank == 0:
+        write_card(c.out, feats, dataset_card_body(plan, done_count=len(done)))
+
+    generated = 0
+    if todo:
+        if pipe is None:
+            from .diffusion import load_pipeline
+
+            pipe = load_pipeline(c.model, device=device, scheduler=c.scheduler, safety_checker=c.safety_checker)
+        generated = _run_batches(plan, todo, pipe, photos, templates, feats, progress and rank == 0)
+    barrier()
+    total = len(finished_items(c.out, c.split)) if rank == 0 else None
+    if rank == 0:
+        write_card(c.out, feats, dataset_card_body(plan, done_count=total))
+    return {"planned": len(plan.items), "generated": generated, "already_done": len(done), "total": total, "rank": rank}
+
+
+def _run_batches(plan: Plan, todo: list[list[PlanItem]], pipe, photos, templates, feats, show: bool) -> int:
+    """Denoise batches; guides for the next batch and shard writing overlap with denoising (threads)."""
+    from tqdm.auto import tqdm
+
+    c = plan.config
+    rows_per_shard = max(c.shard_size, c.batch_size)
+    bar = tqdm(total=sum(map(len, todo)), unit="img", desc="generating", disable=not show, smoothing=0.1)
+    buffer: list[dict] = []
+    generated = 0
+    with ThreadPoolExecutor(1) as prep_pool, ThreadPoolExecutor(1) as write_pool:
+        writes = []
+        pending = prep_pool.submit(prepare_batch, plan, todo[0], photos, templates)
+        for i in range(len(todo)):
+            prepared = pending.result()
+            if i + 1 < len(todo):
+                pending = prep_pool.submit(prepare_batch, plan, todo[i + 1], photos, templates)
+            images, flags = denoise(pipe, prepared, c)
+            buffer.extend(make_rows(plan, prepared, images, flags))
+            generated += len(images)
+            bar.update(len(images))
+            if len(buffer) >= rows_per_shard or i + 1 == len(todo):
+                writes.append(write_pool.submit(write_shard, c.out, c.split, sorted(buffer, key=lambda r: r["item_id"]), feats))
+                buffer = []
+        for w in writes:
+            w.result()  # surface write errors
+    bar.close()
+    return generated
+
+
+def dataset_card_body(plan: Plan, done_count: int | None) -> str:
+    c = plan.config
+    example = plan.recipe.prompt_for(plan.classes[plan.items[0].fg], plan.recipe.shifts[plan.items[0].bg]) if plan.items else ""
+    return f"""# D3S: Diffusion Dreamed Distribution Shifts (generated with d3s {__version__})
+
+Images of foreground classes on controlled backgrounds, made by Stable Diffusion image-to-image from a guide
+(a foreground photo pasted on a background template) and the prompt `{plan.recipe.prompt}`
+(recipe `{plan.recipe.name}`), following Algorithm 1 of *Invariant Learning via Diffusion Dreamed Distribution Shifts*.
+Every (foreground, background) pair is generated, so `fg` and `bg` are independent by construction.
+
+| setting | value |
+|---|---|
+| model | `{c.model}` |
+| scheduler | {c.scheduler} (eta 0) |
+| steps x strength | {c.steps} x {c.strength} |
+| guidance scale | {c.guidance} |
+| size | {c.size} px |
+| foreground photos | {photo_kind(c.photos)} |
+| templates | {"procedural" if c.templates == "procedural" else "folder"} |
+| seed | {c.seed} (each row has its own derived `seed`) |
+| images | {done_count if done_count is not None else "?"} of {len(plan.items)} planned |
+
+Example prompt: `{example}`
+
+Each row holds `image`, `fg` and `bg` labels, the `prompt`, the `seed` and the provenance (`photo`, `template`,
+`paste_box`, settings) needed to regenerate exactly that image with `d3s regenerate`.
+
+```python
+from datasets import load_dataset
+ds = load_dataset("PATH_OR_REPO_ID", split="{c.split}")
+print(ds.features["fg"].int2str(ds[0]["fg"]), ds.features["bg"].int2str(ds[0]["bg"]))
+```
+"""
+
+
+# --- regenerate ------------------------------------------------------------------------------------
+
+def load_manifest(data: str | Path) -> dict:
+    path = Path(data) / MANIFEST
+    if not path.exists():
+        raise GenerationError(f"{data} has no {MANIFEST}: it was not made by `d3s generate`.")
+    return json.loads(path.read_text())
+
+
+def read_rows(data: str | Path, item_ids: Sequence[int], split: str = "train") -> list[dict]:
+    """Rows with the given item ids, decoded (images as PIL), in id order."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    wanted = list(item_ids)
+    tables = []
+    for p in shard_paths(data, split):
+        t = pq.read_table(p)
+        t = t.filter(pc.is_in(t.column("item_id"), value_set=pa.array(wanted, type="int64")))
+        if t.num_rows:
+            tables.append(t)
+    feats = datasets.Features.from_arrow_schema(tables[0].schema) if tables else None
+    rows = [feats.decode_example(r) for t in tables for r in t.to_pylist()] if tables else []
+    return sorted(rows, key=lambda r: r["item_id"])
+
+
+def regenerate(data: str | Path, item_id: int, photos: str | None = None, templates: str | None = None,
+               pipe=None, device=None) -> tuple:
+    """Regenerate one row from the records of its batch; returns ``(image, stored_row)``.
+
+    The images of a batch are denoised together (floating-point sums depend on the batch), so the
+    row's batch-mates are regenerated with it. Guides come from the stored ``guide`` column, or are
+    rebuilt from ``photo``, ``template`` and ``paste_box`` when ``photos``/``templates`` are given.
+    """
+    manifest = load_manifest(data)
+    s = manifest["settings"]
+    split = s.get("split", "train")
+    b = s["batch_size"]
+    first = item_id - item_id % b
+    rows = read_rows(data, range(first, first + b), split)
+    target = next((r for r in rows if r["item_id"] == item_id), None)
+    if target is None:
+        raise GenerationError(f"{data} has no row with item_id {item_id} in split {split!r}.")
+    rebuild = photos is not None or templates is not None or "guide" not in target
+    photo_src = photo_source(photos if photos is not None else manifest.get("photos")) if rebuild else None
+    template_src = template_source(templates if templates is not None else manifest.get("template_folder")) if rebuild else None
+    guides = []
+    for r in rows:
+        if rebuild:
+            choice = GuideChoice(r["photo"], r["template"], tuple(r["paste_box"]))
+            guides.append(build_guide(choice, photo_src, template_src, s["size"]))
+        else:
+            guides.append(r["guide"].convert("RGB"))
+    config = GenerationConfig(foregrounds="0", out=str(data), model=s["model"], size=s["size"], steps=s["steps"],
+                              strength=s["strength"], guidance=s["guidance"], scheduler=s["scheduler"], batch_size=b)
+    items = [PlanItem(r["item_id"], r["fg"], r["bg"], r["k"], r["seed"]) for r in rows]
+    prepared = PreparedBatch(items, [], guides, [r["prompt"] for r in rows])
+    if pipe is None:
+        from .diffusion import load_pipeline
+
+        pipe = load_pipeline(s["model"], device=device, scheduler=s["scheduler"], safety_checker=s.get("safety_checker", False))
+    images, _ = denoise(pipe, prepared, config)
+    return images[[r["item_id"] for r in rows].index(item_id)], target
