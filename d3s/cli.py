@@ -72,7 +72,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     summary = generate(config, dry_run=args.dry_run)
     if not args.dry_run and summary.get("rank", 0) == 0:
         print(f"done: {summary['total']} of {summary['planned']} images in {args.out} "
-              f"({summary['generated']} generated now, {summary['already_done']} were already there)")
+              f"({summary['total'] - summary['already_done']} generated now, {summary['already_done']} were already there)")
     return 0
 
 

@@ -220,14 +220,13 @@ def format_plan(plan: Plan) -> str:
 
 # --- 2-3. output folder and resume ------------------------------------------------------------------
 
-def open_output(plan: Plan, is_main: bool) -> None:
-    """Create the folder and manifest, or check that an existing one was made with the same settings."""
+def check_output(plan: Plan) -> None:
+    """Refuse a folder made with other settings, or one that is not a d3s generation folder (reads only)."""
     out = Path(plan.config.out)
     path = out / MANIFEST
-    manifest = plan.manifest()
     if path.exists():
         old = json.loads(path.read_text())["settings"]
-        new = manifest["settings"]
+        new = plan.manifest()["settings"]
         diff = [k for k in _PLAN_KEYS if old.get(k) != new.get(k)]
         if diff:
             shown = "; ".join(f"{k}: folder has {_short(old.get(k))}, this run asks {_short(new.get(k))}" for k in diff)
@@ -237,10 +236,15 @@ def open_output(plan: Plan, is_main: bool) -> None:
             )
     elif out.exists() and any(out.iterdir()):
         raise GenerationError(f"{out} exists and is not a d3s generation folder (no {MANIFEST}); choose an empty or new --out.")
-    elif is_main:
-        out.mkdir(parents=True, exist_ok=True)
+
+
+def create_output(plan: Plan) -> None:
+    """Write the manifest of a new run (main process only)."""
+    path = Path(plan.config.out) / MANIFEST
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(manifest, indent=2))
+        tmp.write_text(json.dumps(plan.manifest(), indent=2))
         os.replace(tmp, path)
 
 
@@ -356,13 +360,24 @@ def make_rows(plan: Plan, prepared: PreparedBatch, images: list, flags: list) ->
 # --- the run ----------------------------------------------------------------------------------------
 
 def _distributed_state():
-    """(process index, process count, barrier) from accelerate when launched by it; plain values otherwise."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from accelerate import PartialState
+    """(process index, process count, barrier, device) under ``accelerate launch`` / torchrun; plain values otherwise.
 
-        state = PartialState()
-        return state.process_index, state.num_processes, state.wait_for_everyone, state.device
-    return 0, 1, (lambda: None), None
+    torch.distributed is used directly (gloo on CPU, nccl on GPUs): generation only needs ranks and
+    barriers, and accelerate's own state treats several CPU processes without MPI as one.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, (lambda: None), None
+    import torch
+    import torch.distributed as dist
+
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return dist.get_rank(), dist.get_world_size(), dist.barrier, device
 
 
 def generate(c: GenerationConfig, dry_run: bool = False, pipe=None, progress: bool = True) -> dict:
@@ -372,13 +387,12 @@ def generate(c: GenerationConfig, dry_run: bool = False, pipe=None, progress: bo
         print(format_plan(plan))
         return {"planned": len(plan.items), "generated": 0}
 
+    check_output(plan)  # every process checks before any waits, so a refusal never leaves one hanging
     rank, world, barrier, device = _distributed_state()
     if rank == 0:
-        open_output(plan, is_main=True)
+        create_output(plan)
         remove_partial_files(c.out)
     barrier()
-    if rank != 0:
-        open_output(plan, is_main=False)
     done = finished_items(c.out, c.split) if rank == 0 else None
     barrier()
     if done is None:
@@ -399,19 +413,46 @@ def generate(c: GenerationConfig, dry_run: bool = False, pipe=None, progress: bo
     total = len(finished_items(c.out, c.split)) if rank == 0 else None
     if rank == 0:
         write_card(c.out, feats, dataset_card_body(plan, done_count=total))
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
     return {"planned": len(plan.items), "generated": generated, "already_done": len(done), "total": total, "rank": rank}
 
 
+class _Inline:
+    """A stand-in for a thread pool that runs work at once (see :func:`_run_batches`)."""
+
+    def submit(self, fn, *args):
+        from concurrent.futures import Future
+
+        future: Future = Future()
+        future.set_result(fn(*args))
+        return future
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
 def _run_batches(plan: Plan, todo: list[list[PlanItem]], pipe, photos, templates, feats, show: bool) -> int:
-    """Denoise batches; guides for the next batch and shard writing overlap with denoising (threads)."""
+    """Denoise batches, preparing guides before and writing shards after each.
+
+    On a GPU, guide preparation (JPEG decoding) and shard writing (PNG encoding) run in threads while
+    the GPU denoises. On a CPU the same threads would steal cores from torch's own, so they run inline.
+    """
     from tqdm.auto import tqdm
 
     c = plan.config
     rows_per_shard = max(c.shard_size, c.batch_size)
+    overlap = getattr(pipe, "device", None) is not None and pipe.device.type == "cuda"
+    pool = (lambda: ThreadPoolExecutor(1)) if overlap else _Inline
     bar = tqdm(total=sum(map(len, todo)), unit="img", desc="generating", disable=not show, smoothing=0.1)
     buffer: list[dict] = []
     generated = 0
-    with ThreadPoolExecutor(1) as prep_pool, ThreadPoolExecutor(1) as write_pool:
+    with pool() as prep_pool, pool() as write_pool:
         writes = []
         pending = prep_pool.submit(prepare_batch, plan, todo[0], photos, templates)
         for i in range(len(todo)):

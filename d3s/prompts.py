@@ -58,6 +58,9 @@ class Recipe:
         for i, shift in enumerate(self.shifts):
             if slug(shift) == wanted:
                 return i
+        by_word = [i for i, shift in enumerate(self.shifts) if wanted and wanted in slug(shift).split("_")]
+        if len(by_word) == 1:  # a unique word is enough: 'snow' -> 'in snow'
+            return by_word[0]
         close = difflib.get_close_matches(str(key).strip(), self.shifts, n=3, cutoff=0.4)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise LabelError(

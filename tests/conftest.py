@@ -1,0 +1,58 @@
+"""Shared fixtures: a small ImageNet-style photo folder, and one tiny generation run reused by many tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+# The classes of the issue's acceptance command: tench, golden retriever, tabby.
+PHOTO_CLASSES = ("n01440764", "n02099601", "n02123045")
+
+
+def run_d3s(*args: str, env: dict | None = None, check: bool = False, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the CLI as a user would (``python -m d3s``), from the repository root."""
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "d3s", *args], cwd=REPO, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"d3s {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def write_photo_folder(root: Path, wnids=PHOTO_CLASSES, per_class: int = 3) -> Path:
+    """Photos of varied sizes and aspect ratios (each class a distinct hue, so pastes are visible)."""
+    rng = np.random.default_rng(0)
+    for c, wnid in enumerate(wnids):
+        folder = root / wnid
+        folder.mkdir(parents=True, exist_ok=True)
+        for j in range(per_class):
+            h, w = 48 + 16 * j, 80 - 8 * j
+            base = np.zeros((h, w, 3)) + np.array([(c * 90) % 256, 255 - (c * 70) % 256, (j * 60) % 256])
+            img = np.clip(base + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(folder / f"{wnid}_{j}.JPEG", quality=95)
+    return root
+
+
+@pytest.fixture(scope="session")
+def photo_dir(tmp_path_factory) -> Path:
+    return write_photo_folder(tmp_path_factory.mktemp("imagenet"))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, photo_dir) -> Path:
+    """The issue's acceptance command: 3 classes x 10 backgrounds x 2 = 60 rows at 64 px, 10 steps."""
+    out = tmp_path_factory.mktemp("gen") / "out"
+    run_d3s("generate", "--model", "tiny", "--foregrounds", "0,207,281", "--backgrounds", "all", "--per-pair", "2",
+            "--size", "64", "--steps", "10", "--imagenet", str(photo_dir), "--out", str(out), check=True)
+    return out
