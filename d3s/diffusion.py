@@ -19,7 +19,7 @@ import torch
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
 TINY = "tiny"
 TINY_SEED = 0
-TINY_VERSION = 1  # bump when the tiny architecture changes, so stale caches are rebuilt
+TINY_VERSION = 2  # bump when the tiny architecture changes, so stale caches are rebuilt
 
 CLIP_MAX_LENGTH = 77
 
@@ -79,9 +79,11 @@ def clip_tokenizer(folder: str | Path | None = None):
 # --- the tiny preset ----------------------------------------------------------------------------------
 
 def build_tiny_components(seed: int = TINY_SEED) -> dict:
-    """Tiny random-weight components of the SD 1.x architecture (UNet channels (32, 64), 2-layer CLIP text encoder)."""
+    """Tiny random-weight components of the SD 1.x architecture (UNet channels (32, 64), 2-layer CLIP text
+    encoder), with a tiny NSFW safety checker of the real class so ``--safety-checker`` runs offline too."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -120,8 +122,15 @@ def build_tiny_components(seed: int = TINY_SEED) -> dict:
     scheduler = DDIMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1
     )
+    safety_checker = StableDiffusionSafetyChecker(CLIPConfig(
+        text_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4),
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4,
+                           image_size=32, patch_size=8),
+        projection_dim=16,
+    ))
+    feature_extractor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
-                safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+                safety_checker=safety_checker, feature_extractor=feature_extractor, requires_safety_checker=False)
 
 
 def tiny_pipeline_path() -> Path:

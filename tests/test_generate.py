@@ -196,3 +196,43 @@ def test_manifest_records_settings_without_absolute_photo_paths_in_rows(tiny_run
     assert manifest["settings"]["recipe"]["name"] == "backgrounds"
     rows = read_rows(tiny_run, [0])
     assert not rows[0]["photo"].startswith("/")
+
+
+def test_safety_checker_flags_are_recorded_not_dropped(tmp_path):
+    """The tiny preset carries a random-weight safety checker of the real class; rigged to flag every image."""
+    import numpy as np
+    from datasets import load_dataset
+
+    from d3s.diffusion import load_pipeline
+    from d3s.generate import generate
+
+    pipe = load_pipeline("tiny", device="cpu", safety_checker=True)
+    config = GenerationConfig(foregrounds="281", backgrounds="snow,grass", per_pair=1, out=str(tmp_path / "ok"),
+                              model="tiny", size=64, steps=2, batch_size=2, safety_checker=True)
+    generate(config, pipe=pipe, progress=False)
+    assert load_dataset(str(tmp_path / "ok"), split="train")["nsfw"] == [False, False]  # the checker ran
+
+    pipe.safety_checker.concept_embeds_weights.data.fill_(-1.0)  # every image now scores as unsafe
+    config.out = str(tmp_path / "flagged")
+    generate(config, pipe=pipe, progress=False)
+    ds = load_dataset(str(tmp_path / "flagged"), split="train")
+    assert ds.num_rows == 2 and ds["nsfw"] == [True, True]
+    assert np.asarray(ds[0]["image"]).max() == 0  # diffusers blacks flagged images out; the row stays
+
+
+def test_unreadable_shard_is_set_aside_and_redone(tmp_path, capsys):
+    from d3s.diffusion import load_pipeline
+    from d3s.generate import generate
+
+    pipe = load_pipeline("tiny", device="cpu")
+    config = GenerationConfig(foregrounds="0,281", backgrounds="snow,grass", per_pair=1, out=str(tmp_path / "out"),
+                              model="tiny", size=64, steps=2, batch_size=2, shard_size=2)
+    generate(config, pipe=pipe, progress=False)
+    shards = shard_paths(config.out)
+    assert len(shards) == 2
+    shards[0].write_bytes(b"not parquet")  # e.g. a disk fault
+    summary = generate(config, pipe=pipe, progress=False)
+    assert "unreadable" in capsys.readouterr().out
+    assert summary["generated"] == 2 and summary["total"] == 4
+    assert sorted(read_rows(config.out, range(4)), key=lambda r: r["item_id"])[0]["item_id"] == 0
+    assert list((tmp_path / "out" / "data").glob("*.unreadable"))
