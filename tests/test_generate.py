@@ -236,3 +236,31 @@ def test_unreadable_shard_is_set_aside_and_redone(tmp_path, capsys):
     assert summary["generated"] == 2 and summary["total"] == 4
     assert sorted(read_rows(config.out, range(4)), key=lambda r: r["item_id"])[0]["item_id"] == 0
     assert list((tmp_path / "out" / "data").glob("*.unreadable"))
+
+
+def test_photos_from_a_hub_style_dataset(tmp_path):
+    """``--imagenet hf:ID`` reads an image/label dataset (here a local folder, as load_dataset accepts both)."""
+    import datasets
+    from PIL import Image
+
+    from d3s.diffusion import load_pipeline
+    from d3s.generate import generate
+
+    photos = tmp_path / "imagenet-hub"
+    (photos / "data").mkdir(parents=True)
+    colors = {0: (255, 0, 0), 281: (0, 255, 0)}
+    table = datasets.Dataset.from_dict(
+        {"image": [Image.new("RGB", (40, 30), colors[k]) for k in (0, 281, 281)], "label": [0, 281, 281]},
+        features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")}))
+    table.to_parquet(str(photos / "data" / "train-0.parquet"))
+    config = GenerationConfig(foregrounds="0,281", backgrounds="snow", per_pair=2, out=str(tmp_path / "out"),
+                              model="tiny", size=64, steps=2, batch_size=4, photos=f"hf:{photos}")
+    generate(config, pipe=load_pipeline("tiny", device="cpu"), progress=False)
+    rows = read_rows(config.out, range(4))
+    assert {r["photo"] for r in rows if r["fg"] == 0} == {"row:0"}
+    assert {r["photo"] for r in rows if r["fg"] == 281} <= {"row:1", "row:2"}
+    for r in rows:  # the pasted pixels are the class's photo colour
+        x0, y0, x1, y1 = r["paste_box"]
+        assert tuple(np.asarray(r["guide"])[(y0 + y1) // 2, (x0 + x1) // 2]) == colors[r["fg"]]
+    with pytest.raises(GenerationError, match="no rows for: goldfish"):
+        make_plan(GenerationConfig(foregrounds="1", out="x", model="tiny", photos=f"hf:{photos}"))
