@@ -16,7 +16,7 @@ EPILOG = """examples:
   d3s labels tabby                               # look up a class: index, WordNet id, prompt name, definition
   d3s generate --model tiny --foregrounds 0,207,281 --per-pair 2 --size 64 --steps 10 --out out/d3s-tiny
   d3s generate --foregrounds all --imagenet /data/imagenet/train --templates templates/ --out d3s/
-  accelerate launch --no_python d3s generate ...   # split a run across GPUs / machines
+  accelerate launch --multi_gpu --num_processes 8 --no_python d3s generate ...   # split a run over 8 GPUs
 """
 
 
@@ -25,8 +25,9 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from .generate import GenerationError
     from .guides import GuideSourceError
     from .labels import LabelError
+    from .review import ReviewError
 
-    return (GenerationError, LabelError, GuideSourceError, DatasetFormatError)
+    return (GenerationError, LabelError, GuideSourceError, DatasetFormatError, ReviewError)
 
 
 # --- generate ------------------------------------------------------------------------------------
@@ -147,6 +148,118 @@ def _register_regenerate(sub) -> None:
     p.set_defaults(func=cmd_regenerate)
 
 
+# --- curation: score, review, split ----------------------------------------------------------------
+
+def _thresholds(args: argparse.Namespace):
+    from .curate import Thresholds
+
+    return Thresholds(max_rank=args.max_rank, min_margin=args.min_margin, drop_blank=not args.keep_blank,
+                      drop_nsfw=not args.keep_nsfw)
+
+
+def _add_threshold_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("automatic-check thresholds")
+    g.add_argument("--max-rank", type=int, default=5, help="keep images whose class CLIP ranks at most this (default: %(default)s)")
+    g.add_argument("--min-margin", type=float, default=None, help="also require this CLIP score margin")
+    g.add_argument("--keep-blank", action="store_true", help="do not remove near-uniform images")
+    g.add_argument("--keep-nsfw", action="store_true", help="do not remove images the safety checker flagged")
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from .curate import format_report, removal_report, score
+
+    zero_shot = None
+    if args.clip:
+        from .classifiers import zero_shot_scorer
+
+        zero_shot = zero_shot_scorer(args.clip)
+    summary = score(args.data, split=args.split, zero_shot=zero_shot, batch_size=args.batch_size)
+    print(f"scored {summary['rows']} images in {args.data} (split {args.split}); {summary['blank']} near-uniform")
+    print(format_report(removal_report(args.data, args.split, _thresholds(args))))
+    return 0
+
+
+def _register_score(sub) -> None:
+    p = sub.add_parser("score", help="add automatic quality columns (CLIP check, blank, nsfw) and report removals",
+                       description="Add per-image check columns to a generated folder, then report what each threshold "
+                                   "would remove, per class and background, before anything is dropped.")
+    p.add_argument("--data", required=True, metavar="DIR")
+    p.add_argument("--split", default="train")
+    p.add_argument("--clip", metavar="NAME", help="zero-shot CLIP model for the foreground check, e.g. clip:ViT-B-32/openai")
+    p.add_argument("--batch-size", type=int, default=64)
+    _add_threshold_args(p)
+    p.set_defaults(func=cmd_score)
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    import json
+
+    from .review import ReviewStore
+
+    store = ReviewStore(args.store)
+    if args.action == "add":
+        yes = {"yes": True, "y": True, "no": False, "n": False}
+        store.add(args.item, args.reviewer, yes[args.present], yes[args.unsafe])
+        print(f"recorded: item {args.item} by {args.reviewer}")
+    elif args.action == "export":
+        verdicts = store.verdicts(args.rule)
+        rows = [{"item_id": v.item_id, "reviews": v.reviews, "present_votes": v.present_votes,
+                 "unsafe_votes": v.unsafe_votes, "keep": v.keep} for v in verdicts.values()]
+        text = json.dumps(rows, indent=1)
+        if args.out:
+            with open(args.out, "w") as f:
+                f.write(text)
+            print(f"{len(rows)} reviewed images -> {args.out}")
+        else:
+            print(text)
+    else:
+        verdicts = store.verdicts(args.rule)
+        kept = sum(v.keep for v in verdicts.values())
+        print(f"{len(store.reviews())} answers on {len(verdicts)} images; {kept} kept under the {args.rule} rule")
+    return 0
+
+
+def _register_review(sub) -> None:
+    p = sub.add_parser("review", help="record and export human reviews (SQLite store)",
+                       description="The paper's two questions per image: is the intended object there? is it unsafe?")
+    p.add_argument("action", choices=("add", "export", "status"))
+    p.add_argument("--store", required=True, metavar="FILE", help="the SQLite review store (created if missing)")
+    p.add_argument("--item", type=int, help="item_id of the image (add)")
+    p.add_argument("--reviewer", help="reviewer name (add)")
+    p.add_argument("--present", choices=("yes", "no", "y", "n"), help="is the intended object there? (add)")
+    p.add_argument("--unsafe", choices=("yes", "no", "y", "n"), default="no", help="is the image unsafe? (add)")
+    p.add_argument("--rule", choices=("unanimous", "majority"), default="unanimous", help="consensus rule (default: the paper's)")
+    p.add_argument("--out", metavar="FILE", help="export to this JSON file instead of stdout")
+    p.set_defaults(func=cmd_review)
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    from .curate import format_split_report, split
+
+    report = split(args.data, args.out, source_split=args.split, fraction=args.validation_fraction, reviews=args.reviews,
+                   rule=args.rule, thresholds=_thresholds(args))
+    print(format_split_report(report))
+    print(f"wrote {args.out} (report: {args.out}/split_report.json)")
+    return 0
+
+
+def _register_split(sub) -> None:
+    from .curate import VALIDATION_FRACTION
+
+    p = sub.add_parser("split", help="cut train / validation / benchmark splits into a new dataset folder",
+                       description="Validation is cut per (fg, bg) cell by a hash of each row's seed; the benchmark is the "
+                                   "validation rows that pass review (or, without reviews, the automatic checks).")
+    p.add_argument("--data", required=True, metavar="DIR", help="a generated (and optionally scored) folder")
+    p.add_argument("--out", required=True, metavar="DIR", help="new folder for the split dataset")
+    p.add_argument("--split", default="train", help="source split (default: %(default)s)")
+    p.add_argument("--validation-fraction", type=float, default=VALIDATION_FRACTION,
+                   help="share of each (fg, bg) cell for validation (default: 1/6, as 20,000 of 120,000)")
+    p.add_argument("--reviews", metavar="FILE", help="review store; the benchmark keeps images passing its consensus")
+    p.add_argument("--rule", choices=("unanimous", "majority"), default="unanimous")
+    _add_threshold_args(p)
+    p.set_defaults(func=cmd_split)
+
+
 # --- labels ----------------------------------------------------------------------------------------
 
 def cmd_labels(args: argparse.Namespace) -> int:
@@ -186,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"d3s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for register in (_register_labels, _register_generate, _register_templates, _register_regenerate):
+    for register in (_register_labels, _register_generate, _register_templates, _register_regenerate, _register_score,
+                     _register_review, _register_split):
         register(sub)
     return parser
 

@@ -1,0 +1,286 @@
+"""Curation: automatic checks (``d3s score``) and the train / validation / benchmark splits (``d3s split``).
+
+The paper set 20,000 of its 120,000 images aside for validation and had people check each (appendix B):
+10.2% lacked the intended foreground, about 1% were unsafe; the 17,866 left are the D3S benchmark.
+
+``score`` adds per-image columns to a generated folder, shard by shard (atomically):
+``pixel_std`` and ``blank`` (near-uniform output, e.g. a blacked-out unsafe image), and with a
+zero-shot CLIP classifier ``clip_rank`` (rank of the intended class among the 1000 class prompts, 1 is
+best) and ``clip_margin`` (intended score minus the best other). It reports how many images each
+threshold would remove, per class and per background, before anything is dropped.
+
+``split`` writes a new dataset folder: ``train`` and ``validation`` cut per (fg, bg) cell by each row's
+seed (stratified, reproducible), and ``benchmark``, the validation rows that pass human review, or
+where no review exists, the automatic checks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from .dataset import DATA_DIR, DatasetFormatError, shard_paths, write_card
+
+VALIDATION_FRACTION = 20_000 / 120_000  # the paper's share: 2 of every 12 images of a (fg, bg) pair
+BLANK_STD = 2.0  # pixel standard deviation (0..255) under which an image counts as blank
+# The columns `score` adds, with their `datasets` dtypes.
+SCORE_COLUMNS = {"pixel_std": "float32", "blank": "bool", "clip_rank": "int32", "clip_margin": "float32"}
+
+
+@dataclass
+class Thresholds:
+    """What the automatic checks remove. ``max_rank``: keep images whose intended class CLIP ranks at most this."""
+
+    max_rank: int = 5
+    min_margin: float | None = None
+    drop_blank: bool = True
+    drop_nsfw: bool = True
+
+    def reasons(self, row: dict) -> list[str]:
+        out = []
+        if self.drop_nsfw and row.get("nsfw"):
+            out.append("nsfw")
+        if self.drop_blank and row.get("blank"):
+            out.append("blank")
+        if row.get("clip_rank") is not None and row["clip_rank"] > self.max_rank:
+            out.append(f"clip_rank>{self.max_rank}")
+        if self.min_margin is not None and row.get("clip_margin") is not None and row["clip_margin"] < self.min_margin:
+            out.append(f"clip_margin<{self.min_margin}")
+        return out
+
+
+def _decode(cell: dict) -> Image.Image:
+    return Image.open(io.BytesIO(cell["bytes"])).convert("RGB")
+
+
+def _class_names(table_or_schema) -> tuple[list[str], list[str]]:
+    """fg/bg names from the `datasets` features in a shard's schema metadata."""
+    import datasets
+
+    schema = table_or_schema.schema if hasattr(table_or_schema, "schema") else table_or_schema
+    feats = datasets.Features.from_arrow_schema(schema)
+    for col in ("fg", "bg"):
+        if not isinstance(feats.get(col), datasets.ClassLabel):
+            raise DatasetFormatError(f"the shards have no {col!r} ClassLabel column; d3s needs 'image', 'fg' and 'bg'.")
+    return feats["fg"].names, feats["bg"].names
+
+
+def _rewrite(path: Path, table: pa.Table) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def _with_column(table: pa.Table, name: str, values: list) -> pa.Table:
+    arr = pa.array(values, type=pa.from_numpy_dtype(np.dtype(SCORE_COLUMNS[name])))
+    if name in table.column_names:
+        return table.set_column(table.column_names.index(name), name, arr)
+    return table.append_column(name, arr)
+
+
+def _features_with_scores(old_schema: pa.Schema, table: pa.Table):
+    """The `datasets` features of ``old_schema`` (ClassLabels intact) plus the score columns present."""
+    import datasets
+
+    feats = datasets.Features.from_arrow_schema(old_schema)
+    for name in table.column_names:
+        if name not in feats:
+            feats[name] = datasets.Value(SCORE_COLUMNS[name])
+    return feats
+
+
+ZeroShot = Callable[[Sequence[Image.Image]], np.ndarray]  # images -> (N, num_fg_classes) scores
+
+
+def score(data: str | Path, split: str = "train", zero_shot: ZeroShot | None = None, batch_size: int = 64,
+          progress: bool = True) -> dict:
+    """Add the automatic-check columns to every shard of ``split``; returns counts of rows and flags."""
+    from tqdm.auto import tqdm
+
+    paths = shard_paths(data, split)
+    if not paths:
+        raise DatasetFormatError(f"{data} has no shards of split {split!r} under {DATA_DIR}/.")
+    rows = blank = 0
+    for path in tqdm(paths, desc="scoring shards", disable=not progress):
+        table = pq.read_table(path)
+        original_schema = table.schema
+        _class_names(table)
+        images = [_decode(c) for c in table.column("image").to_pylist()]
+        stds = [float(np.asarray(im, dtype=np.float32).std()) for im in images]
+        table = _with_column(table, "pixel_std", stds)
+        table = _with_column(table, "blank", [s < BLANK_STD for s in stds])
+        if zero_shot is not None:
+            fg = np.asarray(table.column("fg").to_pylist())
+            ranks, margins = [], []
+            for i in range(0, len(images), batch_size):
+                logits = np.asarray(zero_shot(images[i : i + batch_size]), dtype=np.float64)
+                target = fg[i : i + batch_size]
+                own = logits[np.arange(len(target)), target]
+                ranks.extend((logits > own[:, None]).sum(1) + 1)
+                others = logits.copy()
+                others[np.arange(len(target)), target] = -np.inf
+                margins.extend(own - others.max(1))
+            table = _with_column(table, "clip_rank", [int(x) for x in ranks])
+            table = _with_column(table, "clip_margin", [float(x) for x in margins])
+        feats = _features_with_scores(original_schema, table)
+        _rewrite(path, table.replace_schema_metadata(feats.arrow_schema.metadata))
+        rows += table.num_rows
+        blank += sum(s < BLANK_STD for s in stds)
+    _refresh_card(data)
+    return {"rows": rows, "blank": blank}
+
+
+def _refresh_card(data: str | Path) -> None:
+    """Rewrite the card's YAML features from the shards, keeping its Markdown body."""
+    import datasets
+
+    card = Path(data) / "README.md"
+    body = card.read_text().split("---\n", 2)[-1] if card.exists() else "# D3S\n"
+    feats = datasets.Features.from_arrow_schema(pq.read_schema(shard_paths(data)[0]))
+    write_card(data, feats, body)
+
+
+def _read_all(data: str | Path, split: str, columns: Sequence[str] | None = None) -> pa.Table:
+    paths = shard_paths(data, split)
+    if not paths:
+        raise DatasetFormatError(f"{data} has no shards of split {split!r} under {DATA_DIR}/ (is it a d3s dataset folder?).")
+    return pa.concat_tables([pq.read_table(p, columns=columns) for p in paths], promote_options="default")
+
+
+def removal_report(data: str | Path, split: str = "train", thresholds: Thresholds = Thresholds()) -> dict:
+    """How many images the automatic checks would remove, and why, overall, per class and per background."""
+    cols = [c for c in ("fg", "bg", "nsfw", "blank", "clip_rank", "clip_margin")
+            if c in pq.read_schema(shard_paths(data, split)[0]).names]
+    table = _read_all(data, split, cols)
+    fg_names, bg_names = _class_names(pq.read_schema(shard_paths(data, split)[0]))
+    reasons, per_class, per_bg = Counter(), Counter(), Counter()
+    removed = 0
+    for row in table.to_pylist():
+        why = thresholds.reasons(row)
+        reasons.update(why)
+        if why:
+            removed += 1
+            per_class[fg_names[row["fg"]]] += 1
+            per_bg[bg_names[row["bg"]]] += 1
+    return {"rows": table.num_rows, "removed": removed, "reasons": dict(reasons),
+            "per_class": dict(per_class.most_common()), "per_background": dict(per_bg.most_common())}
+
+
+def format_report(report: dict, top: int = 10) -> str:
+    lines = [f"{report['removed']} of {report['rows']} images would be removed"]
+    lines += [f"  {why:<16} {n}" for why, n in report["reasons"].items()]
+    if report["per_background"]:
+        lines.append("per background:")
+        lines += [f"  {bg:<16} {n}" for bg, n in report["per_background"].items()]
+    if report["per_class"]:
+        lines.append(f"most affected classes (top {top}):")
+        lines += [f"  {name:<30} {n}" for name, n in list(report["per_class"].items())[:top]]
+    return "\n".join(lines)
+
+
+# --- splits ---------------------------------------------------------------------------------------------
+
+def _order_key(seed: int, salt: int) -> str:
+    return hashlib.sha256(f"{salt}:{seed}".encode()).hexdigest()
+
+
+def assign_validation(fg: Sequence[int], bg: Sequence[int], seeds: Sequence[int], fraction: float = VALIDATION_FRACTION,
+                      salt: int = 0) -> np.ndarray:
+    """Boolean mask of validation rows: in each (fg, bg) cell, the ``round(fraction * n)`` rows first by a hash of their seed."""
+    if not 0.0 < fraction < 1.0:
+        raise DatasetFormatError(f"--validation-fraction must be in (0, 1), got {fraction}.")
+    cells: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i, key in enumerate(zip(fg, bg)):
+        cells[key].append(i)
+    mask = np.zeros(len(fg), dtype=bool)
+    for members in cells.values():
+        k = int(round(fraction * len(members)))
+        chosen = sorted(members, key=lambda i: _order_key(seeds[i], salt))[:k]
+        mask[chosen] = True
+    return mask
+
+
+def split(data: str | Path, out: str | Path, source_split: str = "train", fraction: float = VALIDATION_FRACTION,
+          reviews: str | Path | None = None, rule: str = "unanimous", thresholds: Thresholds = Thresholds(),
+          salt: int = 0, rows_per_shard: int = 1000) -> dict:
+    """Write ``out`` with train / validation / benchmark splits; returns the report (also saved as ``split_report.json``)."""
+    import datasets
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise DatasetFormatError(f"{out} is not empty; choose a new --out for the split dataset.")
+    table = _read_all(data, source_split)
+    schema = pq.read_schema(shard_paths(data, source_split)[0])
+    fg_names, bg_names = _class_names(schema)
+    fg, bg = table.column("fg").to_pylist(), table.column("bg").to_pylist()
+    seeds = table.column("seed").to_pylist() if "seed" in table.column_names else list(range(table.num_rows))
+    item_ids = table.column("item_id").to_pylist() if "item_id" in table.column_names else list(range(table.num_rows))
+    is_val = assign_validation(fg, bg, seeds, fraction, salt)
+
+    removed: Counter = Counter()
+    if reviews is not None:
+        from .review import ReviewStore
+
+        verdicts = ReviewStore(reviews).verdicts(rule)
+        keep = []
+        for i, item in enumerate(item_ids):
+            v = verdicts.get(int(item))
+            ok = bool(v and v.keep)
+            if is_val[i] and not ok:
+                removed["not reviewed" if v is None else ("unsafe" if v.unsafe_votes else "object missing")] += 1
+            keep.append(ok)
+        basis = f"human review ({rule})"
+    else:
+        rows = table.select([c for c in ("nsfw", "blank", "clip_rank", "clip_margin") if c in table.column_names]).to_pylist()
+        keep = []
+        for i, row in enumerate(rows):
+            why = thresholds.reasons(row)
+            if is_val[i]:
+                removed.update(why[:1])
+            keep.append(not why)
+        basis = "automatic checks" + ("" if "clip_rank" in table.column_names else " (no CLIP scores: run `d3s score` first)")
+    in_benchmark = is_val & np.asarray(keep, dtype=bool)
+
+    feats = datasets.Features.from_arrow_schema(schema)
+    parts = {"train": ~is_val, "validation": is_val, "benchmark": in_benchmark}
+    (out / DATA_DIR).mkdir(parents=True)
+    report: dict = {"source": str(data), "basis": basis, "validation_fraction": fraction, "splits": {}, "removed": dict(removed)}
+    for name, mask in parts.items():
+        idx = np.flatnonzero(mask)
+        part = table.take(pa.array(idx, type=pa.int64())).replace_schema_metadata(schema.metadata)
+        for k, start in enumerate(range(0, max(len(idx), 1), rows_per_shard)):
+            chunk = part.slice(start, rows_per_shard)
+            if chunk.num_rows:
+                pq.write_table(chunk, out / DATA_DIR / f"{name}-{k:08d}-{(start + chunk.num_rows - 1):08d}.parquet")
+        per_bg = Counter(bg_names[bg[i]] for i in idx)
+        report["splits"][name] = {"rows": int(len(idx)), "per_background": {b: per_bg.get(b, 0) for b in bg_names}}
+    (out / "split_report.json").write_text(json.dumps(report, indent=2))
+    manifest = Path(data) / "d3s_run.json"
+    if manifest.exists():
+        (out / "d3s_run.json").write_text(manifest.read_text())
+    write_card(out, feats, f"# D3S splits\n\nMade by `d3s split` from `{Path(data).name}`; benchmark basis: {basis}.\n")
+    return report
+
+
+def format_split_report(report: dict) -> str:
+    s = report["splits"]
+    lines = [f"train {s['train']['rows']}, validation {s['validation']['rows']}, benchmark {s['benchmark']['rows']} "
+             f"(benchmark = validation passing {report['basis']})"]
+    if report["removed"]:
+        lines.append("removed from the benchmark: " + ", ".join(f"{k} {v}" for k, v in report["removed"].items()))
+    names = list(s["train"]["per_background"])
+    lines.append(f"  {'background':<14}" + "".join(f"{n:>12}" for n in s))
+    for b in names:
+        lines.append(f"  {b:<14}" + "".join(f"{s[n]['per_background'][b]:>12}" for n in s))
+    return "\n".join(lines)
