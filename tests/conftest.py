@@ -15,6 +15,11 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# A fresh `datasets` cache per test session: load_dataset keys local folders by file names and times, so
+# two same-named folders written in the same second could otherwise share a stale cache entry.
+import tempfile  # noqa: E402
+
+os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="d3s-test-datasets-cache-")
 
 # The classes of the acceptance command: tench, golden retriever, tabby.
 PHOTO_CLASSES = ("n01440764", "n02099601", "n02123045")

@@ -1,0 +1,80 @@
+"""Publishing: the staged repository folder loads as the Hub would serve it; bad input fails before upload."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from datasets import load_dataset
+
+from conftest import REPO
+from d3s.curate import split
+from d3s.dataset import shard_paths
+
+
+def publish(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "hub/publish_dataset.py", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=600, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(REPO)})
+
+
+@pytest.fixture(scope="module")
+def split_data(tiny_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("splits") / "d3s"
+    split(tiny_run, out, fraction=0.5)
+    return out
+
+
+def test_dry_run_folder_loads_with_all_splits(split_data, tmp_path):
+    staged = tmp_path / "repo"
+    proc = publish("--data", str(split_data), "--repo-id", "someone/d3s-tiny", "--dry-run", str(staged))
+    assert proc.returncode == 0, proc.stderr
+    assert "staged" in proc.stdout and "0 corrupt rows skipped" in proc.stdout
+    ds = load_dataset(str(staged))
+    assert set(ds) == {"train", "validation", "benchmark"}
+    assert ds["train"].num_rows + ds["validation"].num_rows == 60
+    assert ds["benchmark"].features["fg"].names[281] == "tabby"
+    assert ds["validation"].features["bg"].names == ds["train"].features["bg"].names
+    card = (staged / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---\n")[1])  # the card's YAML parses
+    assert meta["license"] == "cc-by-4.0" and {c["split"] for c in meta["configs"][0]["data_files"]} == {"train", "validation", "benchmark"}
+    assert "load_dataset(\"someone/d3s-tiny\"" in card and "| in snow |" in card
+    assert (staged / "examples" / "backgrounds.png").exists()
+    from huggingface_hub import DatasetCard
+
+    assert DatasetCard.load(staged / "README.md").data.license == "cc-by-4.0"
+
+
+def test_missing_splits_fail_before_upload(tiny_run, tmp_path):
+    proc = publish("--data", str(tiny_run), "--repo-id", "someone/d3s", "--dry-run", str(tmp_path / "repo"))
+    assert proc.returncode == 2
+    assert "lacks the split(s) validation, benchmark" in proc.stderr
+    assert not (tmp_path / "repo").exists()
+
+
+def test_not_a_dataset_fails_before_upload(tmp_path):
+    (tmp_path / "junk").mkdir()
+    proc = publish("--data", str(tmp_path / "junk"), "--repo-id", "someone/d3s")  # no --dry-run: would upload
+    assert proc.returncode == 2 and "not a d3s dataset folder" in proc.stderr
+    proc = publish("--data", str(tmp_path / "junk"), "--repo-id", "no-slash")
+    assert proc.returncode == 2 and "ORG/NAME" in proc.stderr
+
+
+def test_corrupt_rows_are_reported_and_skipped(split_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(split_data, data)
+    shard = shard_paths(data, "train")[0]
+    table = pq.read_table(shard)
+    cells = table.column("image").to_pylist()
+    cells[1] = {"bytes": b"\x89PNG broken", "path": None}
+    table = table.set_column(table.column_names.index("image"), "image", pa.array(cells, type=table.schema.field("image").type))
+    pq.write_table(table.replace_schema_metadata(pq.read_schema(shard).metadata), shard)
+    proc = publish("--data", str(data), "--repo-id", "someone/d3s", "--dry-run", str(tmp_path / "repo"))
+    assert proc.returncode == 0, proc.stderr
+    assert f"warning: {shard.name} row 1: image does not decode, skipped" in proc.stdout
+    assert "1 corrupt rows skipped" in proc.stdout
+    assert load_dataset(str(tmp_path / "repo"), split="train", cache_dir=str(tmp_path / "cache")).num_rows == 29
