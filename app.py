@@ -4,8 +4,10 @@
     python app.py --model tiny --port 7861
     D3S_MODEL=/models/sd-v1-4 python app.py --host 0.0.0.0
 
-The Generate tab makes one D3S image live: a foreground class on a background, from a guide (an
-optional uploaded photo pasted on a background template) and the paper's prompt.
+Tabs: Generate (one D3S image live: a foreground class on a background, from a guide, i.e. an optional
+uploaded photo pasted on a background template, and the paper's prompt); Dataset (browse a D3S folder
+or Hub dataset as a grid by class and background); Review (the human check of each image, answers
+saved to a SQLite review store).
 
 API (``gradio_client``): ``/generate`` (foreground, background, seed) -> (guide, image, prompt).
 """
@@ -20,8 +22,11 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
+from d3s.browse import next_review, open_view  # noqa: E402
+from d3s.dataset import DatasetFormatError  # noqa: E402
 from d3s.diffusion import DEFAULT_MODEL, TINY, load_pipeline  # noqa: E402
 from d3s.labels import LabelError, imagenet_classes  # noqa: E402
+from d3s.review import ReviewError, ReviewStore  # noqa: E402
 from d3s.live import MAX_UPLOAD_BYTES, UploadError, generate_one  # noqa: E402
 from d3s.prompts import BACKGROUNDS  # noqa: E402
 
@@ -30,6 +35,28 @@ TINY_BANNER = (
     "feature works but images look like noise. Start it with real weights (`--model CompVis/stable-diffusion-v1-4` "
     "or a local folder, with network access or a filled Hugging Face cache) for real images."
 )
+
+
+# Keyboard shortcuts of the Review tab: y = object present, n = object missing, u = toggle unsafe.
+REVIEW_KEYS_JS = """
+<script>
+document.addEventListener('keydown', (event) => {
+  const tag = (event.target.tagName || '').toLowerCase();
+  if (tag === 'input' || tag === 'textarea' || event.ctrlKey || event.metaKey || event.altKey) return;
+  const target = {y: '#review-present', n: '#review-missing', u: '#review-unsafe input'}[event.key.toLowerCase()];
+  const el = target && document.querySelector(target);
+  if (el && el.offsetParent !== null) { el.click(); event.preventDefault(); }
+});
+</script>
+"""
+
+
+@dataclass
+class Settings:
+    """Where the app reads data and writes reviews (options and environment variables)."""
+
+    data: str = ""
+    reviews: str = "reviews.sqlite"
 
 
 @dataclass
@@ -91,9 +118,62 @@ def make_generate_fn(models: Models):
     return generate
 
 
+def _parse_index(choice: str | None) -> int | None:
+    text = parse_class_choice(choice or "")
+    return int(text) if text.isdigit() else None
+
+
+def browse_dataset(source: str, split: str | None, fg_choice: str | None, bg_choice: str | None):
+    """Gallery of a class across backgrounds (or a background across classes), with a summary line."""
+    if not (source or "").strip():
+        raise gr.Error("Enter a dataset folder or Hub dataset id first.")
+    try:
+        view = open_view(source.strip(), split or None)
+    except DatasetFormatError as err:
+        raise gr.Error(str(err)) from err
+    fg = _parse_index(fg_choice)
+    bg = view.bg_names.index(bg_choice) if bg_choice in view.bg_names else None
+    items = view.gallery(fg, bg)
+    summary = (f"**{len(view)}** images in split `{view.split}` of `{view.source}` "
+               f"({len(set(view.fg))} classes x {len(set(view.bg))} backgrounds); showing {len(items)}.")
+    return (items, summary, gr.update(choices=view.splits, value=view.split),
+            gr.update(choices=["all"] + view.classes_present(), value=fg_choice or "all"),
+            gr.update(choices=["all"] + view.bg_names, value=bg_choice or "all"))
+
+
+def make_review_fns(settings: Settings):
+    def show(source: str, reviewer: str):
+        if not (reviewer or "").strip():
+            raise gr.Error("Enter your reviewer name first.")
+        if not (source or "").strip():
+            raise gr.Error("Enter a dataset folder or Hub dataset id first (Dataset tab or above).")
+        try:
+            view = open_view(source.strip())
+            card = next_review(view, ReviewStore(settings.reviews), reviewer.strip())
+        except (DatasetFormatError, ReviewError) as err:
+            raise gr.Error(str(err)) from err
+        if card is None:
+            return None, None, f"All {len(view)} images are reviewed by {reviewer}. Thank you!", -1, False
+        text = (f"### {card.title}\n*{card.definition}*\n\nPrompt: `{card.prompt}`\n\n"
+                f"Is the **{card.title.split(' / ')[0]}** there? (keys: **y** yes, **n** no, **u** unsafe)\n\n{card.progress}")
+        return card.image, card.guide, text, card.item_id, False
+
+    def answer(source: str, reviewer: str, item_id: int, unsafe: bool, present: bool):
+        if item_id is None or int(item_id) < 0:
+            raise gr.Error("Press Start first: there is no image to answer.")
+        try:
+            ReviewStore(settings.reviews).add(int(item_id), reviewer.strip(), present, bool(unsafe))
+        except ReviewError as err:
+            raise gr.Error(str(err)) from err
+        return show(source, reviewer)
+
+    return show, answer
+
+
 # --- the UI --------------------------------------------------------------------------------------------
 
-def build_app(models: Models) -> gr.Blocks:
+def build_app(models: Models, settings: Settings | None = None) -> gr.Blocks:
+    settings = settings or Settings()
     with gr.Blocks(title="d3s: Diffusion Dreamed Distribution Shifts") as demo:
         gr.Markdown("# d3s: Diffusion Dreamed Distribution Shifts\nForeground classes on controlled backgrounds, "
                     "dreamed by Stable Diffusion from a guide image and the prompt "
@@ -123,6 +203,46 @@ def build_app(models: Models) -> gr.Blocks:
             run.click(make_generate_fn(models), inputs=[foreground, background, seed, photo, template, size, steps,
                                                         strength, guidance],
                       outputs=[guide_out, image_out, prompt_out], api_name="generate", concurrency_limit=1)
+
+        with gr.Tab("Dataset", id="dataset"):
+            with gr.Row():
+                source = gr.Textbox(value=settings.data, label="Dataset folder or Hub id", elem_id="data-source", scale=3)
+                split = gr.Dropdown([], label="Split", allow_custom_value=True, elem_id="data-split", scale=1)
+                load = gr.Button("Show", variant="primary", elem_id="data-load", scale=1)
+            with gr.Row():
+                fg_filter = gr.Dropdown(["all"], value="all", label="Class", allow_custom_value=True, elem_id="data-fg")
+                bg_filter = gr.Dropdown(["all"] + list(BACKGROUNDS), value="all", label="Background", elem_id="data-bg")
+            summary = gr.Markdown(elem_id="data-summary")
+            gallery = gr.Gallery(label="Images", columns=10, height="auto", elem_id="data-gallery")
+            browse_io = dict(fn=browse_dataset, inputs=[source, split, fg_filter, bg_filter],
+                             outputs=[gallery, summary, split, fg_filter, bg_filter])
+            load.click(**browse_io, api_name="browse")
+            fg_filter.input(**browse_io, api_name=False)
+            bg_filter.input(**browse_io, api_name=False)
+
+        with gr.Tab("Review", id="review"):
+            gr.Markdown(f"Answers go to the review store `{settings.reviews}`; the paper's rule keeps an image only if "
+                        "every reviewer sees the object and nobody flags it unsafe.")
+            with gr.Row():
+                reviewer = gr.Textbox(label="Reviewer name", elem_id="reviewer", scale=2)
+                review_source = gr.Textbox(value=settings.data, label="Dataset folder or Hub id", scale=3)
+                start = gr.Button("Start", elem_id="review-start", scale=1)
+            current = gr.State(-1)
+            with gr.Row():
+                review_image = gr.Image(label="Generated image", interactive=False, elem_id="review-image")
+                review_guide = gr.Image(label="Guide (what the object looked like)", interactive=False)
+            review_text = gr.Markdown(elem_id="review-text")
+            unsafe = gr.Checkbox(label="Unsafe (u)", elem_id="review-unsafe")
+            with gr.Row():
+                present_btn = gr.Button("Object present (y)", variant="primary", elem_id="review-present")
+                missing_btn = gr.Button("Object missing (n)", variant="stop", elem_id="review-missing")
+            show_fn, answer_fn = make_review_fns(settings)
+            review_out = [review_image, review_guide, review_text, current, unsafe]
+            start.click(show_fn, [review_source, reviewer], review_out, api_name="review_next")
+            present_btn.click(lambda s, r, i, u: answer_fn(s, r, i, u, True), [review_source, reviewer, current, unsafe],
+                              review_out, api_name="review_present")
+            missing_btn.click(lambda s, r, i, u: answer_fn(s, r, i, u, False), [review_source, reviewer, current, unsafe],
+                              review_out, api_name="review_missing")
     return demo
 
 
@@ -133,6 +253,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=int(os.environ.get("D3S_PORT", os.environ.get("GRADIO_SERVER_PORT", 7860))))
     parser.add_argument("--model", default=os.environ.get("D3S_MODEL", DEFAULT_MODEL),
                         help="diffusers img2img model id or folder, or 'tiny' (default: %(default)s; falls back to tiny)")
+    parser.add_argument("--data", default=os.environ.get("D3S_DATA", ""), help="dataset folder or Hub id for the Dataset and Review tabs")
+    parser.add_argument("--reviews", default=os.environ.get("D3S_REVIEWS", "reviews.sqlite"), help="SQLite review store (default: %(default)s)")
     return parser.parse_args(argv)
 
 
@@ -140,9 +262,10 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     models = load_models(args.model)
     print(models.banner.replace("**", ""))
-    demo = build_app(models)
+    demo = build_app(models, Settings(data=args.data, reviews=args.reviews))
     demo.queue(max_size=32, default_concurrency_limit=1)
-    demo.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD_BYTES, show_error=True)
+    demo.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD_BYTES, show_error=True,
+                head=REVIEW_KEYS_JS)
 
 
 if __name__ == "__main__":

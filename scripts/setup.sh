@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # One-time set-up on a fresh machine; quick no-op when everything is already there.
-# Installs: Debian's WordNet database (for nltk, offline), the pinned Python packages, d3s itself.
+# Installs: Debian's WordNet database (for nltk, offline) and Chromium (browser tests), the pinned Python
+# packages, d3s itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_packages=(wordnet-base wordnet-sense-index)
+apt_packages=(wordnet-base wordnet-sense-index chromium)  # chromium: the browser tests
 if ! dpkg -s "${apt_packages[@]}" >/dev/null 2>&1; then
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
   $sudo apt-get update -qq

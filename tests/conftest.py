@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -61,3 +63,43 @@ def tiny_run(tmp_path_factory, photo_dir) -> Path:
     run_d3s("generate", "--model", "tiny", "--foregrounds", "0,207,281", "--backgrounds", "all", "--per-pair", "2",
             "--size", "64", "--steps", "10", "--imagenet", str(photo_dir), "--out", str(out), check=True)
     return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def app_server(tmp_path_factory, tiny_run):
+    """``python app.py`` as the README starts it (default real model id), offline: it must fall back to the
+    tiny preset. Its Dataset and Review tabs point at the tiny generated dataset."""
+    import httpx
+
+    port = free_port()
+    folder = tmp_path_factory.mktemp("app")
+    log = folder / "app.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    env.pop("D3S_MODEL", None)
+    reviews = folder / "reviews.sqlite"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--data", str(tiny_run),
+                                 "--reviews", str(reviews)], cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 300
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(f"app exited early:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.time() > deadline:
+            proc.kill()
+            raise AssertionError(f"app did not start in time:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+    yield {"url": url, "reviews": reviews, "data": tiny_run, "log": log}
+    proc.terminate()
+    proc.wait(timeout=30)

@@ -2,51 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-
 import httpx
 import pytest
 from gradio_client import Client
 
-from conftest import REPO
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
-    """``python app.py`` with the default (real) model id, offline: it must fall back to the tiny preset."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("app") / "app.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
-    env.pop("D3S_MODEL", None)
-    with open(log, "w") as f:
-        proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=REPO, env=env, stdout=f,
-                                stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"app exited early:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        raise AssertionError(f"app did not start in time:\n{log.read_text()[-3000:]}")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+def app_url(app_server):
+    return app_server["url"]
 
 
 def test_banner_says_tiny_preset(app_url):
