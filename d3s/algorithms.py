@@ -45,7 +45,8 @@ HPARAMS: dict[str, dict[str, Any]] = {
         "critic_steps": 5,  # critic updates per model update (on the same detached features)
         "gp_weight": 10.0,  # gradient penalty (WGAN-GP)
         "critic_depth": 3,  # linear layers per critic, widths halving
-        "standardize": True,  # critics see batch-standardised features (see module docstring)
+        "critic_view": "batch",  # what the critics see: batch-standardised z ("batch"), whitened z ("whiten") or raw z ("raw")
+        "whiten_shrinkage": 0.1,  # "whiten": covariance + shrinkage x mean variance x I before inverting
         "warmup_iters": 200,  # cross-entropy only for the first iterations (critics already learn)
         "critic_memory": 8,  # critics train on the detached features of this many recent batches
     },
@@ -251,9 +252,20 @@ class WassersteinDisentanglement(Algorithm):
         params = list(self.critic_fg.parameters()) + list(self.critic_bg.parameters())
         self.critic_optimizer = torch.optim.Adam(params, lr=hparams["critic_lr"], betas=hparams["betas"])
         self._memory: list[tuple[torch.Tensor, ...]] = []  # recent (z_fg, z_bg, fg, bg), detached
+        for which, dim in (("fg", model.fg_dim), ("bg", model.bg_dim)):
+            self.register_buffer(f"mean_{which}", torch.zeros(dim))
+            self.register_buffer(f"cov_{which}", torch.eye(dim))
+            self.register_buffer(f"white_{which}", torch.eye(dim))
 
     def optimizers(self):
         return {"model": self.optimizer, "critic": self.critic_optimizer}
+
+    def get_extra_state(self):
+        # the critics' memory of recent features is part of the state: a resumed run must see it
+        return {"memory": [list(m) for m in self._memory]}
+
+    def set_extra_state(self, state) -> None:
+        self._memory = [tuple(m) for m in state["memory"]]
 
     def prepare(self, accelerator) -> None:
         super().prepare(accelerator)
@@ -263,7 +275,29 @@ class WassersteinDisentanglement(Algorithm):
         self.critic_bg.to(accelerator.device)
 
     def _view(self, z: torch.Tensor) -> torch.Tensor:
-        return standardize(z) if self.hparams["standardize"] else z
+        view = self.hparams["critic_view"]
+        if view == "batch":
+            return standardize(z)
+        if view == "whiten":
+            which = "fg" if z.shape[1] == self.core.fg_dim else "bg"
+            return self._whiten(z, which)
+        return z
+
+    @torch.no_grad()
+    def _update_whitening(self, z: torch.Tensor, which: str, momentum: float = 0.95) -> None:
+        mean, cov = getattr(self, f"mean_{which}"), getattr(self, f"cov_{which}")
+        zc = z - z.mean(0)
+        first = bool(self.step == 0)
+        mean.mul_(0 if first else momentum).add_(z.mean(0), alpha=1 if first else 1 - momentum)
+        cov.mul_(0 if first else momentum).add_(zc.T @ zc / len(z), alpha=1 if first else 1 - momentum)
+        c = cov + self.hparams["whiten_shrinkage"] * cov.diagonal().mean() * torch.eye(len(cov), device=cov.device)
+        vals, vecs = torch.linalg.eigh(c)
+        getattr(self, f"white_{which}").copy_(vecs @ torch.diag(vals.clamp(min=1e-8).rsqrt()) @ vecs.T)
+
+    def _whiten(self, z: torch.Tensor, which: str) -> torch.Tensor:
+        """ZCA whitening with running statistics: a probe reads any direction at any scale, so the
+        critic must see small-variance directions as large as the others."""
+        return (z - getattr(self, f"mean_{which}")) @ getattr(self, f"white_{which}")
 
     def _terms(self, z_fg, z_bg, fg, bg):
         """The two critic gaps; D_fg needs bg labels, so fg-only rows only enter D_bg."""
@@ -300,6 +334,9 @@ class WassersteinDisentanglement(Algorithm):
         hp = self.hparams
         z, fg_logits, bg_logits = self.forward_heads(images)
         z_fg, z_bg = self.core.split(z.float())
+        if hp["critic_view"] == "whiten":
+            self._update_whitening(z_fg.detach(), "fg")
+            self._update_whitening(z_bg.detach(), "bg")
 
         logs = self.critic_update(z_fg, z_bg, fg, bg, generator)
 
@@ -308,7 +345,10 @@ class WassersteinDisentanglement(Algorithm):
         ce_bg = F.cross_entropy(bg_logits[labelled], bg[labelled]) if labelled.any() else ce_fg.new_zeros(())
         gap_fg, gap_bg, _ = self._terms(z_fg, z_bg, fg, bg)  # critics just updated; gradients flow into z
         weight = hp["critic_weight"] if int(self.step) >= hp["warmup_iters"] else 0.0
-        loss = hp["alpha"] * (ce_fg + ce_bg) + weight * (gap_fg + gap_bg)  # eq. 10
+        # eq. 10, with |gap|: the critic class is symmetric (f and -f), so W >= |gap(f)|. A stale
+        # critic can show a negative gap; minimising the signed gap would then reward the model for
+        # encoding the label the opposite way, which is dependence all the same.
+        loss = hp["alpha"] * (ce_fg + ce_bg) + weight * (gap_fg.abs() + gap_bg.abs())
         # the critics' own gradients from this loss are discarded (zeroed before their next step)
         self._model_step(loss)
         self.step += 1

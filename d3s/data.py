@@ -57,6 +57,7 @@ def load_split(root: str, split: str, need_bg: bool = True):
             raise DatasetFormatError(f"{root} holds no d3s parquet shards (make one with `d3s generate` or `d3s toy`).")
         if splits_in(root) or any(Path(root).glob("data/*.parquet")):
             raise DatasetFormatError(f"{root} has no {split!r} split (found: {', '.join(splits_in(root)) or 'none'}).")
+    datasets.disable_progress_bars()  # "Generating train split" bars would bury our own output and errors
     try:
         ds = datasets.load_dataset(str(root), split=split)
     except (ValueError, FileNotFoundError) as err:

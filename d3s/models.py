@@ -182,3 +182,6 @@ def load_extractor(path: str) -> DisentangledExtractor:
         return DisentangledExtractor.from_pretrained(path)
     except TypeError as err:  # config.json of another kind of model
         raise ModelError(f"{path} is not a d3s checkpoint ({err}).") from None
+    except (OSError, ValueError) as err:  # no such folder, not a Hub id, offline, missing weights
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(f"cannot load checkpoint {path!r}: not a local folder, and the Hub says: {first}") from None

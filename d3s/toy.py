@@ -40,9 +40,9 @@ class ToyConfig:
         out (`str`): output folder.
         fg_classes (`int`, defaults to 5): number of shapes (at most ``len(SHAPES)``).
         bg_classes (`int`, defaults to 5): number of textures (at most ``len(TEXTURES)``).
-        train_per_pair (`int`, defaults to 40): train images per (fg, bg) pair when independent;
+        train_per_pair (`int`, defaults to 200): train images per (fg, bg) pair when independent;
             with a correlation, the same total is drawn at random.
-        val_per_pair (`int`, defaults to 12): validation images per pair (always independent, so
+        val_per_pair (`int`, defaults to 20): validation images per pair (always independent, so
             the validation split measures what a model learned, not the correlation).
         correlation (`float`, defaults to 0): in the train split, the probability that an image of
             fg ``i`` is put on its paired bg ``i mod bg_classes`` rather than a uniformly drawn one.
@@ -53,8 +53,8 @@ class ToyConfig:
     out: str
     fg_classes: int = 5
     bg_classes: int = 5
-    train_per_pair: int = 40
-    val_per_pair: int = 12
+    train_per_pair: int = 200
+    val_per_pair: int = 20
     correlation: float = 0.0
     size: int = 32
     seed: int = 0

@@ -122,10 +122,20 @@ def save_checkpoint(algorithm, out: Path, step: int) -> None:
     so it loads with ``torch.load(weights_only=True)``."""
     state = {
         "step": step,
-        "algorithm": {k: v.detach().cpu() for k, v in _unwrapped_state(algorithm).items()},
+        "algorithm": {k: _to_cpu(v) for k, v in _unwrapped_state(algorithm).items()},
         "optimizers": {name: opt.state_dict() for name, opt in algorithm.optimizers().items()},
     }
     _atomic_torch_save(state, out / CHECKPOINT)
+
+
+def _to_cpu(v):
+    if isinstance(v, torch.Tensor):
+        return v.detach().cpu()
+    if isinstance(v, dict):
+        return {k: _to_cpu(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return type(v)(_to_cpu(x) for x in v)
+    return v
 
 
 def _unwrapped_state(algorithm) -> dict[str, torch.Tensor]:
