@@ -17,6 +17,10 @@ EPILOG = """examples:
   d3s generate --model tiny --foregrounds 0,207,281 --per-pair 2 --size 64 --steps 10 --out out/d3s-tiny
   d3s generate --foregrounds all --imagenet /data/imagenet/train --templates templates/ --out d3s/
   accelerate launch --multi_gpu --num_processes 8 --no_python d3s generate ...   # split a run over 8 GPUs
+  d3s toy --out out/toy                            # a dataset with known factors (shapes on textures)
+  d3s train --data out/toy --backbone test_resnet --no-pretrained --iters 1500 --out out/wd
+  d3s probe --data out/toy --checkpoint out/wd --out out/wd/probe.json
+  d3s spurious --data out/toy --checkpoint out/wd --baseline out/erm --pairs out/toy/pairs.json --out out/wd/spurious.json
 """
 
 
@@ -25,9 +29,15 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from .generate import GenerationError
     from .guides import GuideSourceError
     from .labels import LabelError
+    from .algorithms import HparamError
+    from .models import ModelError
     from .review import ReviewError
+    from .spurious import SpuriousError
+    from .toy import ToyError
+    from .train import TrainError
 
-    return (GenerationError, LabelError, GuideSourceError, DatasetFormatError, ReviewError)
+    return (GenerationError, LabelError, GuideSourceError, DatasetFormatError, ReviewError, ToyError, TrainError,
+            HparamError, ModelError, SpuriousError)
 
 
 # --- generate ------------------------------------------------------------------------------------
@@ -290,6 +300,176 @@ def _register_labels(sub) -> None:
     p.set_defaults(func=cmd_labels)
 
 
+# --- toy -------------------------------------------------------------------------------------------
+
+def cmd_toy(args: argparse.Namespace) -> int:
+    from .toy import ToyConfig, write_toy
+
+    cfg = ToyConfig(out=args.out, fg_classes=args.fg_classes, bg_classes=args.bg_classes, train_per_pair=args.train_per_pair,
+                    val_per_pair=args.val_per_pair, correlation=args.correlation, size=args.size, seed=args.seed)
+    counts = write_toy(cfg)
+    print(f"wrote {counts['train']} train and {counts['validation']} validation images "
+          f"({cfg.fg_classes} shapes x {cfg.bg_classes} textures, {cfg.size}px, correlation {cfg.correlation}) to {args.out}; "
+          f"pairs in {args.out}/pairs.json")
+    return 0
+
+
+def _register_toy(sub) -> None:
+    from .toy import ToyConfig as T
+
+    p = sub.add_parser("toy", help="write a procedural fg/bg dataset with known factors (shapes on textures)",
+                       description="Write a small dataset in the project's format: a known shape (fg) on a known texture (bg), "
+                                   "colours and positions random, at a chosen fg-bg correlation. Trains on a CPU in minutes.")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--fg-classes", type=int, default=T.fg_classes, help="number of shapes (default: %(default)s)")
+    p.add_argument("--bg-classes", type=int, default=T.bg_classes, help="number of textures (default: %(default)s)")
+    p.add_argument("--train-per-pair", type=int, default=T.train_per_pair, help="train images per (fg, bg) pair (default: %(default)s)")
+    p.add_argument("--val-per-pair", type=int, default=T.val_per_pair, help="validation images per pair (default: %(default)s)")
+    p.add_argument("--correlation", type=float, default=T.correlation,
+                   help="train split: probability that fg i sits on its paired bg (pairs.json) rather than a random one (default: %(default)s = independent)")
+    p.add_argument("--size", type=int, default=T.size, help="image side in pixels (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=T.seed)
+    p.set_defaults(func=cmd_toy)
+
+
+# --- train -----------------------------------------------------------------------------------------
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import json
+
+    from .train import TrainConfig, TrainError, train
+
+    try:
+        overrides = json.loads(args.hparams) if args.hparams else {}
+    except json.JSONDecodeError as err:
+        raise TrainError(f"--hparams must be a JSON object, e.g. '{{\"critic_steps\": 10}}': {err}") from None
+    if not isinstance(overrides, dict):
+        raise TrainError("--hparams must be a JSON object, e.g. '{\"critic_steps\": 10}'.")
+    for flag, key in (("lr", "lr"), ("critic_weight", "critic_weight"), ("warmup", "warmup_iters"), ("critic_steps", "critic_steps"),
+                      ("gp_weight", "gp_weight"), ("alpha", "alpha")):
+        if getattr(args, flag) is not None:
+            overrides[key] = getattr(args, flag)
+    config = TrainConfig(
+        data=args.data, out=args.out, method=args.method, backbone=args.backbone, pretrained=not args.no_pretrained,
+        iters=args.iters, batch_size=args.batch_size, image_size=args.image_size, fg_dim=args.fg_dim, bg_dim=args.bg_dim,
+        extra_data=args.extra_data, extra_batch_size=args.extra_batch_size, crop_scale=args.crop_scale, hparams=overrides,
+        seed=args.seed, checkpoint_every=args.checkpoint_every, log_every=args.log_every, workers=args.workers,
+        mixed_precision=args.mixed_precision, progress=not args.no_progress,
+    )
+    summary = train(config, stop_after=args.stop_after)
+    if summary.get("done"):
+        heads = f" (validation: fg head {summary['val_fg_head']:.3f}, bg head {summary['val_bg_head']:.3f})" if "val_fg_head" in summary else ""
+        print(f"done: {summary['step']} iterations; extractor saved in {args.out}{heads}")
+    elif summary:
+        print(f"stopped at step {summary['step']}; run the same command again to continue")
+    return 0
+
+
+def _register_train(sub) -> None:
+    from .algorithms import METHODS
+    from .train import TrainConfig as T
+
+    p = sub.add_parser("train", help="train a disentangled extractor (Wasserstein, paper sec. 5) or a baseline (ERM, GroupDRO, IRM)",
+                       description="Train on the data's `train` split. Rerunning the same command resumes from --out/checkpoint.pt. "
+                                   "`accelerate launch -m d3s train ...` splits batches across GPUs.")
+    p.add_argument("--data", required=True, metavar="DIR", help="dataset folder (or Hub id) with image, fg and bg columns")
+    p.add_argument("--out", required=True, metavar="CKPT", help="output folder: extractor, log, checkpoint")
+    p.add_argument("--method", default=T.method, choices=tuple(METHODS), help="(default: %(default)s)")
+    p.add_argument("--backbone", default=T.backbone, help="timm model name (default: %(default)s)")
+    p.add_argument("--no-pretrained", action="store_true", help="random initial backbone weights (offline, tests)")
+    p.add_argument("--iters", type=int, default=T.iters, help="model updates (default: %(default)s; the paper ran 160000)")
+    p.add_argument("--batch-size", type=int, default=T.batch_size, help="(default: %(default)s, as the paper)")
+    p.add_argument("--image-size", type=int, help="input side (default: the data's, at most 224)")
+    p.add_argument("--fg-dim", type=int, help="size of z_fg (default: the features left by --bg-dim)")
+    p.add_argument("--bg-dim", type=int, help="size of z_bg (default: 250/2048 of the backbone's features, as the paper)")
+    p.add_argument("--extra-data", metavar="DIR", help="a dataset with fg labels only (ImageNet) mixed into each batch")
+    p.add_argument("--extra-batch-size", type=int, default=0, help="its rows per step (default: --batch-size)")
+    p.add_argument("--crop-scale", type=float, default=T.crop_scale, help="RandomResizedCrop's smallest area; 1 = flips only (default: %(default)s)")
+    h = p.add_argument_group("hyper-parameters (defaults: d3s.algorithms.HPARAMS)")
+    h.add_argument("--lr", type=float)
+    h.add_argument("--critic-weight", type=float, help="weight of the critic terms in the model loss; 0 = the ablation without disentanglement")
+    h.add_argument("--critic-steps", type=int, help="critic updates per model update")
+    h.add_argument("--gp-weight", type=float, help="gradient penalty weight")
+    h.add_argument("--alpha", type=float, help="weight of the cross-entropies")
+    h.add_argument("--warmup", type=int, help="cross-entropy-only iterations at the start")
+    h.add_argument("--hparams", metavar="JSON", help="any other hyper-parameter, e.g. '{\"critic_lr\": 0.002}'")
+    r = p.add_argument_group("run")
+    r.add_argument("--seed", type=int, default=T.seed)
+    r.add_argument("--checkpoint-every", type=int, default=T.checkpoint_every, help="(default: %(default)s)")
+    r.add_argument("--log-every", type=int, default=T.log_every, help="(default: %(default)s)")
+    r.add_argument("--stop-after", type=int, metavar="N", help="stop this invocation after N steps, leaving a checkpoint")
+    r.add_argument("--workers", type=int, default=T.workers, help="data loader processes (default: %(default)s)")
+    r.add_argument("--mixed-precision", default=T.mixed_precision, choices=("auto", "no", "bf16", "fp16"), help="(default: %(default)s: bf16 on CUDA)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+
+# --- probe / features ------------------------------------------------------------------------------
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from .probes import format_table, leakage, probe
+
+    result = probe(args.data, args.checkpoint, out=args.out, train_split=args.train_split, eval_split=args.split, l2=args.l2)
+    print(format_table(result))
+    print(f"cross-leakage (mean of fg_from_bg and bg_from_fg above chance): {leakage(result, args.split):.3f}")
+    if args.out:
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _register_probe(sub) -> None:
+    p = sub.add_parser("probe", help="linear probes on frozen features: fg/bg from z_fg/z_bg (paper, Table 2)")
+    p.add_argument("--data", required=True, metavar="DIR")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a `d3s train --out` folder or Hub id")
+    p.add_argument("--out", metavar="JSON")
+    p.add_argument("--train-split", default="train", help="split the probes are fitted on (default: %(default)s)")
+    p.add_argument("--split", default="validation", help="split they are scored on (default: %(default)s)")
+    p.add_argument("--l2", type=float, default=1e-4, help="probe weight penalty (default: %(default)s)")
+    p.set_defaults(func=cmd_probe)
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    from .probes import export_features
+
+    arrays = export_features(args.data, args.checkpoint, args.split, args.out)
+    print(f"wrote {args.out}: " + ", ".join(f"{k} {tuple(v.shape)}" for k, v in arrays.items()))
+    return 0
+
+
+def _register_features(sub) -> None:
+    p = sub.add_parser("features", help="export z_fg, z_bg, fg, bg of a split to .npz")
+    p.add_argument("--data", required=True, metavar="DIR")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT")
+    p.add_argument("--split", default="validation")
+    p.add_argument("--out", required=True, metavar="FILE.npz")
+    p.set_defaults(func=cmd_features)
+
+
+# --- spurious --------------------------------------------------------------------------------------
+
+def cmd_spurious(args: argparse.Namespace) -> int:
+    from .spurious import markdown_table, spurious
+
+    result = spurious(args.data, args.checkpoint, args.baseline, pairs_file=args.pairs, out=args.out, imagenet=args.imagenet,
+                      baseline_pretrained=not args.no_pretrained)
+    print(markdown_table(result, args.checkpoint, args.baseline))
+    if args.out:
+        print(f"wrote {args.out} and its Markdown table beside it")
+    return 0
+
+
+def _register_spurious(sub) -> None:
+    p = sub.add_parser("spurious", help="spurious-correlation experiment: heads trained on correlated pairs (paper, Table 3)")
+    p.add_argument("--data", required=True, metavar="DIR")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT")
+    p.add_argument("--baseline", required=True, metavar="CKPT_OR_TIMM_NAME", help="a d3s checkpoint (e.g. --method erm) or a timm model name")
+    p.add_argument("--no-pretrained", action="store_true", help="a timm --baseline gets random weights (offline tests)")
+    p.add_argument("--pairs", metavar="FILE", help="JSON object fg class -> bg class (default: the paper's IN-9 pairs, SPEC sec. 4)")
+    p.add_argument("--imagenet", metavar="DIR[:SPLIT]", help="IN-9 ImageNet val: a dataset with fg (or label) ImageNet classes")
+    p.add_argument("--out", metavar="JSON")
+    p.set_defaults(func=cmd_spurious)
+
+
 # --- entry point -----------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -300,7 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"d3s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for register in (_register_labels, _register_generate, _register_templates, _register_regenerate, _register_score,
-                     _register_review, _register_split):
+                     _register_review, _register_split, _register_toy, _register_train, _register_probe,
+                     _register_features, _register_spurious):
         register(sub)
     return parser
 

@@ -103,3 +103,32 @@ def app_server(tmp_path_factory, tiny_run):
     yield {"url": url, "reviews": reviews, "data": tiny_run, "log": log}
     proc.terminate()
     proc.wait(timeout=30)
+
+
+ROOT = REPO
+CLI_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python -m d3s ...` with one torch thread (small training runs contend with two on two cores)."""
+    return run_d3s(*args, env={"OMP_NUM_THREADS": "1"}, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def toy(tmp_path_factory) -> Path:
+    """A small independent toy dataset (5 shapes x 5 textures)."""
+    from d3s.toy import ToyConfig, write_toy
+
+    out = tmp_path_factory.mktemp("toy")
+    write_toy(ToyConfig(out=str(out), train_per_pair=120, val_per_pair=16))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_toy(tmp_path_factory) -> Path:
+    """A very small toy for plumbing tests."""
+    from d3s.toy import ToyConfig, write_toy
+
+    out = tmp_path_factory.mktemp("tiny_toy")
+    write_toy(ToyConfig(out=str(out), fg_classes=3, bg_classes=3, train_per_pair=8, val_per_pair=3, size=16))
+    return out

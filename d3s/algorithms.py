@@ -1,0 +1,370 @@
+"""Training methods on one interface, DomainBed style: Wasserstein disentanglement, ERM, GroupDRO, IRM.
+
+Every method is built from ``(model, hparams)``, owns its optimizers, and has
+``update(images, fg, bg, generator) -> dict of floats``. ``bg == -1`` marks rows without a
+background label (ImageNet images mixed into the batch): they only enter the terms that need no
+bg label. The defaults of each method are in :data:`HPARAMS`; ``d3s train --hparams`` overrides.
+
+Wasserstein disentanglement (paper, eq. 9-10), as done here:
+
+- Critics ``D_fg(z_fg, l_bg)`` and ``D_bg(z_bg, l_fg)`` are per-label score MLPs, ``D(z, l) = f(z)[l]``
+  (LeakyReLU 0.1, widths halving). The label selects an output; it is not an input, so the
+  gradient penalty is taken with respect to z only (SPEC section 8: a penalty through an
+  interpolated one-hot label cripples this critic, and a critic on ``[z, one-hot]`` removed nothing).
+- The critics see **batch-standardised** features. A Wasserstein critic measures distances, so
+  information kept at a small scale costs it little while a linear probe on standardised features
+  still reads it; standardising removes that hiding place (and the trivial escape of shrinking z).
+- The product of marginals is every shuffle of the labels within the batch at once:
+  ``E_prod = mean_i mean_j f(z_i)[l_j]``, the expectation of the one-shuffle estimate, with less noise.
+- The gradient penalty interpolates between a joint and a product sample with a weight drawn per
+  sample (the authors' code drew it per element).
+- Critic steps run on detached features: they never back-propagate through the backbone, so a
+  Wasserstein step costs about one ERM step plus a few small MLP steps.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+COMMON = {"lr": 1e-3, "weight_decay": 0.0}
+HPARAMS: dict[str, dict[str, Any]] = {
+    # fg cross-entropy only: the paper's baseline
+    "erm": {**COMMON},
+    # eq. 9-10; betas (0, 0.9) as the paper
+    "wasserstein": {
+        **COMMON,
+        "betas": (0.0, 0.9),
+        "alpha": 1.0,  # weight of the two cross-entropies
+        "critic_weight": 1.0,  # weight of the two critic gaps in the model loss; 0 = no disentanglement
+        "critic_lr": 1e-3,
+        "critic_steps": 5,  # critic updates per model update (on the same detached features)
+        "gp_weight": 10.0,  # gradient penalty (WGAN-GP)
+        "critic_depth": 3,  # linear layers per critic, widths halving
+        "critic_view": "batch",  # what the critics see: batch-standardised z ("batch"), whitened z ("whiten") or raw z ("raw")
+        "whiten_shrinkage": 0.1,  # "whiten": covariance + shrinkage x mean variance x I before inverting
+        "warmup_iters": 200,  # cross-entropy only for the first iterations (critics already learn)
+        "critic_memory": 8,  # critics train on the detached features of this many recent batches
+    },
+    # fg cross-entropy, worst bg group up-weighted (Sagawa et al.)
+    "groupdro": {**COMMON, "groupdro_eta": 0.01},
+    # fg cross-entropy + IRMv1 penalty across bg environments (Arjovsky et al.)
+    "irm": {**COMMON, "irm_lambda": 100.0, "irm_penalty_anneal_iters": 200},
+}
+
+
+class HparamError(ValueError):
+    """An unknown method or hyper-parameter."""
+
+
+def hparams_for(method: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    if method not in HPARAMS:
+        raise HparamError(f"unknown --method {method!r}; choose from {', '.join(HPARAMS)}.")
+    hp = copy.deepcopy(HPARAMS[method])
+    for k, v in (overrides or {}).items():
+        if k not in hp:
+            raise HparamError(f"--method {method} has no hyper-parameter {k!r}; it has {', '.join(hp)}.")
+        hp[k] = type(hp[k])(v) if not isinstance(hp[k], tuple) else tuple(v)
+    return hp
+
+
+class Algorithm(nn.Module):
+    """Common interface. ``self.model`` is the :class:`~d3s.models.DisentangledExtractor`."""
+
+    def __init__(self, model: nn.Module, hparams: dict[str, Any]):
+        super().__init__()
+        self.model, self.hparams = model, hparams
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))  # checkpointed with the weights
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=hparams["lr"], betas=hparams.get("betas", (0.9, 0.999)),
+                                          weight_decay=hparams["weight_decay"])
+        self.accelerator = None
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"model": self.optimizer}
+
+    def prepare(self, accelerator) -> None:
+        """Hand the model and its optimizer to ``accelerate`` (DDP, mixed precision)."""
+        self.accelerator = accelerator
+        self.model, self.optimizer = accelerator.prepare(self.model, self.optimizer)
+
+    @property
+    def core(self) -> nn.Module:
+        """The extractor itself (unwrapped from DDP)."""
+        return self.accelerator.unwrap_model(self.model) if self.accelerator else self.model
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        if self.accelerator is not None:
+            self.accelerator.backward(loss)
+        else:
+            loss.backward()
+
+    def _model_step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self._backward(loss)
+        self.optimizer.step()
+
+    def forward_heads(self, images: torch.Tensor):
+        z, fg_logits, bg_logits = self.model(images, with_heads=True)
+        return z, fg_logits.float(), bg_logits.float()
+
+    def update(self, images, fg, bg, generator: torch.Generator) -> dict[str, float]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward_heads(images)[1]
+
+
+class ERM(Algorithm):
+    """Cross-entropy of the fg head on z_fg, nothing else."""
+
+    def update(self, images, fg, bg, generator):
+        _, fg_logits, _ = self.forward_heads(images)
+        loss = F.cross_entropy(fg_logits, fg)
+        self._model_step(loss)
+        self.step += 1
+        return {"loss": loss.item(), "ce_fg": loss.item()}
+
+
+class GroupDRO(ERM):
+    """fg cross-entropy with the bg classes as groups; the worst groups weigh most (Sagawa et al. 2020)."""
+
+    def __init__(self, model, hparams):
+        super().__init__(model, hparams)
+        self.register_buffer("q", torch.ones(len(model.bg_names)) / len(model.bg_names))
+
+    def update(self, images, fg, bg, generator):
+        _, fg_logits, _ = self.forward_heads(images)
+        per_row = F.cross_entropy(fg_logits, fg, reduction="none")
+        labelled = bg >= 0
+        group_loss = torch.zeros_like(self.q)
+        count = torch.zeros_like(self.q)
+        group_loss.index_add_(0, bg[labelled], per_row[labelled])
+        count.index_add_(0, bg[labelled], torch.ones_like(per_row[labelled]))
+        present = count > 0
+        group_loss = torch.where(present, group_loss / count.clamp(min=1), torch.zeros_like(group_loss))
+        with torch.no_grad():
+            self.q *= torch.exp(self.hparams["groupdro_eta"] * group_loss.detach() * present)
+            self.q /= self.q.sum()
+        loss = (self.q * group_loss).sum()
+        if (~labelled).any():  # fg-only rows have no group: plain cross-entropy
+            loss = loss + per_row[~labelled].mean()
+        self._model_step(loss)
+        self.step += 1
+        return {"loss": loss.item(), "ce_fg": per_row.mean().item(), "worst_group": group_loss.max().item()}
+
+
+class IRM(ERM):
+    """fg cross-entropy + IRMv1 penalty, bg classes as environments (Arjovsky et al. 2019)."""
+
+    def update(self, images, fg, bg, generator):
+        _, fg_logits, _ = self.forward_heads(images)
+        ce = F.cross_entropy(fg_logits, fg)
+        penalty = fg_logits.new_zeros(())
+        envs = [e for e in bg.unique().tolist() if e >= 0]
+        for e in envs:
+            rows = bg == e
+            scale = torch.ones((), device=fg_logits.device, requires_grad=True)
+            logits = fg_logits[rows] * scale
+            # unbiased estimate: product of the gradients on two halves of the environment
+            g1 = torch.autograd.grad(F.cross_entropy(logits[::2], fg[rows][::2]), scale, create_graph=True)[0]
+            g2 = torch.autograd.grad(F.cross_entropy(logits[1::2], fg[rows][1::2]), scale, create_graph=True)[0] if rows.sum() > 1 else g1
+            penalty = penalty + g1 * g2
+        penalty = penalty / max(1, len(envs))
+        weight = self.hparams["irm_lambda"] if int(self.step) >= self.hparams["irm_penalty_anneal_iters"] else 1.0
+        loss = ce + weight * penalty
+        if weight > 1.0:
+            loss = loss / weight  # keep the gradient scale comparable after the penalty switches on
+        if int(self.step) == self.hparams["irm_penalty_anneal_iters"]:
+            # as in DomainBed: reset Adam's moments when the penalty weight jumps
+            self.optimizer.state.clear()
+        self._model_step(loss)
+        self.step += 1
+        return {"loss": loss.item(), "ce_fg": ce.item(), "irm_penalty": penalty.item()}
+
+
+# --- Wasserstein disentanglement ------------------------------------------------------------------
+
+def standardize(z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Per-feature batch standardisation, gradients flowing through the statistics."""
+    return (z - z.mean(0, keepdim=True)) / (z.var(0, unbiased=False, keepdim=True) + eps).sqrt()
+
+
+class Critic(nn.Module):
+    """Per-label score critic ``D(z, l) = f(z)[l]``: an MLP, LeakyReLU(0.1), widths halving."""
+
+    def __init__(self, dim: int, num_labels: int, depth: int = 3):
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = dim
+        for _ in range(depth - 1):
+            nxt = max(16, width // 2)
+            layers += [nn.Linear(width, nxt), nn.LeakyReLU(0.1)]
+            width = nxt
+        layers.append(nn.Linear(width, num_labels))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+    def gap(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """E_joint D(z, l) - E_prod D(z, l): the dual estimate of W(P_zl, P_z P_l) (eq. 8).
+
+        The product term averages over all shuffles of the labels in the batch, exactly.
+        """
+        scores = self(z)
+        joint = scores.gather(1, labels[:, None]).mean()
+        marginal = torch.bincount(labels, minlength=scores.shape[1]).to(scores.dtype) / len(labels)
+        product = (scores @ marginal).mean()
+        return joint - product
+
+    def gradient_penalty(self, z: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """WGAN-GP on the segment between a joint sample and a product sample, weight drawn per sample.
+
+        The penalty is on z only: the label selects the critic's output and is carried over from
+        one end of the segment or the other with probability given by the same weight.
+        """
+        n = len(z)
+        dev = z.device
+        other = torch.randperm(n, generator=generator, device=dev)  # the product sample's z
+        shuffled = torch.randperm(n, generator=generator, device=dev)  # the product sample's label
+        eps = torch.rand(n, 1, generator=generator, device=dev)
+        z_mix = (eps * z + (1 - eps) * z[other]).requires_grad_(True)
+        take_joint = torch.rand(n, generator=generator, device=dev) < eps[:, 0]
+        l_mix = torch.where(take_joint, labels, labels[shuffled])
+        score = self(z_mix).gather(1, l_mix[:, None]).sum()
+        (grad,) = torch.autograd.grad(score, z_mix, create_graph=True)
+        return ((grad.norm(dim=1) - 1) ** 2).mean()
+
+
+class WassersteinDisentanglement(Algorithm):
+    """Eq. 9-10: alternate critic steps (on detached features) and a model step."""
+
+    def __init__(self, model, hparams):
+        super().__init__(model, hparams)
+        depth = hparams["critic_depth"]
+        self.critic_fg = Critic(model.fg_dim, len(model.bg_names), depth)  # D_fg(z_fg, l_bg)
+        self.critic_bg = Critic(model.bg_dim, len(model.fg_names), depth)  # D_bg(z_bg, l_fg)
+        params = list(self.critic_fg.parameters()) + list(self.critic_bg.parameters())
+        self.critic_optimizer = torch.optim.Adam(params, lr=hparams["critic_lr"], betas=hparams["betas"])
+        self._memory: list[tuple[torch.Tensor, ...]] = []  # recent (z_fg, z_bg, fg, bg), detached
+        for which, dim in (("fg", model.fg_dim), ("bg", model.bg_dim)):
+            self.register_buffer(f"mean_{which}", torch.zeros(dim))
+            self.register_buffer(f"cov_{which}", torch.eye(dim))
+            self.register_buffer(f"white_{which}", torch.eye(dim))
+
+    def optimizers(self):
+        return {"model": self.optimizer, "critic": self.critic_optimizer}
+
+    def get_extra_state(self):
+        # the critics' memory of recent features is part of the state: a resumed run must see it
+        return {"memory": [list(m) for m in self._memory]}
+
+    def set_extra_state(self, state) -> None:
+        self._memory = [tuple(m) for m in state["memory"]]
+
+    def prepare(self, accelerator) -> None:
+        super().prepare(accelerator)
+        # The critics stay unwrapped: DDP does not support the double backward of the gradient
+        # penalty, and they are tiny. Their gradients are averaged across processes by hand.
+        self.critic_fg.to(accelerator.device)
+        self.critic_bg.to(accelerator.device)
+
+    def _view(self, z: torch.Tensor) -> torch.Tensor:
+        view = self.hparams["critic_view"]
+        if view == "batch":
+            return standardize(z)
+        if view == "whiten":
+            which = "fg" if z.shape[1] == self.core.fg_dim else "bg"
+            return self._whiten(z, which)
+        return z
+
+    @torch.no_grad()
+    def _update_whitening(self, z: torch.Tensor, which: str, momentum: float = 0.95) -> None:
+        mean, cov = getattr(self, f"mean_{which}"), getattr(self, f"cov_{which}")
+        zc = z - z.mean(0)
+        first = bool(self.step == 0)
+        mean.mul_(0 if first else momentum).add_(z.mean(0), alpha=1 if first else 1 - momentum)
+        cov.mul_(0 if first else momentum).add_(zc.T @ zc / len(z), alpha=1 if first else 1 - momentum)
+        c = cov + self.hparams["whiten_shrinkage"] * cov.diagonal().mean() * torch.eye(len(cov), device=cov.device)
+        vals, vecs = torch.linalg.eigh(c)
+        getattr(self, f"white_{which}").copy_(vecs @ torch.diag(vals.clamp(min=1e-8).rsqrt()) @ vecs.T)
+
+    def _whiten(self, z: torch.Tensor, which: str) -> torch.Tensor:
+        """ZCA whitening with running statistics: a probe reads any direction at any scale, so the
+        critic must see small-variance directions as large as the others."""
+        return (z - getattr(self, f"mean_{which}")) @ getattr(self, f"white_{which}")
+
+    def _terms(self, z_fg, z_bg, fg, bg):
+        """The two critic gaps; D_fg needs bg labels, so fg-only rows only enter D_bg."""
+        labelled = bg >= 0
+        gap_fg = self.critic_fg.gap(self._view(z_fg[labelled]), bg[labelled]) if labelled.sum() > 1 else z_fg.new_zeros(())
+        gap_bg = self.critic_bg.gap(self._view(z_bg), fg)
+        return gap_fg, gap_bg, labelled
+
+    def critic_update(self, z_fg, z_bg, fg, bg, generator) -> dict[str, float]:
+        hp = self.hparams
+        # A critic fitted on one batch of 64 points in hundreds of dimensions finds gaps that are
+        # noise; a memory of recent batches gives it enough points to measure real dependence.
+        self._memory.append((z_fg.detach().float(), z_bg.detach().float(), fg, bg))
+        self._memory = self._memory[-hp["critic_memory"]:]
+        z_fg, z_bg, fg, bg = (torch.cat(parts) for parts in zip(*self._memory))
+        out = {}
+        for _ in range(hp["critic_steps"]):
+            gap_fg, gap_bg, labelled = self._terms(z_fg, z_bg, fg, bg)
+            gp = self.critic_bg.gradient_penalty(self._view(z_bg), fg, generator)
+            if labelled.sum() > 1:
+                gp = gp + self.critic_fg.gradient_penalty(self._view(z_fg[labelled]), bg[labelled], generator)
+            loss = -(gap_fg + gap_bg) + hp["gp_weight"] * gp  # eq. 9 for both critics
+            self.critic_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.accelerator is not None and self.accelerator.num_processes > 1:
+                for p in list(self.critic_fg.parameters()) + list(self.critic_bg.parameters()):
+                    if p.grad is not None:
+                        p.grad = self.accelerator.reduce(p.grad, reduction="mean")
+            self.critic_optimizer.step()
+            out = {"critic_gp": gp.item()}
+        return out
+
+    def update(self, images, fg, bg, generator):
+        hp = self.hparams
+        z, fg_logits, bg_logits = self.forward_heads(images)
+        z_fg, z_bg = self.core.split(z.float())
+        if hp["critic_view"] == "whiten":
+            self._update_whitening(z_fg.detach(), "fg")
+            self._update_whitening(z_bg.detach(), "bg")
+
+        logs = self.critic_update(z_fg, z_bg, fg, bg, generator)
+
+        labelled = bg >= 0
+        ce_fg = F.cross_entropy(fg_logits, fg)
+        ce_bg = F.cross_entropy(bg_logits[labelled], bg[labelled]) if labelled.any() else ce_fg.new_zeros(())
+        gap_fg, gap_bg, _ = self._terms(z_fg, z_bg, fg, bg)  # critics just updated; gradients flow into z
+        weight = hp["critic_weight"] if int(self.step) >= hp["warmup_iters"] else 0.0
+        # eq. 10, with |gap|: the critic class is symmetric (f and -f), so W >= |gap(f)|. A stale
+        # critic can show a negative gap; minimising the signed gap would then reward the model for
+        # encoding the label the opposite way, which is dependence all the same.
+        loss = hp["alpha"] * (ce_fg + ce_bg) + weight * (gap_fg.abs() + gap_bg.abs())
+        # the critics' own gradients from this loss are discarded (zeroed before their next step)
+        self._model_step(loss)
+        self.step += 1
+        return {"loss": loss.item(), "ce_fg": ce_fg.item(), "ce_bg": ce_bg.item(), "gap_fg": gap_fg.item(),
+                "gap_bg": gap_bg.item(), **logs}
+
+
+METHODS: dict[str, type[Algorithm]] = {
+    "wasserstein": WassersteinDisentanglement,
+    "erm": ERM,
+    "groupdro": GroupDRO,
+    "irm": IRM,
+}
+
+
+def build(method: str, model: nn.Module, hparams: dict[str, Any]) -> Algorithm:
+    if method not in METHODS:
+        raise HparamError(f"unknown --method {method!r}; choose from {', '.join(METHODS)}.")
+    return METHODS[method](model, hparams)

@@ -1,0 +1,189 @@
+"""Images and labels of a d3s dataset, as tensors for training and feature extraction.
+
+Batches are a pure function of (seed, step): the row order of each epoch is a seeded permutation
+and each batch's augmentation draws from a generator seeded by the step. So a resumed run sees
+exactly the batches the uninterrupted run would have seen, and several processes can each take
+their slice of the same global batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .dataset import DatasetFormatError
+
+PRELOAD_LIMIT_BYTES = 1 << 30  # decode the whole split into memory when it fits in this
+
+
+@dataclass
+class LabelInfo:
+    fg_names: list[str]
+    bg_names: list[str] | None  # None for fg-only data (ImageNet)
+
+
+def label_info(ds, where: str, need_bg: bool = True) -> LabelInfo:
+    """The class names of a split; refuses data without the label columns a command needs."""
+    import datasets
+
+    fg = ds.features.get("fg") or (ds.features.get("label") if not need_bg else None)
+    if not isinstance(fg, datasets.ClassLabel):
+        raise DatasetFormatError(
+            f"{where} has no 'fg' ClassLabel column (columns: {', '.join(ds.column_names)}); d3s needs 'image', 'fg' and 'bg'."
+        )
+    bg = ds.features.get("bg")
+    if need_bg and not isinstance(bg, datasets.ClassLabel):
+        raise DatasetFormatError(
+            f"{where} has no 'bg' ClassLabel column (columns: {', '.join(ds.column_names)}); d3s needs 'image', 'fg' and 'bg'."
+        )
+    if "image" not in ds.column_names:
+        raise DatasetFormatError(f"{where} has no 'image' column (columns: {', '.join(ds.column_names)}).")
+    return LabelInfo(list(fg.names), list(bg.names) if isinstance(bg, datasets.ClassLabel) else None)
+
+
+def load_split(root: str, split: str, need_bg: bool = True):
+    """One split of a d3s folder (or Hub id), with a one-line error when it is missing or unlabelled."""
+    import datasets
+
+    from .dataset import shard_paths, splits_in
+    from pathlib import Path
+
+    if Path(root).exists() and not shard_paths(root, split):
+        if not Path(root).is_dir() or not any(Path(root).glob("**/*.parquet")):
+            raise DatasetFormatError(f"{root} holds no d3s parquet shards (make one with `d3s generate` or `d3s toy`).")
+        if splits_in(root) or any(Path(root).glob("data/*.parquet")):
+            raise DatasetFormatError(f"{root} has no {split!r} split (found: {', '.join(splits_in(root)) or 'none'}).")
+    datasets.disable_progress_bars()  # "Generating train split" bars would bury our own output and errors
+    try:
+        ds = datasets.load_dataset(str(root), split=split)
+    except (ValueError, FileNotFoundError) as err:
+        raise DatasetFormatError(f"cannot load split {split!r} of {root}: {str(err).splitlines()[0]}") from None
+    label_info(ds, f"{root} ({split})", need_bg=need_bg)
+    return ds
+
+
+def _to_rgb_array(img: Image.Image, size: int, box=None) -> np.ndarray:
+    img = img.convert("RGB")
+    if box is None and img.size != (size, size):
+        # eval: resize the shorter side, centre crop (the usual eval transform)
+        w, h = img.size
+        s = min(w, h)
+        box = ((w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2)
+    if box is not None or img.size != (size, size):
+        img = img.resize((size, size), Image.BICUBIC, box=box)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def random_resized_box(w: int, h: int, rng: np.random.Generator, scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3)):
+    """torchvision's RandomResizedCrop box, drawn from ``rng``."""
+    area = w * h
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
+        cw, ch = np.sqrt(target * aspect), np.sqrt(target / aspect)
+        if cw <= w and ch <= h:
+            x0, y0 = rng.uniform(0, w - cw), rng.uniform(0, h - ch)
+            return (x0, y0, x0 + cw, y0 + ch)
+    s = min(w, h)
+    return ((w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2)
+
+
+class ImageTable:
+    """The images and labels of one split, decoded on demand (or all at once when small).
+
+    Args:
+        ds (`datasets.Dataset`): a split with ``image`` and ``fg`` (and ``bg``) columns.
+        size (`int`): the side images are resized to.
+        fg_column (`str`, defaults to ``"fg"``): ``label`` for ImageNet-style fg-only data.
+    """
+
+    def __init__(self, ds, size: int, fg_column: str = "fg", preload_limit: int = PRELOAD_LIMIT_BYTES):
+        self.ds, self.size = ds, size
+        self.fg = torch.tensor(ds[fg_column], dtype=torch.long)
+        self.bg = torch.tensor(ds["bg"], dtype=torch.long) if "bg" in ds.column_names else torch.full_like(self.fg, -1)
+        self._raw: list[Image.Image] | None = None
+        w, h = ds[0]["image"].size if len(ds) else (0, 0)
+        if len(ds) * w * h * 3 <= preload_limit:  # the decoded originals fit in memory: decode once
+            self._raw = [im.convert("RGB") for im in ds["image"]]
+            for im in self._raw:
+                im.load()
+
+    def __len__(self) -> int:
+        return len(self.fg)
+
+    def _images(self, idx: Sequence[int]) -> list[Image.Image]:
+        if self._raw is not None:
+            return [self._raw[i] for i in idx]
+        return [im for im in self.ds.select_columns(["image"])[list(map(int, idx))]["image"]]
+
+    def batch(self, idx: Sequence[int], rng: np.random.Generator | None = None, crop_scale: float = 1.0) -> torch.Tensor:
+        """uint8 (N, 3, size, size) images; with ``rng``, random resized crop and horizontal flip."""
+        arrays = []
+        for im in self._images(idx):
+            if rng is None:
+                a = _to_rgb_array(im, self.size)
+            else:
+                box = random_resized_box(*im.size, rng, scale=(crop_scale, 1.0)) if crop_scale < 1.0 else (0, 0, *im.size)
+                a = _to_rgb_array(im, self.size, box=box)
+                if rng.random() < 0.5:
+                    a = a[:, ::-1]
+            arrays.append(a)
+        return torch.from_numpy(np.ascontiguousarray(np.stack(arrays))).permute(0, 3, 1, 2).contiguous()
+
+
+class SeededBatches(torch.utils.data.Dataset):
+    """Item ``step`` is the training batch of that step: a pure function of (seed, step).
+
+    Give it to a ``DataLoader(batch_size=None)`` with workers to decode ahead of the model.
+    """
+
+    def __init__(self, table: ImageTable, batch_size: int, seed: int, crop_scale: float, extra: ImageTable | None = None,
+                 extra_batch_size: int = 0, rank: int = 0, world: int = 1):
+        if len(table) < batch_size:
+            raise DatasetFormatError(f"the train split has {len(table)} rows, fewer than --batch-size {batch_size}.")
+        self.table, self.batch_size, self.seed, self.crop_scale = table, batch_size, seed, crop_scale
+        self.extra, self.extra_batch_size = extra, extra_batch_size
+        self.rank, self.world = rank, world
+        self.steps: range = range(0)
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    @staticmethod
+    def _indices(n: int, batch_size: int, seed: int, step: int, stream: int) -> np.ndarray:
+        per_epoch = n // batch_size
+        epoch, k = divmod(step, per_epoch)
+        perm = np.random.default_rng([seed, stream, epoch]).permutation(n)
+        return perm[k * batch_size : (k + 1) * batch_size]
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        step = self.steps[i]
+        idx = self._indices(len(self.table), self.batch_size, self.seed, step, 0)[self.rank :: self.world]
+        rng = np.random.default_rng([self.seed, 1, step, self.rank])
+        images, fg, bg = self.table.batch(idx, rng, self.crop_scale), self.table.fg[idx], self.table.bg[idx]
+        if self.extra is not None and self.extra_batch_size:
+            eidx = self._indices(len(self.extra), self.extra_batch_size, self.seed, step, 2)[self.rank :: self.world]
+            images = torch.cat([images, self.extra.batch(eidx, rng, self.crop_scale)])
+            fg = torch.cat([fg, self.extra.fg[eidx]])
+            bg = torch.cat([bg, torch.full((len(eidx),), -1, dtype=torch.long)])  # no bg label: masked out of bg terms
+        return {"images": images, "fg": fg, "bg": bg, "step": torch.tensor(step)}
+
+
+@torch.no_grad()
+def extract(model, table: ImageTable, batch_size: int = 256, device: str | torch.device = "cpu", progress: bool = False) -> torch.Tensor:
+    """All features z (N, D) of a table, model in eval mode, float32 on the CPU."""
+    from tqdm.auto import tqdm
+
+    model.eval()
+    out = []
+    starts = range(0, len(table), batch_size)
+    for s in tqdm(starts, desc="features", disable=not progress, leave=False):
+        x = table.batch(range(s, min(s + batch_size, len(table)))).to(device)
+        with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=torch.device(device).type == "cuda"):
+            z = model(x)
+        out.append(z.float().cpu())
+    return torch.cat(out)

@@ -1,0 +1,302 @@
+"""``d3s train``: fit a disentangled extractor (or a baseline) on a dataset's ``train`` split.
+
+The loop reads top to bottom: check inputs -> data -> model and method -> resume -> steps ->
+save. A run leaves in ``--out``:
+
+- ``model.safetensors`` + ``config.json``: the extractor (``DisentangledExtractor.from_pretrained``);
+- ``run.json``: versions, arguments and hyper-parameters;
+- ``train_log.jsonl``: one JSON line of losses every ``--log-every`` steps (plot it with any tool);
+- ``checkpoint.pt``: model, critics, optimizers and step, every ``--checkpoint-every`` steps; a
+  killed run given the same command continues from it, exactly as if it had not stopped;
+- ``done.json``: written last, with the final validation accuracy of the heads.
+
+Batches and every random draw of a step are functions of (seed, step), so a resumed run is
+bit-for-bit the uninterrupted one on the same machine. ``accelerate launch -m d3s train ...``
+splits each batch across processes (DDP); mixed precision (bf16) is used on CUDA.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CHECKPOINT = "checkpoint.pt"
+LOG = "train_log.jsonl"
+
+
+class TrainError(ValueError):
+    """Training settings that cannot work, or an output folder holding another run."""
+
+
+@dataclass
+class TrainConfig:
+    """Settings of ``d3s train`` (each default is what the command line uses).
+
+    Args:
+        data (`str`): dataset folder (or Hub id) with ``image``, ``fg``, ``bg`` and a ``train`` split.
+        out (`str`): output folder (see the module docstring).
+        method (`str`, defaults to ``"wasserstein"``): ``wasserstein``, ``erm``, ``groupdro`` or ``irm``.
+        backbone (`str`, defaults to ``"resnet50"``): any timm model name.
+        pretrained (`bool`, defaults to True): start the backbone from timm's ImageNet weights.
+        iters (`int`, defaults to 2000): model updates.
+        batch_size (`int`, defaults to 64): rows of the dataset per step (global, over all processes).
+        image_size (`int`, *optional*): input side; defaults to the data's image side, capped at 224.
+        fg_dim, bg_dim (`int`, *optional*): the feature split (defaults: the paper's proportion).
+        extra_data (`str`, *optional*): a second dataset with fg labels only (ImageNet), mixed into
+            every batch for the terms that need no bg label; its fg names must be the data's.
+        extra_batch_size (`int`, defaults to 0 = ``batch_size``): its rows per step.
+        crop_scale (`float`, defaults to 0.35): smallest area of RandomResizedCrop (1 = flip only).
+        hparams (`dict`): overrides of the method's hyper-parameters (see ``d3s.algorithms.HPARAMS``).
+        seed (`int`, defaults to 0).
+        checkpoint_every (`int`, defaults to 500), log_every (`int`, defaults to 10).
+        workers (`int`, defaults to 2): data loader processes (0: decode in the main process).
+        mixed_precision (`str`, defaults to ``"auto"``): ``auto`` (bf16 on CUDA), ``no``, ``bf16``, ``fp16``.
+    """
+
+    data: str
+    out: str
+    method: str = "wasserstein"
+    backbone: str = "resnet50"
+    pretrained: bool = True
+    iters: int = 2000
+    batch_size: int = 64
+    image_size: int | None = None
+    fg_dim: int | None = None
+    bg_dim: int | None = None
+    extra_data: str | None = None
+    extra_batch_size: int = 0
+    crop_scale: float = 0.35
+    hparams: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    checkpoint_every: int = 500
+    log_every: int = 10
+    workers: int = 2
+    mixed_precision: str = "auto"
+    progress: bool = True
+
+    def check(self) -> None:
+        if self.iters < 1:
+            raise TrainError(f"--iters must be at least 1, got {self.iters}.")
+        if self.batch_size < 2:
+            raise TrainError(f"--batch-size must be at least 2 (the critics shuffle labels within a batch), got {self.batch_size}.")
+        if not 0.05 <= self.crop_scale <= 1.0:
+            raise TrainError(f"--crop-scale must be in [0.05, 1], got {self.crop_scale}.")
+        if self.checkpoint_every < 1 or self.log_every < 1:
+            raise TrainError("--checkpoint-every and --log-every must be at least 1.")
+        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+            raise TrainError(f"--mixed-precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}.")
+
+    def identity(self) -> dict[str, Any]:
+        """The settings a resumed run must share with the run it continues."""
+        d = asdict(self)
+        for k in ("out", "iters", "checkpoint_every", "log_every", "workers", "progress"):
+            d.pop(k)
+        return d
+
+
+def _versions() -> dict[str, str]:
+    import accelerate
+    import timm
+
+    from . import __version__
+
+    return {"d3s": __version__, "torch": torch.__version__, "timm": timm.__version__, "accelerate": accelerate.__version__,
+            "python": platform.python_version()}
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(algorithm, out: Path, step: int) -> None:
+    """Model, critics, method buffers, optimizers and step. Only tensors and plain containers,
+    so it loads with ``torch.load(weights_only=True)``."""
+    state = {
+        "step": step,
+        "algorithm": {k: _to_cpu(v) for k, v in _unwrapped_state(algorithm).items()},
+        "optimizers": {name: opt.state_dict() for name, opt in algorithm.optimizers().items()},
+    }
+    _atomic_torch_save(state, out / CHECKPOINT)
+
+
+def _to_cpu(v):
+    if isinstance(v, torch.Tensor):
+        return v.detach().cpu()
+    if isinstance(v, dict):
+        return {k: _to_cpu(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return type(v)(_to_cpu(x) for x in v)
+    return v
+
+
+def _unwrapped_state(algorithm) -> dict[str, torch.Tensor]:
+    # keys as if the model were not DDP-wrapped, so a checkpoint moves between 1 and N processes
+    return {k.replace("model.module.", "model."): v for k, v in algorithm.state_dict().items()}
+
+
+def load_checkpoint(algorithm, out: Path) -> int:
+    state = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=True)
+    target = algorithm.state_dict()
+    wrapped = any(k.startswith("model.module.") for k in target)
+    weights = {(k.replace("model.", "model.module.", 1) if wrapped and k.startswith("model.") else k): v
+               for k, v in state["algorithm"].items()}
+    algorithm.load_state_dict(weights, strict=True)
+    for name, opt in algorithm.optimizers().items():
+        opt.load_state_dict(state["optimizers"][name])
+    return int(state["step"])
+
+
+def _resume_log(path: Path, step: int) -> None:
+    """Drop log lines written after the checkpoint the run resumes from (they will be redone)."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def _model_hparams(config: TrainConfig):
+    from .algorithms import hparams_for
+
+    return hparams_for(config.method, config.hparams)
+
+
+def train(config: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
+    """Run (or resume) a training run; returns the summary written to ``done.json``.
+
+    ``stop_after`` ends this invocation after that many steps, leaving a checkpoint (for time-sliced
+    jobs, and for tests of resuming).
+    """
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    from .algorithms import build
+    from .data import ImageTable, SeededBatches, label_info, load_split
+    from .models import DisentangledExtractor
+
+    # 1. check inputs
+    config.check()
+    hparams = _model_hparams(config)
+    out = Path(config.out)
+    run_file = out / "run.json"
+    if run_file.exists():
+        previous = json.loads(run_file.read_text())["config"]
+        mine = json.loads(json.dumps(config.identity()))
+        if previous != mine:
+            diff = sorted(k for k in mine if previous.get(k) != mine[k])
+            raise TrainError(f"{out} holds a run with other settings ({', '.join(diff)} differ); use another --out or the same settings to resume.")
+
+    # 2. data
+    ds = load_split(config.data, "train")
+    info = label_info(ds, f"{config.data} (train)")
+    extra_ds = extra_info = None
+    if config.extra_data:
+        extra_ds = load_split(config.extra_data, "train", need_bg=False)
+        extra_info = label_info(extra_ds, f"{config.extra_data} (train)", need_bg=False)
+        if extra_info.fg_names != info.fg_names[: len(extra_info.fg_names)]:
+            raise TrainError(f"the fg classes of --extra-data {config.extra_data} are not the first classes of {config.data}'s fg labels.")
+    image_size = config.image_size or min(224, max(ds[0]["image"].size))
+
+    # 3. model and method
+    accelerator = Accelerator(
+        mixed_precision=("bf16" if torch.cuda.is_available() else "no") if config.mixed_precision == "auto" else config.mixed_precision,
+        cpu=not torch.cuda.is_available(),
+    )
+    torch.manual_seed(config.seed)  # the initial weights
+    model = DisentangledExtractor.create(config.backbone, info.fg_names, info.bg_names, pretrained=config.pretrained,
+                                         fg_dim=config.fg_dim, bg_dim=config.bg_dim, image_size=image_size)
+    algorithm = build(config.method, model, hparams)
+    algorithm.to(accelerator.device)
+    algorithm.prepare(accelerator)
+
+    # 4. resume
+    start = 0
+    if (out / CHECKPOINT).exists():
+        start = load_checkpoint(algorithm, out)
+        _resume_log(out / LOG, start)
+    out.mkdir(parents=True, exist_ok=True)
+    if accelerator.is_main_process:
+        run = {"config": config.identity(), "hparams": hparams, "versions": _versions(), "image_size": image_size,
+               "fg_dim": model.fg_dim, "bg_dim": model.bg_dim, "processes": accelerator.num_processes}
+        if start == 0:
+            run_file.write_text(json.dumps(run, indent=2, default=list) + "\n")
+        print(f"d3s train: {config.method} on {config.backbone} ({'pretrained' if config.pretrained else 'random init'}), "
+              f"z_fg {model.fg_dim} / z_bg {model.bg_dim}, {len(info.fg_names)} fg x {len(info.bg_names)} bg classes, "
+              f"{len(ds)} train images at {image_size}px" + (f", resuming at step {start}" if start else ""))
+        print("hparams: " + json.dumps(hparams, default=list))
+
+    # 5. steps
+    table = ImageTable(ds, image_size)
+    extra = ImageTable(extra_ds, image_size, fg_column="fg" if "fg" in extra_ds.column_names else "label") if extra_ds else None
+    world, rank = accelerator.num_processes, accelerator.process_index
+    batches = SeededBatches(table, config.batch_size, config.seed, config.crop_scale, extra,
+                            config.extra_batch_size or (config.batch_size if extra else 0), rank, world)
+    end = config.iters if stop_after is None else min(config.iters, start + stop_after)
+    batches.steps = range(start, end)
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=config.workers,
+                                         persistent_workers=False, prefetch_factor=4 if config.workers else None)
+    log_f = open(out / LOG, "a") if accelerator.is_main_process else None
+    bar = tqdm(total=config.iters, initial=start, desc=config.method, disable=not (config.progress and accelerator.is_main_process),
+               dynamic_ncols=True)
+    t0 = time.time()
+    algorithm.train()
+    step = start
+    try:
+        for batch in loader:
+            step = int(batch["step"])
+            gen = torch.Generator(device=accelerator.device).manual_seed(config.seed * 1_000_003 + step)
+            images, fg, bg = (batch[k].to(accelerator.device, non_blocking=True) for k in ("images", "fg", "bg"))
+            with accelerator.autocast():
+                logs = algorithm.update(images, fg, bg, gen)
+            step += 1
+            bar.update(1)
+            if step % config.log_every == 0 or step == end:
+                bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items() if k in ("ce_fg", "ce_bg", "gap_fg", "gap_bg", "loss")})
+                if log_f:
+                    log_f.write(json.dumps({"step": step, **{k: round(v, 6) for k, v in logs.items()}, "time": round(time.time() - t0, 2)}) + "\n")
+                    log_f.flush()
+            if (step % config.checkpoint_every == 0 or step == end) and accelerator.is_main_process:
+                log_f.flush()
+                save_checkpoint(algorithm, out, step)
+    finally:
+        bar.close()
+        if log_f:
+            log_f.close()
+    accelerator.wait_for_everyone()
+    if step < config.iters:
+        return {"step": step, "done": False}
+
+    # 6. save
+    summary: dict[str, Any] = {"step": step, "done": True, "seconds_this_run": round(time.time() - t0, 1)}
+    if accelerator.is_main_process:
+        core = algorithm.core
+        core.save_pretrained(out)
+        summary.update(evaluate_heads(core, config.data, accelerator.device))
+        (out / "done.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+@torch.no_grad()
+def evaluate_heads(model, data: str, device) -> dict[str, float]:
+    """Accuracy of the model's own fg and bg heads on the ``validation`` split, if there is one."""
+    from .data import ImageTable, extract, load_split
+    from .dataset import DatasetFormatError
+
+    try:
+        ds = load_split(data, "validation")
+    except DatasetFormatError:
+        return {}
+    table = ImageTable(ds, model.image_size)
+    z = extract(model, table, device=device).to(device)
+    z_fg, z_bg = model.split(z)
+    fg_acc = (model.fg_head(z_fg).argmax(1).cpu() == table.fg).float().mean().item()
+    bg_acc = (model.bg_head(z_bg).argmax(1).cpu() == table.bg).float().mean().item()
+    return {"val_fg_head": round(fg_acc, 4), "val_bg_head": round(bg_acc, 4)}

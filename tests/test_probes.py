@@ -1,0 +1,106 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from d3s.models import DisentangledExtractor
+from d3s.probes import fit_probe, run_probes
+from d3s.spurious import IN9_PAIRS, SpuriousError, coarse_fg_map, load_pairs
+
+from conftest import run_cli
+
+
+def test_probe_reads_small_scale_information():
+    """A probe on standardised features reads a label hidden at a tiny scale (what a critic on raw
+    features would miss), and stays at chance on noise."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 4, (800,), generator=g)
+    x = torch.randn(800, 10, generator=g) * 100
+    x[:, 3] += 1e-3 * y  # the label, 5 orders of magnitude below the noise
+    x[:, 3] = 1e-3 * y + 1e-5 * torch.randn(800, generator=g)
+    p = fit_probe(x[:600], y[:600])
+    assert p.accuracy(x[600:], y[600:]) > 0.95
+    noise = fit_probe(torch.randn(600, 10, generator=g), y[:600])
+    assert noise.accuracy(torch.randn(200, 10, generator=g), y[600:]) < 0.4
+
+
+def test_run_probes_schema():
+    g = torch.Generator().manual_seed(0)
+    n = 300
+    fg, bg = torch.randint(0, 6, (n,), generator=g), torch.randint(0, 3, (n,), generator=g)
+    data = {"z_fg": torch.nn.functional.one_hot(fg, 6).float() + 0.1 * torch.randn(n, 6, generator=g),
+            "z_bg": torch.nn.functional.one_hot(bg, 3).float() + 0.1 * torch.randn(n, 3, generator=g), "fg": fg, "bg": bg}
+    r = run_probes(data, {"validation": data})
+    assert set(r) == {"validation", "chance"}
+    assert set(r["validation"]) == {"fg_from_fg", "bg_from_bg", "fg_from_bg", "bg_from_fg"}
+    assert r["validation"]["fg_from_fg"]["top1"] == 1.0 and r["validation"]["bg_from_bg"]["top1"] == 1.0
+    assert r["validation"]["fg_from_bg"]["top1"] < 0.4
+    assert r["validation"]["bg_from_fg"]["top5"] == 1.0  # 3 classes: top-5 is top-3
+    assert all(0 <= v <= 1 for p in r["validation"].values() for v in p.values())
+
+
+def test_pairs_resolution():
+    fg_map, bg_map = coarse_fg_map({"square": "checker", "circle": "dots"}, ["circle", "square", "ring"], ["checker", "dots", "plain"])
+    assert fg_map.tolist() == [1, 0, -1] and bg_map.tolist() == [0, 1, -1]
+    with pytest.raises(SpuriousError, match="'hexagon'"):
+        coarse_fg_map({"hexagon": "checker"}, ["circle", "square"], ["checker", "dots"])
+    with pytest.raises(SpuriousError, match="bg classes"):
+        coarse_fg_map({"circle": "lava"}, ["circle", "square"], ["checker", "dots"])
+
+
+def test_in9_pairs_map_imagenet_classes():
+    from d3s.labels import imagenet_classes
+    from d3s.prompts import load_recipe
+
+    names = [c.name for c in imagenet_classes()]
+    fg_map, bg_map = coarse_fg_map(load_pairs(None), names, list(load_recipe("backgrounds").shifts))
+    assert fg_map[207].item() == list(IN9_PAIRS).index("dog")  # golden retriever
+    assert fg_map[0].item() == list(IN9_PAIRS).index("fish")  # tench
+    assert fg_map[999].item() == -1  # toilet tissue: no IN-9 class
+    assert (fg_map >= 0).sum().item() == 370
+    assert (bg_map >= 0).sum().item() == 9  # 'indoors' unused
+
+
+def _checkpoint(tmp_path, fg, bg):
+    torch.manual_seed(0)
+    m = DisentangledExtractor("test_efficientnet", fg, bg, image_size=16)
+    m.save_pretrained(tmp_path)
+    return tmp_path
+
+
+def test_bad_inputs_get_one_line_errors(tiny_toy, tmp_path):
+    good = _checkpoint(tmp_path / "good", ["circle", "square", "triangle"], ["h-stripes", "v-stripes", "checker"])
+    other = _checkpoint(tmp_path / "other", ["cat", "dog"], ["h-stripes", "v-stripes", "checker"])
+    # a dataset without fg/bg labels
+    import datasets
+
+    from d3s.dataset import write_shard
+
+    feats = datasets.Features({"item_id": datasets.Value("int64"), "image": datasets.Image(), "label": datasets.Value("int64")})
+    from PIL import Image
+
+    write_shard(tmp_path / "nolabels", "train", [{"item_id": i, "image": Image.new("RGB", (16, 16)), "label": 0} for i in range(4)], feats)
+    pairs = tmp_path / "pairs.json"
+    pairs.write_text(json.dumps({"hexagon": "checker"}))
+    cases = [
+        (("train", "--data", str(tmp_path / "nolabels"), "--out", str(tmp_path / "o"), "--no-pretrained"), "no 'fg' ClassLabel"),
+        (("probe", "--data", str(tmp_path / "nolabels"), "--checkpoint", str(good)), "no 'fg' ClassLabel"),
+        (("probe", "--data", str(tiny_toy), "--checkpoint", str(other)), "do not match"),
+        (("features", "--data", str(tiny_toy), "--checkpoint", str(tmp_path / "missing_dir_x"), "--out", str(tmp_path / "f.npz")), "checkpoint"),
+        (("spurious", "--data", str(tiny_toy), "--checkpoint", str(good), "--baseline", str(good), "--pairs", str(pairs)), "'hexagon'"),
+        (("spurious", "--data", str(tiny_toy), "--checkpoint", str(other), "--baseline", str(good)), "do not match"),
+    ]
+    for args, message in cases:
+        r = run_cli(*args)
+        assert r.returncode == 2, (args, r.stderr[-2000:])
+        err = r.stderr.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"d3s {args[0]}: error:") and message in err[0], (args, r.stderr[-2000:])
+
+
+def test_features_export(tiny_toy, tmp_path):
+    ck = _checkpoint(tmp_path / "ck", ["circle", "square", "triangle"], ["h-stripes", "v-stripes", "checker"])
+    r = run_cli("features", "--data", str(tiny_toy), "--checkpoint", str(ck), "--split", "validation", "--out", str(tmp_path / "v.npz"))
+    assert r.returncode == 0, r.stderr
+    f = np.load(tmp_path / "v.npz")
+    assert f["z_fg"].shape == (27, 225) and f["z_bg"].shape == (27, 31) and f["fg"].shape == f["bg"].shape == (27,)
