@@ -135,7 +135,9 @@ def stage_dataset(data: str | Path, out: str | Path, repo_id: str, required_spli
         "task_categories": ["image-classification"], "tags": ["distribution-shift", "synthetic", "stable-diffusion", "imagenet", "d3s"],
         "size_categories": [_size_category(sum(c["rows"] for c in counts.values()))],
     })
-    return {"repo_id": repo_id, "folder": str(out), "splits": counts, "skipped_rows": skipped, "problems": problems}
+    staged = ", ".join(f"{s} {c['rows']}" for s, c in counts.items())
+    return {"repo_id": repo_id, "folder": str(out), "splits": counts, "skipped_rows": skipped, "problems": problems,
+            "summary": f"staged {staged} rows ({skipped} corrupt rows skipped) in {out}"}
 
 
 def _size_category(n: int) -> str:
@@ -223,6 +225,34 @@ def upload_folder(folder: str | Path, repo_id: str, repo_type: str, private: boo
     return str(url)
 
 
+def publish(stage, dry_run: str | None, uploads) -> int:
+    """The common flow of the publish scripts: stage (no network), report, then upload unless a dry run.
+
+    ``stage(folder) -> report`` raises :class:`PublishError` on bad input; ``uploads(folder, report)`` yields
+    ``(subfolder, repo_id, repo_type)`` to push. Returns the exit code.
+    """
+    import sys
+
+    folder, temporary = staging_dir(dry_run)
+    try:
+        try:
+            report = stage(folder)
+        except PublishError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        for line in report.get("problems", []):
+            print(f"warning: {line}")
+        print(report["summary"])
+        if dry_run:
+            print(f"dry run: nothing uploaded; the repository folder is {folder}")
+            return 0
+        for sub, repo_id, repo_type in uploads(folder, report):
+            print(f"published: {upload_folder(sub, repo_id, repo_type)}")
+        return 0
+    finally:
+        cleanup(folder, temporary)
+
+
 def staging_dir(dry_run: str | None) -> tuple[Path, bool]:
     """The folder to stage in: the ``--dry-run`` folder (kept) or a temporary one (removed after upload)."""
     if dry_run:
@@ -237,4 +267,115 @@ def cleanup(path: Path, temporary: bool) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-__all__ = ["PublishError", "stage_dataset", "upload_folder", "staging_dir", "cleanup", "DatasetFormatError"]
+# --- checkpoints ----------------------------------------------------------------------------------------
+
+def timm_backbone(model) -> "torch.nn.Module":
+    """The extractor as a plain timm classifier: its backbone, with the fg head as ``fc`` over all features
+    (zero weights on z_bg), so it predicts exactly what the extractor's fg head predicts."""
+    import timm
+    import torch
+
+    net = timm.create_model(model.backbone_name, pretrained=False, num_classes=len(model.fg_names))
+    state = {k: v for k, v in model.backbone.state_dict().items()}
+    head = net.get_classifier()
+    prefix = next(name for name, module in net.named_modules() if module is head)
+    weight = torch.zeros(len(model.fg_names), model.num_features)
+    weight[:, : model.fg_dim] = model.fg_head.weight.detach()
+    state[f"{prefix}.weight"], state[f"{prefix}.bias"] = weight, model.fg_head.bias.detach().clone()
+    net.load_state_dict(state, strict=True)
+    net.pretrained_cfg = {**(net.pretrained_cfg or {}), "mean": tuple(model.mean), "std": tuple(model.std),
+                          "input_size": (3, model.image_size, model.image_size), "num_classes": len(model.fg_names)}
+    return net.eval()
+
+
+def _metrics_tables(probe: dict | None, spurious: dict | None) -> str:
+    parts = []
+    if probe:
+        split = next(k for k in probe if k != "chance")
+        rows = "\n".join(f"| {name} | {probe[split][name]['top1']:.3f} | {probe[split][name]['top5']:.3f} |"
+                         for name in ("fg_from_fg", "bg_from_bg", "fg_from_bg", "bg_from_fg"))
+        chance = probe.get("chance", {})
+        parts.append(f"### Linear probes on frozen features ({split}; paper, Table 2)\n\n| probe | top-1 | top-5 |\n|---|---|---|\n"
+                     f"{rows}\n\nChance: fg {chance.get('fg', float('nan')):.3f}, bg {chance.get('bg', float('nan')):.3f}. "
+                     "fg_from_bg and bg_from_fg measure leakage: the closer to chance, the better.")
+    if spurious:
+        cols = [c for c in ("corr_fg", "anticorr_fg", "corr_bg", "anticorr_bg", "imagenet_fg", "average", "worst")
+                if c in spurious.get("correct", {})]
+        rows = "\n".join(f"| {name} | " + " | ".join(f"{spurious[name][c]:.3f}" for c in cols) + " |"
+                         for name in ("correct", "all", "baseline") if name in spurious)
+        parts.append("### Spurious-correlation experiment (paper, Table 3)\n\n| features | " + " | ".join(cols) + " |\n|---|"
+                     + "---|" * len(cols) + "\n" + rows)
+    return "\n\n".join(parts)
+
+
+def stage_checkpoint(checkpoint: str | Path, out: str | Path, repo_id: str, probe_json: str | Path | None = None,
+                     spurious_json: str | Path | None = None) -> dict:
+    """Write the model repository for ``repo_id`` into ``out``: the extractor (``PyTorchModelHubMixin``:
+    ``model.safetensors`` + ``config.json``), a model card with its probe and spurious results, and the
+    backbone in timm's format under ``timm/`` (``timm.create_model("local-dir:OUT/timm", pretrained=True)``;
+    published also as ``<repo-id>-timm`` for ``hf-hub:``). Fails before writing anything on bad input."""
+    from .models import ModelError, load_extractor
+
+    _check_repo_id(repo_id)
+    checkpoint, out = Path(checkpoint), Path(out)
+    try:
+        model = load_extractor(str(checkpoint))
+    except ModelError as err:
+        raise PublishError(str(err)) from err
+    probe_path = Path(probe_json) if probe_json else checkpoint / "probe.json"
+    spurious_path = Path(spurious_json) if spurious_json else checkpoint / "spurious.json"
+    if not probe_path.is_file():
+        raise PublishError(f"no metrics for {checkpoint}: {probe_path} is missing; run `d3s probe --data DIR --checkpoint "
+                           f"{checkpoint} --out {probe_path}` (and `d3s spurious`) first, or pass --probe FILE.")
+    probe = json.loads(probe_path.read_text())
+    spurious = json.loads(spurious_path.read_text()) if spurious_path.is_file() else None
+    if out.exists() and any(out.iterdir()):
+        raise PublishError(f"{out} is not empty; give a new folder for the staged repository.")
+
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    shutil.copy(probe_path, out / "probe.json")
+    if spurious:
+        shutil.copy(spurious_path, out / "spurious.json")
+    from timm.models import save_for_hf
+
+    save_for_hf(timm_backbone(model), str(out / "timm"), model_config={"label_names": list(model.fg_names)},
+                safe_serialization=True)
+    (out / "README.md").write_text(checkpoint_card(repo_id, model, probe, spurious))
+    return {"repo_id": repo_id, "folder": str(out), "timm_repo_id": f"{repo_id}-timm",
+            "summary": f"staged {model.backbone_name} extractor ({len(model.fg_names)} fg / {len(model.bg_names)} bg classes) "
+                       f"with {'probe and spurious' if spurious else 'probe'} results in {out}"}
+
+
+def checkpoint_card(repo_id: str, model, probe: dict, spurious: dict | None) -> str:
+    meta = {"library_name": "d3s", "license": "mit", "tags": ["d3s", "disentanglement", "image-classification", "timm"],
+            "pipeline_tag": "image-classification"}
+    import yaml
+
+    return f"""---
+{yaml.safe_dump(meta, sort_keys=False).strip()}
+---
+
+# {repo_id.split('/')[-1]}: a foreground/background disentangled `{model.backbone_name}`
+
+Trained with d3s (Wasserstein disentanglement, after *Invariant Learning via Diffusion Dreamed Distribution Shifts*):
+the backbone's {model.num_features} features are split into z_fg ({model.fg_dim}) and z_bg ({model.bg_dim}), with a
+{len(model.fg_names)}-class foreground head on z_fg and a {len(model.bg_names)}-class background head on z_bg
+(backgrounds: {", ".join(model.bg_names)}).
+
+```python
+from d3s.models import DisentangledExtractor
+model = DisentangledExtractor.from_pretrained("{repo_id}")
+z_fg, z_bg = model.features(images)            # uint8 or [0, 1] images, (N, 3, {model.image_size}, {model.image_size})
+
+import timm                                     # the backbone with the fg head, in timm's format
+net = timm.create_model("hf-hub:{repo_id}-timm", pretrained=True)
+```
+
+## Results
+
+{_metrics_tables(probe, spurious)}
+"""
+
+
+__all__ = ["PublishError", "stage_dataset", "stage_checkpoint", "timm_backbone", "upload_folder", "staging_dir", "cleanup", "DatasetFormatError"]

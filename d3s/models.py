@@ -42,8 +42,6 @@ class DisentangledExtractor(
     PyTorchModelHubMixin,
     library_name="d3s",
     tags=["d3s", "disentanglement", "image-feature-extraction"],
-    repo_url="https://github.com/d3s/d3s",
-    paper_url="https://arxiv.org/abs/2211.10370",
     license="mit",
 ):
     """A timm backbone whose pooled features are split into foreground and background parts.

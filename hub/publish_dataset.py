@@ -1,8 +1,7 @@
 """Publish a D3S dataset folder to the Hugging Face Hub.
 
-    python hub/publish_dataset.py --data out/d3s-splits --repo-id ORG/d3s            # stage, check, upload
-    python hub/publish_dataset.py --data out/d3s-splits --repo-id ORG/d3s --dry-run staged/
-                                                                                       # stage only, no network
+    python hub/publish_dataset.py --data out/d3s-splits --repo-id ORG/d3s                   # stage, check, upload
+    python hub/publish_dataset.py --data out/d3s-splits --repo-id ORG/d3s --dry-run staged/  # stage only, no network
 
 The staged folder is the exact repository: parquet shards with the images embedded, every split, and a
 dataset card (generation settings, features, counts per split and background, example images, how it was
@@ -18,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from d3s.hub import REQUIRED_SPLITS, PublishError, cleanup, stage_dataset, staging_dir, upload_folder  # noqa: E402
+from d3s.hub import REQUIRED_SPLITS, publish, stage_dataset  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -28,30 +27,10 @@ def main(argv=None) -> int:
     parser.add_argument("--dry-run", metavar="DIR", help="write the repository folder here and upload nothing")
     parser.add_argument("--splits", default=",".join(REQUIRED_SPLITS), help="splits that must be present (default: %(default)s)")
     parser.add_argument("--license", default="cc-by-4.0")
-    parser.add_argument("--private", action="store_true")
     args = parser.parse_args(argv)
-
-    folder, temporary = staging_dir(args.dry_run)
-    try:
-        report = stage_dataset(args.data, folder, args.repo_id, required_splits=[s for s in args.splits.split(",") if s],
-                               license=args.license)
-    except PublishError as err:
-        cleanup(folder, temporary)
-        print(f"publish_dataset: error: {err}", file=sys.stderr)
-        return 2
-    for line in report["problems"]:
-        print(f"warning: {line}")
-    counts = ", ".join(f"{s} {c['rows']}" for s, c in report["splits"].items())
-    print(f"staged {counts} rows ({report['skipped_rows']} corrupt rows skipped) in {folder}")
-    if args.dry_run:
-        print(f"dry run: nothing uploaded; check it with datasets.load_dataset({str(folder)!r})")
-        return 0
-    try:
-        url = upload_folder(folder, args.repo_id, repo_type="dataset", private=args.private)
-    finally:
-        cleanup(folder, temporary)
-    print(f"published: {url}")
-    return 0
+    required = [s for s in args.splits.split(",") if s]
+    return publish(lambda folder: stage_dataset(args.data, folder, args.repo_id, required, license=args.license),
+                   args.dry_run, lambda folder, report: [(folder, args.repo_id, "dataset")])
 
 
 if __name__ == "__main__":

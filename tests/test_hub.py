@@ -78,3 +78,55 @@ def test_corrupt_rows_are_reported_and_skipped(split_data, tmp_path):
     assert f"warning: {shard.name} row 1: image does not decode, skipped" in proc.stdout
     assert "1 corrupt rows skipped" in proc.stdout
     assert load_dataset(str(tmp_path / "repo"), split="train", cache_dir=str(tmp_path / "cache")).num_rows == 29
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_toy, tmp_path_factory):
+    """A tiny trained extractor with its probe results, as `d3s train` and `d3s probe` leave them."""
+    from d3s.probes import probe
+    from d3s.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("ckpt") / "wd"
+    train(TrainConfig(data=str(tiny_toy), out=str(out), backbone="test_efficientnet", pretrained=False, iters=4,
+                      batch_size=16, workers=0, progress=False, hparams={"warmup_iters": 2}))
+    probe(str(tiny_toy), str(out), out=str(out / "probe.json"))
+    return out
+
+
+def publish_ckpt(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "hub/publish_checkpoint.py", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=600, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(REPO)})
+
+
+def test_checkpoint_dry_run_loads_in_d3s_and_timm(trained, tmp_path):
+    import timm
+    import torch
+
+    from d3s.models import DisentangledExtractor
+
+    staged = tmp_path / "repo"
+    proc = publish_ckpt("--checkpoint", str(trained), "--repo-id", "someone/d3s-tiny", "--dry-run", str(staged))
+    assert proc.returncode == 0, proc.stderr
+    original = DisentangledExtractor.from_pretrained(str(trained)).eval()
+    reloaded = DisentangledExtractor.from_pretrained(str(staged)).eval()
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        z0, fg0, bg0 = original(images, with_heads=True)
+        z1, fg1, bg1 = reloaded(images, with_heads=True)
+        assert torch.equal(z0, z1) and torch.equal(fg0, fg1) and torch.equal(bg0, bg1)
+        net = timm.create_model(f"local-dir:{staged / 'timm'}", pretrained=True).eval()
+        assert torch.allclose(net(original.normalize(images)), fg0, atol=1e-5)  # the fg head, in timm's format
+    assert not list(staged.rglob("*.bin")) and not list(staged.rglob("*.pt"))  # safetensors only
+    card = (staged / "README.md").read_text()
+    assert "fg_from_bg" in card and "hf-hub:someone/d3s-tiny-timm" in card
+
+
+def test_checkpoint_without_metrics_fails_before_upload(trained, tmp_path):
+    bare = tmp_path / "bare"
+    shutil.copytree(trained, bare)
+    (bare / "probe.json").unlink()
+    proc = publish_ckpt("--checkpoint", str(bare), "--repo-id", "someone/d3s-tiny")  # no --dry-run: would upload
+    assert proc.returncode == 2 and "no metrics" in proc.stderr and "d3s probe" in proc.stderr
+    proc = publish_ckpt("--checkpoint", str(tmp_path / "nothing"), "--repo-id", "someone/x", "--dry-run", str(tmp_path / "r"))
+    assert proc.returncode == 2 and "cannot load checkpoint" in proc.stderr
+    assert not (tmp_path / "r").exists()

@@ -1,0 +1,38 @@
+"""Publish a trained d3s extractor to the Hugging Face Hub.
+
+    python hub/publish_checkpoint.py --checkpoint out/wd --repo-id ORG/d3s-resnet50                   # upload
+    python hub/publish_checkpoint.py --checkpoint out/wd --repo-id ORG/d3s-resnet50 --dry-run staged/  # no network
+
+Two repositories: ``ORG/NAME`` holds the full extractor (``DisentangledExtractor.from_pretrained("ORG/NAME")``,
+safetensors + config) with a model card of its probe (Table 2) and spurious-correlation (Table 3) results, read
+from ``probe.json`` / ``spurious.json`` in the checkpoint folder; ``ORG/NAME-timm`` holds the backbone with the
+foreground head in timm's format (``timm.create_model("hf-hub:ORG/NAME-timm", pretrained=True)``; locally
+``local-dir:staged/timm``). The token comes from HF_TOKEN or `huggingface-cli login`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from d3s.hub import publish, stage_checkpoint  # noqa: E402
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, metavar="DIR", help="a folder made by `d3s train --out`")
+    parser.add_argument("--repo-id", required=True, metavar="ORG/NAME")
+    parser.add_argument("--dry-run", metavar="DIR", help="write the repository folder here and upload nothing")
+    parser.add_argument("--probe", metavar="FILE", help="probe results (default: CHECKPOINT/probe.json)")
+    parser.add_argument("--spurious", metavar="FILE", help="spurious results (default: CHECKPOINT/spurious.json)")
+    args = parser.parse_args(argv)
+    return publish(lambda folder: stage_checkpoint(args.checkpoint, folder, args.repo_id, args.probe, args.spurious),
+                   args.dry_run, lambda folder, report: [(folder, args.repo_id, "model"),
+                                                         (Path(folder) / "timm", report["timm_repo_id"], "model")])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
