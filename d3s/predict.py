@@ -1,0 +1,82 @@
+"""Predictions on one photo: the disentangled fg and bg heads beside a standard ImageNet classifier.
+
+Used by the app's Predict tab. Models are real when they can be had (an extractor checkpoint folder or
+Hub id; a timm classifier with pretrained weights) and tiny random-weight models of the same classes
+otherwise, which :func:`load_predictors` says in its ``note``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .guides import center_crop_resize
+
+DEFAULT_CLASSIFIER = "resnet50"
+TINY_BACKBONE = "test_resnet"
+
+
+@dataclass
+class Predictors:
+    extractor: torch.nn.Module  # d3s.models.DisentangledExtractor
+    classifier: torch.nn.Module  # a timm ImageNet-1k classifier
+    transform: object  # the classifier's own preprocessing (timm data config)
+    classifier_name: str
+    tiny: bool
+    note: str
+
+
+def load_predictors(extractor: str | None = None, classifier: str = DEFAULT_CLASSIFIER) -> Predictors:
+    """Load the extractor and the reference classifier; fall back to tiny random models, saying why."""
+    import timm
+    from timm.data import create_transform, resolve_data_config
+
+    from .labels import imagenet_classes
+    from .models import DisentangledExtractor, ModelError, load_extractor
+    from .prompts import BACKGROUNDS
+
+    notes = []
+    model = None
+    if extractor:
+        try:
+            model = load_extractor(extractor)
+        except ModelError as err:
+            notes.append(f"extractor: {err}")
+    else:
+        notes.append("extractor: none given (--extractor / D3S_EXTRACTOR)")
+    tiny = model is None
+    if model is None:
+        torch.manual_seed(0)
+        model = DisentangledExtractor(TINY_BACKBONE, [c.name for c in imagenet_classes()], list(BACKGROUNDS), image_size=64)
+    try:
+        net = timm.create_model(classifier, pretrained=True)
+        name = classifier
+    except Exception as err:  # offline or unknown: the same path with a tiny random model
+        notes.append(f"classifier {classifier}: {type(err).__name__}: {str(err).splitlines()[0][:120]}")
+        net, name, tiny = timm.create_model(TINY_BACKBONE, pretrained=False, num_classes=1000), f"{TINY_BACKBONE} (random)", True
+    transform = create_transform(**resolve_data_config({}, model=net))
+    note = "; ".join(notes)
+    return Predictors(model.eval(), net.eval(), transform, name, tiny, note)
+
+
+def _top(probs: torch.Tensor, names: list[str], k: int) -> dict[str, float]:
+    values, idx = probs.topk(min(k, len(names)))
+    return {names[i]: float(v) for v, i in zip(values.tolist(), idx.tolist())}
+
+
+@torch.inference_mode()
+def predict(p: Predictors, image: Image.Image, k: int = 5) -> tuple[dict, dict, dict]:
+    """(fg top-k from the fg head, bg probabilities from the bg head, the classifier's top-k)."""
+    from .labels import imagenet_classes
+
+    m = p.extractor
+    x = torch.from_numpy(np.array(center_crop_resize(image, m.image_size))).permute(2, 0, 1)[None]
+    _, fg_logits, bg_logits = m(x, with_heads=True)
+    fg = _top(fg_logits.softmax(-1)[0], m.fg_names, k)
+    bg = _top(bg_logits.softmax(-1)[0], m.bg_names, len(m.bg_names))
+    ref_logits = p.classifier(p.transform(image)[None])
+    ref = _top(ref_logits.softmax(-1)[0], [c.name for c in imagenet_classes()], k)
+    return fg, bg, ref
