@@ -4,21 +4,40 @@
     python app.py --model tiny --port 7861
     D3S_MODEL=/models/sd-v1-4 python app.py --host 0.0.0.0
 
-Tabs: Generate (one D3S image live: a foreground class on a background, from a guide, i.e. an optional
+Tabs: Predict (upload a photo: top-5 foreground classes from the disentangled fg head and background
+probabilities from the bg head, beside a standard ImageNet classifier); Generate (one D3S image live: a foreground class on a background, from a guide, i.e. an optional
 uploaded photo pasted on a background template, and the paper's prompt); Dataset (browse a D3S folder
 or Hub dataset as a grid by class and background); Review (the human check of each image, answers
 saved to a SQLite review store).
 
-API (``gradio_client``): ``/generate`` (foreground, background, seed) -> (guide, image, prompt).
+API (``gradio_client``): ``/generate`` (foreground, background, seed) -> (guide, image, prompt);
+``/predict`` (image) -> (fg top-5, bg probabilities, standard classifier top-5, the decoded image).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
+import socket
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+
+def _hub_reachable(host: str = "huggingface.co") -> bool:
+    try:
+        socket.getaddrinfo(host, 443)
+        return True
+    except OSError:
+        return False
+
+
+# With no route to the Hub, every weight lookup would wait out its retries: go offline at once instead
+# (set before huggingface_hub is imported, which reads it then).
+if "HF_HUB_OFFLINE" not in os.environ and not _hub_reachable():
+    os.environ["HF_HUB_OFFLINE"] = "1"
 
 import gradio as gr  # noqa: E402
 
@@ -27,7 +46,8 @@ from d3s.dataset import DatasetFormatError  # noqa: E402
 from d3s.diffusion import DEFAULT_MODEL, TINY, load_pipeline  # noqa: E402
 from d3s.labels import LabelError, imagenet_classes  # noqa: E402
 from d3s.review import ReviewError, ReviewStore  # noqa: E402
-from d3s.live import MAX_UPLOAD_BYTES, UploadError, generate_one  # noqa: E402
+from d3s.live import MAX_UPLOAD_BYTES, UploadError, generate_one, read_upload  # noqa: E402
+from d3s.predict import DEFAULT_CLASSIFIER, Predictors, load_predictors, predict  # noqa: E402
 from d3s.prompts import BACKGROUNDS  # noqa: E402
 
 TINY_BANNER = (
@@ -67,17 +87,20 @@ class Models:
     model: str
     tiny: bool
     banner: str
+    predictors: Predictors | None = field(default=None)
 
 
-def load_models(model: str = DEFAULT_MODEL) -> Models:
+def load_models(model: str = DEFAULT_MODEL, extractor: str | None = None, classifier: str = DEFAULT_CLASSIFIER) -> Models:
     """Real weights when they load; otherwise the tiny preset, with the reason in the banner."""
+    predictors = load_predictors(extractor, classifier)
+    extra = f" Predict tab: {predictors.note}." if predictors.tiny else ""
     if model != TINY:
         try:
-            return Models(load_pipeline(model), model, False, f"Running on `{model}`.")
+            return Models(load_pipeline(model), model, False, f"Running on `{model}`.{extra}", predictors)
         except Exception as err:  # offline, missing folder, no safetensors: fall back, and say why
             reason = f"Real weights `{model}` could not be loaded ({type(err).__name__}: {str(err).splitlines()[0][:160]})."
-            return Models(load_pipeline(TINY), TINY, True, TINY_BANNER.format(reason=reason))
-    return Models(load_pipeline(TINY), TINY, True, TINY_BANNER.format(reason="Started with `--model tiny`."))
+            return Models(load_pipeline(TINY), TINY, True, TINY_BANNER.format(reason=reason) + extra, predictors)
+    return Models(load_pipeline(TINY), TINY, True, TINY_BANNER.format(reason="Started with `--model tiny`.") + extra, predictors)
 
 
 def class_choices() -> list[str]:
@@ -116,6 +139,35 @@ def make_generate_fn(models: Models):
         return result.guide, result.image, result.prompt
 
     return generate
+
+
+def make_predict_fn(models: Models):
+    def predict_photo(photo):
+        if photo is None:
+            raise gr.Error("Upload a photo first (or click an example).")
+        try:
+            image = read_upload(photo)
+        except UploadError as err:
+            raise gr.Error(str(err)) from err
+        fg, bg, ref = predict(models.predictors, image)
+        return fg, bg, ref, image
+
+    return predict_photo
+
+
+def example_photos(folder: Path, n: int = 3) -> list[str]:
+    """A few example pictures to click: drawn backgrounds with a coloured object pasted on them."""
+    from d3s.guides import compose, draw_procedural_template
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k, (bg, colour) in enumerate([("on_grass", (200, 40, 40)), ("in_snow", (40, 40, 200)), ("in_sand", (30, 160, 60))][:n]):
+        from PIL import Image
+
+        path = folder / f"example_{k}_{bg}.png"
+        compose(draw_procedural_template(bg, 0, 224), Image.new("RGB", (80, 80), colour), (70, 90, 150, 170)).save(path)
+        paths.append(str(path))
+    return paths
 
 
 def _parse_index(choice: str | None) -> int | None:
@@ -188,8 +240,8 @@ def build_app(models: Models, settings: Settings | None = None) -> gr.Blocks:
                     background = gr.Dropdown(list(BACKGROUNDS), value="in snow", label="Background", elem_id="bg")
                     seed = gr.Number(value=0, precision=0, label="Seed", elem_id="seed")
                     with gr.Accordion("Your own photo or template (optional)", open=False):
-                        photo = gr.Image(type="filepath", label="Foreground photo (pasted into the guide)", sources=["upload"])
-                        template = gr.Image(type="filepath", label="Background template", sources=["upload"])
+                        photo = gr.File(label="Foreground photo (pasted into the guide)", file_types=["image"], type="filepath")
+                        template = gr.File(label="Background template", file_types=["image"], type="filepath")
                     with gr.Accordion("Advanced", open=False):
                         size = gr.Number(value=0, precision=0, label="Size in px (0 = the model's default)")
                         steps = gr.Number(value=0, precision=0, label="Steps (0 = default: 50, tiny 10)")
@@ -203,6 +255,28 @@ def build_app(models: Models, settings: Settings | None = None) -> gr.Blocks:
             run.click(make_generate_fn(models), inputs=[foreground, background, seed, photo, template, size, steps,
                                                         strength, guidance],
                       outputs=[guide_out, image_out, prompt_out], api_name="generate", concurrency_limit=1)
+
+        with gr.Tab("Predict", id="predict"):
+            p = models.predictors
+            gr.Markdown(f"Foreground and background from the disentangled heads, beside a standard ImageNet classifier "
+                        f"(`{p.classifier_name if p else '-'}`): a model that learned backgrounds as shortcuts changes its "
+                        "answer with the background; the fg head should not.")
+            with gr.Row():
+                # A file input, not gr.Image: uploads reach d3s.live.read_upload undecoded, so a broken file
+                # gets our message (and a decompression bomb is refused from its header) instead of a crash.
+                photo_in = gr.File(label="Photo (JPEG, PNG, WebP...)", file_types=["image"], type="filepath",
+                                   elem_id="predict-photo")
+                preview = gr.Image(label="As the models see it (decoded, EXIF-rotated, RGB)", interactive=False,
+                                   elem_id="predict-preview")
+                with gr.Column():
+                    predict_btn = gr.Button("Predict", variant="primary", elem_id="predict-button")
+                    gr.Examples(example_photos(Path(tempfile.gettempdir()) / "d3s-examples"), inputs=[photo_in])
+            with gr.Row():
+                fg_label = gr.Label(num_top_classes=5, label="Foreground (disentangled fg head)", elem_id="predict-fg")
+                bg_label = gr.Label(num_top_classes=10, label="Background (bg head)", elem_id="predict-bg")
+                ref_label = gr.Label(num_top_classes=5, label="Standard classifier", elem_id="predict-ref")
+            predict_btn.click(make_predict_fn(models), inputs=[photo_in], outputs=[fg_label, bg_label, ref_label, preview],
+                              api_name="predict", concurrency_limit=4)
 
         with gr.Tab("Dataset", id="dataset"):
             with gr.Row():
@@ -253,6 +327,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=int(os.environ.get("D3S_PORT", os.environ.get("GRADIO_SERVER_PORT", 7860))))
     parser.add_argument("--model", default=os.environ.get("D3S_MODEL", DEFAULT_MODEL),
                         help="diffusers img2img model id or folder, or 'tiny' (default: %(default)s; falls back to tiny)")
+    parser.add_argument("--extractor", default=os.environ.get("D3S_EXTRACTOR"),
+                        help="d3s extractor checkpoint (folder or Hub id) for the Predict tab; tiny random one if absent")
+    parser.add_argument("--classifier", default=os.environ.get("D3S_CLASSIFIER", DEFAULT_CLASSIFIER),
+                        help="timm ImageNet classifier shown beside it (default: %(default)s)")
     parser.add_argument("--data", default=os.environ.get("D3S_DATA", ""), help="dataset folder or Hub id for the Dataset and Review tabs")
     parser.add_argument("--reviews", default=os.environ.get("D3S_REVIEWS", "reviews.sqlite"), help="SQLite review store (default: %(default)s)")
     return parser.parse_args(argv)
@@ -260,7 +338,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    models = load_models(args.model)
+    models = load_models(args.model, args.extractor, args.classifier)
     print(models.banner.replace("**", ""))
     demo = build_app(models, Settings(data=args.data, reviews=args.reviews))
     demo.queue(max_size=32, default_concurrency_limit=1)

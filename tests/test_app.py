@@ -41,3 +41,33 @@ def test_unknown_class_is_a_message_and_the_app_stays_up(app_url):
         client.predict("tabbby", "in snow", 0, api_name="/generate")
     _, _, prompt = client.predict("tench (0)", "on grass", 0, api_name="/generate")
     assert prompt.startswith("a photo of a tench")
+
+
+def test_predict_api_gives_fg_bg_and_reference(app_url, tmp_path):
+    from gradio_client import handle_file
+    from PIL import Image
+
+    path = tmp_path / "photo.png"
+    Image.new("RGB", (90, 60), (20, 160, 40)).save(path)
+    client = Client(app_url, verbose=False)
+    fg, bg, ref, _ = client.predict(handle_file(str(path)), api_name="/predict")
+    assert len(fg["confidences"]) == 5 and len(ref["confidences"]) == 5
+    assert {c["label"] for c in bg["confidences"]} == {"on grass", "on a road", "in a forest", "in water", "in a cave",
+                                                       "in sand", "indoors", "in snow", "in rain", "at night"}
+    assert abs(sum(c["confidence"] for c in bg["confidences"]) - 1) < 1e-4
+
+
+def test_bad_upload_is_a_message_and_the_app_stays_up(app_url, tmp_path):
+    from gradio_client import handle_file
+
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image at all")
+    client = Client(app_url, verbose=False)
+    with pytest.raises(Exception, match="could not be read as an image"):
+        client.predict(handle_file(str(bad)), api_name="/predict")
+    good = tmp_path / "ok.png"
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (200, 200, 200)).save(good)
+    fg, _, _, _ = client.predict(handle_file(str(good)), api_name="/predict")
+    assert fg["label"]
