@@ -5,9 +5,12 @@
     D3S_MODEL=/models/sd-v1-4 python app.py --host 0.0.0.0
 
 The Generate tab makes one D3S image live: a foreground class on a background, from a guide (an
-optional uploaded photo pasted on a background template) and the paper's prompt.
+optional uploaded photo pasted on a background template) and the paper's prompt. The Benchmark tab
+shows a `d3s benchmark` results folder as interactive plots (accuracy drop, D3S vs ImageNet, per
+background).
 
-API (``gradio_client``): ``/generate`` (foreground, background, seed) -> (guide, image, prompt).
+API (``gradio_client``): ``/generate`` (foreground, background, seed) -> (guide, image, prompt);
+``/benchmark_results`` (results folder) -> (drop plot, scatter plot, per-background plot, heatmap, table).
 """
 
 from __future__ import annotations
@@ -91,6 +94,26 @@ def make_generate_fn(models: Models):
     return generate
 
 
+def load_benchmark(folder: str):
+    """A results folder of `d3s benchmark` -> the Benchmark tab's plots and table."""
+    from d3s.plots import interactive_tables
+
+    try:
+        t = interactive_tables((folder or "").strip() or "results")
+    except FileNotFoundError as err:
+        raise gr.Error(str(err)) from err
+    models, per_bg = t["models"], t["per_background"]
+    with_ref = models.dropna(subset=["imagenet_top1"])
+    drop = gr.BarPlot(with_ref, x="model", y="drop_top1", color="family", title=t["titles"].get("drop", "accuracy drop"),
+                      y_title="top-1 drop, ImageNet to D3S (points)", sort="-y", x_label_angle=-45)
+    scatter = gr.ScatterPlot(with_ref, x="imagenet_top1", y="d3s_top1", color="family", tooltip=["model", "d3s_top1", "imagenet_top1"],
+                             title=t["titles"].get("scatter", "D3S vs ImageNet"), x_title="ImageNet top-1 (%)", y_title="D3S top-1 (%)")
+    per_background = gr.BarPlot(per_bg, x="background", y="top1", color="model", title="D3S top-1 per background",
+                                y_title="top-1 (%)", x_label_angle=-45)
+    table = models[["model", "family", "d3s_top1", "d3s_top5", "imagenet_top1", "drop_top1", "worst_background"]].round(2)
+    return drop, scatter, per_background, t["heatmap"], table
+
+
 # --- the UI --------------------------------------------------------------------------------------------
 
 def build_app(models: Models) -> gr.Blocks:
@@ -123,6 +146,20 @@ def build_app(models: Models) -> gr.Blocks:
             run.click(make_generate_fn(models), inputs=[foreground, background, seed, photo, template, size, steps,
                                                         strength, guidance],
                       outputs=[guide_out, image_out, prompt_out], api_name="generate", concurrency_limit=1)
+        with gr.Tab("Benchmark", id="benchmark"):
+            gr.Markdown("Results of `d3s benchmark --out RESULTS`: how much each model loses on D3S's shuffled backgrounds.")
+            with gr.Row():
+                folder = gr.Textbox(value=os.environ.get("D3S_RESULTS", "results"), label="Results folder", elem_id="results-folder")
+                show = gr.Button("Show", variant="primary", elem_id="benchmark-button")
+            with gr.Row():
+                drop_plot = gr.BarPlot(label="Accuracy drop")
+                scatter_plot = gr.ScatterPlot(label="D3S vs ImageNet")
+            with gr.Row():
+                bg_plot = gr.BarPlot(label="Per background")
+                heatmap_img = gr.Image(label="Background x model heatmap", type="filepath")
+            table = gr.Dataframe(label="Summary (%)")
+            show.click(load_benchmark, inputs=[folder], outputs=[drop_plot, scatter_plot, bg_plot, heatmap_img, table],
+                       api_name="benchmark_results", concurrency_limit=4)
     return demo
 
 

@@ -37,7 +37,7 @@ import numpy as np
 
 from . import __version__
 from .classifiers import ClassifierSpec, parse_model_list, resolve_classifiers
-from .dataset import DatasetFormatError, check_labels, splits_in
+from .dataset import DatasetFormatError, check_labels, shard_paths, splits_in
 from .guides import IMAGE_EXTENSIONS
 
 MODELS_DIR = "models"
@@ -84,11 +84,83 @@ def _default_split(root: str) -> str:
     raise BenchmarkError(f"{root} has several splits ({', '.join(splits)}) and none is 'validation'; choose one with --split.")
 
 
+class _Shards:
+    """A local split read straight from its parquet shards with pyarrow.
+
+    Not through ``datasets.load_dataset``: its cache is keyed by the folder name and the card, not
+    the files, so two folders named alike (``out/d3s`` from two runs) can silently share a stale
+    cache. Label columns are read at once; image bytes on demand, one shard (~256 rows) at a time.
+    """
+
+    def __init__(self, paths: list[Path]):
+        import threading
+
+        import datasets
+        import pyarrow.parquet as pq
+
+        self.paths = paths
+        self.features = datasets.Features.from_arrow_schema(pq.read_schema(paths[0]))
+        self.column_names = list(self.features)
+        self.counts = [pq.ParquetFile(p).metadata.num_rows for p in paths]
+        self.starts = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
+        self._lock = threading.Lock()
+        self._cache: dict[int, list] = {}
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def column(self, name: str) -> np.ndarray:
+        import pyarrow.parquet as pq
+
+        return np.concatenate([pq.read_table(p, columns=[name]).column(name).to_numpy() for p in self.paths]).astype(np.int64)
+
+    def _shard_images(self, k: int) -> list:
+        import pyarrow.parquet as pq
+
+        with self._lock:
+            if k not in self._cache:
+                if len(self._cache) >= 4:
+                    self._cache.pop(next(iter(self._cache)))
+                self._cache[k] = pq.read_table(self.paths[k], columns=["image"]).column("image").to_pylist()
+            return self._cache[k]
+
+    def images(self, rows: np.ndarray) -> list:
+        out = []
+        for r in rows.tolist():
+            k = int(np.searchsorted(self.starts, r, side="right") - 1)
+            cell = self._shard_images(k)[r - int(self.starts[k])]
+            out.append(cell["bytes"] if cell.get("bytes") is not None else cell["path"])
+        return out
+
+    def fingerprint(self) -> str:
+        stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in self.paths]
+        return hashlib.sha1(repr(stats).encode()).hexdigest()[:16]
+
+
+class _HubSplit:
+    """The same interface over a ``datasets.Dataset`` (a Hub id)."""
+
+    def __init__(self, ds):
+        import datasets
+
+        self.ds, self.features, self.column_names = ds, ds.features, ds.column_names
+        self.raw = ds.cast_column("image", datasets.Image(decode=False)) if "image" in ds.column_names else ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def column(self, name: str) -> np.ndarray:
+        return np.asarray(self.ds.with_format("numpy", columns=[name])[name], dtype=np.int64)
+
+    def images(self, rows: np.ndarray) -> list:
+        return [r["bytes"] if r.get("bytes") is not None else r["path"] for r in self.raw.select(rows.tolist())["image"]]
+
+    def fingerprint(self) -> str:
+        return self.ds._fingerprint
+
+
 def open_d3s(data: str | Path, split: str | None = None) -> ImageSet:
     """A D3S split (local folder or Hub id): its images, ``fg`` (ImageNet index) and ``bg`` labels."""
-    import datasets
-
-    from .dataset import load
     from .labels import imagenet_classes
 
     root = str(data)
@@ -96,18 +168,30 @@ def open_d3s(data: str | Path, split: str | None = None) -> ImageSet:
     if local and not Path(root).is_dir():
         raise BenchmarkError(f"--data {root} is a file; give a D3S dataset folder (made by `d3s generate`) or a Hub id.")
     split = split or (_default_split(root) if local else "validation")
-    try:
-        ds = load(root, split)
-    except DatasetFormatError:
-        raise
-    except Exception as err:  # Hub id not found, offline, corrupt files
-        raise BenchmarkError(f"Could not load D3S data {root!r} (split {split!r}): {type(err).__name__}: {err}") from err
-    if len(ds) == 0:
+    if local:
+        paths = shard_paths(root, split)
+        if not paths:
+            raise DatasetFormatError(f"{root} holds no d3s parquet shards for split {split!r} under data/ "
+                                     f"(found splits: {', '.join(splits_in(root)) or 'none'}).")
+        try:
+            table = _Shards(paths)
+        except Exception as err:  # unreadable shard
+            raise BenchmarkError(f"Could not read the shards of split {split!r} of {root}: {type(err).__name__}: {err}") from err
+    else:
+        import datasets
+
+        try:
+            with _quiet_datasets():
+                table = _HubSplit(datasets.load_dataset(root, split=split))
+        except Exception as err:  # Hub id not found, offline
+            raise BenchmarkError(f"Could not load D3S data {root!r} (split {split!r}): {type(err).__name__}: {str(err)[:300]}") from err
+    where = f"split {split!r} of {root}"
+    if len(table) == 0:
         raise BenchmarkError(f"Split {split!r} of {root} is empty (0 rows): nothing to benchmark.")
-    if "image" not in ds.column_names:
-        raise BenchmarkError(f"Split {split!r} of {root} has no 'image' column (columns: {', '.join(ds.column_names)}).")
-    check_labels(ds, f"split {split!r} of {root}")
-    fg_names = ds.features["fg"].names
+    if "image" not in table.column_names:
+        raise BenchmarkError(f"{where} has no 'image' column (columns: {', '.join(table.column_names)}).")
+    check_labels(table, where)
+    fg_names = table.features["fg"].names
     ours = [c.name for c in imagenet_classes()]
     if fg_names[:1000] != ours:
         bad = next((i for i, (a, b) in enumerate(zip(fg_names, ours)) if a != b), min(len(fg_names), 1000))
@@ -116,20 +200,34 @@ def open_d3s(data: str | Path, split: str | None = None) -> ImageSet:
             f"The fg labels of {root} are not the ImageNet-1k classes (label {bad} is {got}, expected {ours[bad]!r}); "
             "classifiers can only be scored on D3S data whose fg labels 0..999 are ImageNet-1k."
         )
-    fg, bg = _column(ds, "fg"), _column(ds, "bg")
+    fg, bg = table.column("fg"), table.column("bg")
     keep = np.flatnonzero(fg < 1000)  # extra WordNet concepts beyond ImageNet cannot be predicted by these models
-    raw = ds.cast_column("image", datasets.Image(decode=False))
     if len(keep) == 0:
-        raise BenchmarkError(f"Split {split!r} of {root} has no image of an ImageNet-1k class (all {len(fg)} rows are other concepts).")
+        raise BenchmarkError(f"{where} has no image of an ImageNet-1k class (all {len(fg)} rows are other concepts).")
 
     def read(start: int, stop: int) -> list:
-        rows = raw.select(keep[start:stop].tolist())["image"] if len(keep) < len(fg) else raw[start:stop]["image"]
-        return [r["bytes"] if r.get("bytes") is not None else r["path"] for r in rows]
+        return table.images(keep[start:stop])
 
-    ids = _column(ds, "item_id") if "item_id" in ds.column_names else None
-    content = hashlib.sha1(ids.tobytes() if ids is not None else ds._fingerprint.encode()).hexdigest()[:16]
-    fingerprint = {"source": os.path.abspath(root) if local else root, "split": split, "rows": int(len(keep)), "content": content}
-    return ImageSet("d3s", root, fg[keep], read, bg[keep], list(ds.features["bg"].names), fingerprint, len(fg) - len(keep))
+    fingerprint = {"source": os.path.abspath(root) if local else root, "split": split, "rows": int(len(keep)),
+                   "content": table.fingerprint()}
+    return ImageSet("d3s", root, fg[keep], read, bg[keep], list(table.features["bg"].names), fingerprint, len(fg) - len(keep))
+
+
+class _quiet_datasets:
+    """No 'Generating split' bars while loading (they would bury a one-line error)."""
+
+    def __enter__(self):
+        from datasets.utils import logging as dlog
+
+        self.was = dlog.is_progress_bar_enabled()
+        dlog.disable_progress_bar()
+
+    def __exit__(self, *exc):
+        from datasets.utils import logging as dlog
+
+        if self.was:
+            dlog.enable_progress_bar()
+        return False
 
 
 def _column(ds, name: str) -> np.ndarray:
@@ -174,7 +272,8 @@ def _hub_reference(text: str) -> ImageSet:
     if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", dataset_id):
         raise BenchmarkError(f"ImageNet reference {text!r} is neither a folder nor a Hub dataset id (ORG/NAME[:split]).")
     try:
-        ds = datasets.load_dataset(dataset_id, split=split)
+        with _quiet_datasets():
+            ds = datasets.load_dataset(dataset_id, split=split)
     except Exception as err:  # network, auth, a wrong id: say which
         raise BenchmarkError(f"Could not load ImageNet reference {dataset_id!r} (split {split!r}): {type(err).__name__}: {str(err)[:300]}") from err
     label = ds.features.get("label")

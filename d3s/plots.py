@@ -163,3 +163,28 @@ def draw_all(out: str | Path, summary: dict) -> dict:
     }
     (out / PLOTS_JSON).write_text(json.dumps(records, indent=1))
     return drawn
+
+
+def interactive_tables(out: str | Path) -> dict:
+    """The plot data of a results folder as pandas tables, for the app's interactive plots.
+
+    Returns ``{"models": DataFrame (one row per model, accuracies in %), "per_background": DataFrame
+    (model, background, top1 %), "titles": {...}, "heatmap": path or None}``. Raises ``FileNotFoundError``
+    when ``out`` holds no benchmark results.
+    """
+    import pandas as pd
+
+    out = Path(out)
+    path = out / PLOTS_JSON
+    if not path.is_file():
+        raise FileNotFoundError(f"{out} holds no benchmark results ({PLOTS_JSON} missing); run `d3s benchmark --out {out}` first.")
+    data = json.loads(path.read_text())
+    models = pd.DataFrame(data["models"])
+    for col in ("d3s_top1", "d3s_top5", "imagenet_top1", "imagenet_top5", "drop_top1"):
+        models[col] = pd.to_numeric(models[col], errors="coerce") * 100
+    per_bg = pd.DataFrame(data["per_background"])
+    if len(per_bg):
+        per_bg["top1"] = per_bg["top1"] * 100
+    heatmap = out / FILES["heatmap"]
+    return {"models": models, "per_background": per_bg, "titles": data["titles"],
+            "heatmap": str(heatmap) if heatmap.is_file() else None}
