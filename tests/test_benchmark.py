@@ -306,3 +306,16 @@ def test_plots_show_what_their_titles_say(tmp_path):
     heat = background_heatmap(rows, ["on grass", "in snow", "at night"], tmp_path / "h.png")
     assert heat["values"][1] == pytest.approx([40, 46, 43, 52]) and heat["values"][2] == [None] * 4
     assert _png_title(tmp_path / "h.png") == HEATMAP_TITLE
+
+
+def test_app_benchmark_tab_shows_a_results_folder(tiny_results, tmp_path):
+    import gradio as gr
+
+    import app
+
+    out, _ = tiny_results
+    drop, scatter, per_bg, heatmap, table = app.load_benchmark(str(out))
+    assert isinstance(drop, gr.BarPlot) and isinstance(scatter, gr.ScatterPlot) and isinstance(per_bg, gr.BarPlot)
+    assert heatmap.endswith("background_heatmap.png") and set(table["model"]) >= {"clip:tiny", "test_resnet", "test_vit"}
+    with pytest.raises(gr.Error, match="holds no benchmark results"):
+        app.load_benchmark(str(tmp_path))
