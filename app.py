@@ -8,10 +8,11 @@ Tabs: Predict (upload a photo: top-5 foreground classes from the disentangled fg
 probabilities from the bg head, beside a standard ImageNet classifier); Generate (one D3S image live: a foreground class on a background, from a guide, i.e. an optional
 uploaded photo pasted on a background template, and the paper's prompt); Dataset (browse a D3S folder
 or Hub dataset as a grid by class and background); Review (the human check of each image, answers
-saved to a SQLite review store).
+saved to a SQLite review store); Benchmark (a `d3s benchmark` results folder as interactive plots).
 
 API (``gradio_client``): ``/generate`` (foreground, background, seed) -> (guide, image, prompt);
-``/predict`` (image) -> (fg top-5, bg probabilities, standard classifier top-5, the decoded image).
+``/predict`` (image) -> (fg top-5, bg probabilities, standard classifier top-5, the decoded image);
+``/benchmark_results`` (results folder) -> (drop plot, scatter plot, per-background plot, heatmap, table).
 """
 
 from __future__ import annotations
@@ -222,6 +223,26 @@ def make_review_fns(settings: Settings):
     return show, answer
 
 
+def load_benchmark(folder: str):
+    """A results folder of `d3s benchmark` -> the Benchmark tab's plots and table."""
+    from d3s.plots import interactive_tables
+
+    try:
+        t = interactive_tables((folder or "").strip() or "results")
+    except FileNotFoundError as err:
+        raise gr.Error(str(err)) from err
+    models, per_bg = t["models"], t["per_background"]
+    with_ref = models.dropna(subset=["imagenet_top1"])
+    drop = gr.BarPlot(with_ref, x="model", y="drop_top1", color="family", title=t["titles"].get("drop", "accuracy drop"),
+                      y_title="top-1 drop, ImageNet to D3S (points)", sort="-y", x_label_angle=-45)
+    scatter = gr.ScatterPlot(with_ref, x="imagenet_top1", y="d3s_top1", color="family", tooltip=["model", "d3s_top1", "imagenet_top1"],
+                             title=t["titles"].get("scatter", "D3S vs ImageNet"), x_title="ImageNet top-1 (%)", y_title="D3S top-1 (%)")
+    per_background = gr.BarPlot(per_bg, x="background", y="top1", color="model", title="D3S top-1 per background",
+                                y_title="top-1 (%)", x_label_angle=-45)
+    table = models[["model", "family", "d3s_top1", "d3s_top5", "imagenet_top1", "drop_top1", "worst_background"]].round(2)
+    return drop, scatter, per_background, t["heatmap"], table
+
+
 # --- the UI --------------------------------------------------------------------------------------------
 
 def build_app(models: Models, settings: Settings | None = None) -> gr.Blocks:
@@ -317,6 +338,22 @@ def build_app(models: Models, settings: Settings | None = None) -> gr.Blocks:
                               review_out, api_name="review_present")
             missing_btn.click(lambda s, r, i, u: answer_fn(s, r, i, u, False), [review_source, reviewer, current, unsafe],
                               review_out, api_name="review_missing")
+
+
+        with gr.Tab("Benchmark", id="benchmark"):
+            gr.Markdown("Results of `d3s benchmark --out RESULTS`: how much each model loses on D3S's shuffled backgrounds.")
+            with gr.Row():
+                folder = gr.Textbox(value=os.environ.get("D3S_RESULTS", "results"), label="Results folder", elem_id="results-folder")
+                show = gr.Button("Show", variant="primary", elem_id="benchmark-button")
+            with gr.Row():
+                drop_plot = gr.BarPlot(label="Accuracy drop")
+                scatter_plot = gr.ScatterPlot(label="D3S vs ImageNet")
+            with gr.Row():
+                bg_plot = gr.BarPlot(label="Per background")
+                heatmap_img = gr.Image(label="Background x model heatmap", type="filepath")
+            table = gr.Dataframe(label="Summary (%)")
+            show.click(load_benchmark, inputs=[folder], outputs=[drop_plot, scatter_plot, bg_plot, heatmap_img, table],
+                       api_name="benchmark_results", concurrency_limit=4)
     return demo
 
 

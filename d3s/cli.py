@@ -21,6 +21,9 @@ EPILOG = """examples:
   d3s train --data out/toy --backbone test_resnet --no-pretrained --iters 1500 --out out/wd
   d3s probe --data out/toy --checkpoint out/wd --out out/wd/probe.json
   d3s spurious --data out/toy --checkpoint out/wd --baseline out/erm --pairs out/toy/pairs.json --out out/wd/spurious.json
+  d3s benchmark --data d3s/ --imagenet-val /data/imagenet/val --out results/   # the paper's model families
+  d3s benchmark --data out/d3s-tiny --models test_resnet,test_vit,clip:tiny --no-pretrained --out results-tiny/
+  d3s diversity --data d3s/ --reference /data/imagenet/val --pairs 7500 --out diversity/
 """
 
 
@@ -30,6 +33,9 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from .guides import GuideSourceError
     from .labels import LabelError
     from .algorithms import HparamError
+    from .benchmark import BenchmarkError
+    from .classifiers import ClassifierError
+    from .diversity import DiversityError
     from .models import ModelError
     from .review import ReviewError
     from .spurious import SpuriousError
@@ -37,7 +43,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from .train import TrainError
 
     return (GenerationError, LabelError, GuideSourceError, DatasetFormatError, ReviewError, ToyError, TrainError,
-            HparamError, ModelError, SpuriousError)
+            HparamError, ModelError, SpuriousError, BenchmarkError, ClassifierError, DiversityError)
 
 
 # --- generate ------------------------------------------------------------------------------------
@@ -180,9 +186,9 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     zero_shot = None
     if args.clip:
-        from .classifiers import zero_shot_scorer
+        from .curate import zero_shot_scorer
 
-        zero_shot = zero_shot_scorer(args.clip)
+        zero_shot = zero_shot_scorer(args.clip, pretrained=not args.no_pretrained)
     summary = score(args.data, split=args.split, zero_shot=zero_shot, batch_size=args.batch_size)
     print(f"scored {summary['rows']} images in {args.data} (split {args.split}); {summary['blank']} near-uniform")
     print(format_report(removal_report(args.data, args.split, _thresholds(args))))
@@ -195,7 +201,9 @@ def _register_score(sub) -> None:
                                    "would remove, per class and background, before anything is dropped.")
     p.add_argument("--data", required=True, metavar="DIR")
     p.add_argument("--split", default="train")
-    p.add_argument("--clip", metavar="NAME", help="zero-shot CLIP model for the foreground check, e.g. clip:ViT-B-32/openai")
+    p.add_argument("--clip", metavar="NAME", help="zero-shot CLIP model for the foreground check, e.g. clip:ViT-B-32/openai "
+                                                  "(any `d3s benchmark` model name works)")
+    p.add_argument("--no-pretrained", action="store_true", help="random weights for --clip (offline tests only)")
     p.add_argument("--batch-size", type=int, default=64)
     _add_threshold_args(p)
     p.set_defaults(func=cmd_score)
@@ -470,6 +478,109 @@ def _register_spurious(sub) -> None:
     p.set_defaults(func=cmd_spurious)
 
 
+# --- benchmark -------------------------------------------------------------------------------------
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from .benchmark import BenchmarkConfig, run_benchmark
+    from .classifiers import DEFAULT_MODELS
+
+    if args.list_models:
+        for name, family, extra in DEFAULT_MODELS:
+            print(f"{name}\t{family}{'  (more data than ImageNet-1k)' if extra else ''}")
+        return 0
+    if not args.data or not args.out:
+        from .benchmark import BenchmarkError
+
+        raise BenchmarkError("--data and --out are required (or --list-models to see the default models).")
+    config = BenchmarkConfig(data=args.data, out=args.out, models=args.models, split=args.split,
+                             imagenet_val=args.imagenet_val, pretrained=not args.no_pretrained,
+                             clip_prompts=args.clip_prompts, clip_names=args.clip_names, batch_size=args.batch_size,
+                             device=args.device, workers=args.workers, cache_dir=args.cache_dir, plots=not args.no_plots,
+                             progress=not args.quiet)
+    summary = run_benchmark(config, log=print)
+    rows = summary["models"]
+    if rows:
+        print(f"\n{'model':40s} {'D3S top-1':>9s} {'top-5':>6s} {'IN top-1':>8s} {'drop':>6s}  worst background")
+        for r in rows:
+            im = "-" if r["imagenet_top1"] is None else f"{100 * r['imagenet_top1']:.1f}"
+            drop = "-" if r["drop_top1"] is None else f"{100 * r['drop_top1']:+.1f}"
+            print(f"{r['model']:40s} {100 * r['d3s_top1']:9.1f} {100 * r['d3s_top5']:6.1f} {im:>8s} {drop:>6s}  {r['worst_background']}")
+    print(f"evaluated now: {len(summary['evaluated'])}, reused: {len(summary['skipped'])}, failed: {len(summary['failed'])}; "
+          f"results in {args.out}")
+    for f in summary["failed"]:
+        print(f"d3s benchmark: model {f['model']} failed: {f['error']}", file=sys.stderr)
+    return 1 if summary["failed"] else 0
+
+
+# The same choices as d3s.classifiers.PROMPT_SETS / NAME_STYLES (a test keeps them equal); not imported, so that
+# `d3s --help` does not import torch.
+CLIP_PROMPT_CHOICES = ("single", "ensemble")
+CLIP_NAME_CHOICES = ("lemma", "definition", "openai")
+
+
+def _register_benchmark(sub) -> None:
+    p = sub.add_parser("benchmark", help="top-1/top-5 of pretrained classifiers on D3S vs ImageNet, breakdowns and plots",
+                       description="Evaluate timm models and CLIP zero-shot classifiers on a D3S split and on ImageNet val "
+                                   "(paper section 4). Results go to RESULTS/models/<model>.json|csv plus a summary and "
+                                   "plots; rerunning skips the models already evaluated on the same data.")
+    p.add_argument("--data", metavar="DIR", help="D3S dataset folder (from `d3s generate`) or Hub dataset id")
+    p.add_argument("--split", help="D3S split (default: 'validation', or the only split there is)")
+    p.add_argument("--models", default="default", metavar="LIST",
+                   help="comma-separated timm names (arch or arch.tag), clip:<arch>/<pretrained>, clip:tiny, or 'default' "
+                        "(the paper's families; see --list-models)")
+    p.add_argument("--imagenet-val", metavar="DIR|ID", help="ImageNet val: ImageNet-style folder DIR/<wnid>/* or Hub id "
+                                                             "[hf:]ORG/NAME[:split]; needed for the drop and the scatter plot")
+    p.add_argument("--out", metavar="RESULTS", help="results folder (resumable)")
+    p.add_argument("--no-pretrained", action="store_true", help="random weights (offline smoke runs and tests)")
+    p.add_argument("--clip-prompts", default="single", choices=CLIP_PROMPT_CHOICES,
+                   help="single: the paper's 'a photo of a {name}.'; ensemble: OpenAI's 80 ImageNet templates (default: %(default)s)")
+    p.add_argument("--clip-names", default="lemma", choices=CLIP_NAME_CHOICES,
+                   help="class names of the zero-shot head: lemma (first WordNet lemma, shared names disambiguated by "
+                        "their definition), definition (every class 'name, definition'), openai (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=64, help="inference batch (halved on out-of-memory) (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="torch device, or auto (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=4, help="image decoding threads (default: %(default)s)")
+    p.add_argument("--cache-dir", metavar="DIR", help="where decoded images are memory-mapped while in use (default: system temp)")
+    p.add_argument("--no-plots", action="store_true", help="write results only")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--list-models", action="store_true", help="print the default models and their families, then exit")
+    p.set_defaults(func=cmd_benchmark)
+
+
+# --- diversity -------------------------------------------------------------------------------------
+
+def cmd_diversity(args: argparse.Namespace) -> int:
+    from .diversity import DiversityConfig, run_diversity
+
+    config = DiversityConfig(data=args.data, split=args.split, reference=args.reference, pairs=args.pairs, out=args.out,
+                             size=args.size, pretrained=not args.no_pretrained, net=args.net, seed=args.seed,
+                             batch_size=args.batch_size, device=args.device)
+    result = run_diversity(config)
+    for name, r in result["sets"].items():
+        print(f"{name}: mean LPIPS {r['mean']:.3f} over {r['pairs']} same-class pairs (std {r['std']:.3f})")
+    if result.get("histogram"):
+        print(f"histogram: {result['histogram']}")
+    return 0
+
+
+def _register_diversity(sub) -> None:
+    p = sub.add_parser("diversity", help="mean LPIPS over same-class pairs: D3S-D3S, reference-reference, reference-D3S",
+                       description="Perceptual diversity as in the paper's appendix D (figure 8): LPIPS distance between "
+                                   "two different images of the same class, averaged over random pairs.")
+    p.add_argument("--data", required=True, metavar="DIR", help="D3S dataset folder or Hub id")
+    p.add_argument("--split", help="D3S split (default: 'validation', or the only split there is)")
+    p.add_argument("--reference", metavar="DIR|ID", help="ImageNet-style folder or Hub id; adds the reference-reference and reference-D3S sets")
+    p.add_argument("--pairs", type=int, default=7500, metavar="N", help="pairs per set (default: %(default)s, as the paper)")
+    p.add_argument("--out", default="d3s-diversity", metavar="DIR", help="where diversity.json and the histogram PNG go (default: %(default)s)")
+    p.add_argument("--size", type=int, default=256, help="images are resized (short side) and centre-cropped to this (default: %(default)s)")
+    p.add_argument("--net", default="alex", choices=("alex", "vgg", "squeeze"), help="LPIPS backbone (default: %(default)s)")
+    p.add_argument("--no-pretrained", action="store_true", help="LPIPS with random networks (offline tests only; distances are meaningless)")
+    p.add_argument("--seed", type=int, default=0, help="pair sampling seed (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_diversity)
+
+
 # --- entry point -----------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -480,8 +591,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"d3s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for register in (_register_labels, _register_generate, _register_templates, _register_regenerate, _register_score,
-                     _register_review, _register_split, _register_toy, _register_train, _register_probe,
-                     _register_features, _register_spurious):
+                     _register_review, _register_split, _register_benchmark, _register_diversity, _register_toy,
+                     _register_train, _register_probe, _register_features, _register_spurious):
         register(sub)
     return parser
 

@@ -103,6 +103,28 @@ def _features_with_scores(old_schema: pa.Schema, table: pa.Table):
 ZeroShot = Callable[[Sequence[Image.Image]], np.ndarray]  # images -> (N, num_fg_classes) scores
 
 
+def zero_shot_scorer(name: str, pretrained: bool = True, device: str | None = None) -> ZeroShot:
+    """The foreground check's classifier: any name of the benchmark's registry (``clip:ViT-B-32/openai``,
+    ``clip:tiny``, or a timm ImageNet model), with its own preprocessing; returns images -> 1000 logits."""
+    import torch
+    from timm.data import create_transform
+
+    from .classifiers import resolve_classifier
+
+    spec = resolve_classifier(name, pretrained=pretrained)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = spec.build(device).model
+    keys = ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std")
+    transform = create_transform(**{k: spec.data_config[k] for k in keys if k in spec.data_config})
+
+    @torch.inference_mode()
+    def scores(images: Sequence[Image.Image]) -> np.ndarray:
+        batch = torch.stack([transform(im) for im in images]).to(device)
+        return model(batch).float().cpu().numpy()
+
+    return scores
+
+
 def score(data: str | Path, split: str = "train", zero_shot: ZeroShot | None = None, batch_size: int = 64,
           progress: bool = True) -> dict:
     """Add the automatic-check columns to every shard of ``split``; returns counts of rows and flags."""

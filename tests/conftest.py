@@ -132,3 +132,63 @@ def tiny_toy(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_toy")
     write_toy(ToyConfig(out=str(out), fg_classes=3, bg_classes=3, train_per_pair=8, val_per_pair=3, size=16))
     return out
+
+
+# --- benchmark / diversity helpers -------------------------------------------------------------------
+
+# One colour per foreground class of the synthetic D3S split (and of write_photo_folder's hues, in spirit):
+# a classifier that reads the mean colour can then be scored with known answers.
+SYNTH_CLASSES = (0, 207, 281)
+SYNTH_COLOURS = {0: (220, 40, 40), 207: (40, 220, 40), 281: (40, 40, 220)}
+SYNTH_DECOY_BG = 7  # "in snow": rows with this background are painted in the next class's colour
+
+
+def write_d3s_split(root: Path, split: str = "validation", classes=SYNTH_CLASSES, backgrounds=range(10), per_cell: int = 1,
+                    size: int = 32, decoy_bg: int | None = SYNTH_DECOY_BG, fg_names=None) -> Path:
+    """A D3S-format folder without diffusion (fast): each image is its class's colour plus noise, except
+    that rows on ``decoy_bg`` take the colour of the next class (so a colour reader fails exactly there)."""
+    import datasets
+
+    from d3s.dataset import label_features, write_card, write_shard
+    from d3s.labels import imagenet_classes
+    from d3s.prompts import BACKGROUNDS
+
+    rng = np.random.default_rng(0)
+    names = fg_names or [c.name for c in imagenet_classes()]
+    feats = datasets.Features({"item_id": datasets.Value("int64"), "image": datasets.Image(),
+                               **label_features(names, list(BACKGROUNDS))})
+    rows, item = [], 0
+    for k, fg in enumerate(classes):
+        for bg in backgrounds:
+            for _ in range(per_cell):
+                colour_of = classes[(k + 1) % len(classes)] if bg == decoy_bg else fg
+                img = np.clip(np.array(SYNTH_COLOURS[colour_of]) + rng.normal(0, 10, (size, size, 3)), 0, 255).astype(np.uint8)
+                rows.append({"item_id": item, "image": Image.fromarray(img), "fg": fg, "bg": bg})
+                item += 1
+    write_shard(root, split, rows, feats)
+    write_card(root, feats, "Synthetic D3S-format split for tests.")
+    return root
+
+
+def write_colour_photos(root: Path, per_class: int = 2, size: int = 40) -> Path:
+    """An ImageNet-style folder of the synthetic classes, in their colours (the colour reader gets all right)."""
+    from d3s.labels import imagenet_classes
+
+    rng = np.random.default_rng(1)
+    for fg in SYNTH_CLASSES:
+        folder = root / imagenet_classes()[fg].wnid
+        folder.mkdir(parents=True, exist_ok=True)
+        for j in range(per_class):
+            img = np.clip(np.array(SYNTH_COLOURS[fg]) + rng.normal(0, 10, (size, size + 8 * j, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(folder / f"{j}.JPEG", quality=95)
+    return root
+
+
+@pytest.fixture(scope="session")
+def synth_d3s(tmp_path_factory) -> Path:
+    return write_d3s_split(tmp_path_factory.mktemp("synth") / "d3s")
+
+
+@pytest.fixture(scope="session")
+def colour_photos(tmp_path_factory) -> Path:
+    return write_colour_photos(tmp_path_factory.mktemp("colour_photos"))

@@ -91,3 +91,15 @@ def test_validation_assignment_is_stratified_and_reproducible():
 def test_split_refuses_a_folder_without_shards(tmp_path):
     with pytest.raises(DatasetFormatError, match="no shards"):
         split(tmp_path, tmp_path / "out")
+
+
+def test_score_cli_with_a_tiny_clip(tiny_run, tmp_path):
+    from conftest import run_d3s
+
+    data = tmp_path / "gen"
+    shutil.copytree(tiny_run, data)
+    proc = run_d3s("score", "--data", str(data), "--clip", "clip:tiny", "--no-pretrained", "--max-rank", "1000")
+    assert proc.returncode == 0, proc.stderr
+    assert "scored 60 images" in proc.stdout and "0 of 60 images would be removed" in proc.stdout
+    ranks = load_dataset(str(data), split="train")["clip_rank"]
+    assert len(ranks) == 60 and all(1 <= r <= 1000 for r in ranks)

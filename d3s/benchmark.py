@@ -1,0 +1,694 @@
+"""Benchmark pretrained classifiers on a D3S split against ImageNet val (paper section 4, appendix E).
+
+A run reads as the steps of :func:`run_benchmark`:
+
+1. check every input before any image is decoded: model names and label spaces
+   (:func:`d3s.classifiers.resolve_classifiers`), the D3S split (present, non-empty, ImageNet-1k
+   ``fg`` labels), the ImageNet reference;
+2. plan: models whose result file already matches this data and these settings are skipped (a
+   run over many models resumes where it stopped; a new model adds to the table); the rest are
+   grouped by preprocessing setting (input size, interpolation, crop);
+3. per group: decode and resize every image once into a uint8 array shared by the group's models
+   (normalisation, which differs between models, is done per model on the device);
+4. per model: batched inference under ``torch.inference_mode`` (channels-last and bf16/fp16
+   autocast on CUDA; the batch is halved on out-of-memory), top-1/top-5 and the breakdowns,
+   written as ``models/<model>.json`` and ``.csv``; a model that fails is reported, the rest go on;
+5. the summary (``summary.json``, ``summary.csv``, ``per_background.csv``) over every result in
+   the folder for this data, and the plots (:mod:`d3s.plots`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from . import __version__
+from .classifiers import ClassifierSpec, parse_model_list, resolve_classifiers
+from .dataset import DatasetFormatError, check_labels, shard_paths, splits_in
+from .guides import IMAGE_EXTENSIONS
+
+MODELS_DIR = "models"
+SUMMARY_JSON = "summary.json"
+SUMMARY_CSV = "summary.csv"
+PER_BACKGROUND_CSV = "per_background.csv"
+DECODE_CHUNK = 64  # images read and decoded per task; small enough to keep workers busy
+
+
+class BenchmarkError(ValueError):
+    """Bad input to a benchmark (data, split, reference, output folder); raised before any model runs."""
+
+
+# --- 1. the images ---------------------------------------------------------------------------------
+
+@dataclass
+class ImageSet:
+    """Images with ImageNet-1k labels (and, for D3S, background labels).
+
+    ``read(start, stop)`` returns encoded images (bytes) or file paths for rows ``start:stop``.
+    """
+
+    name: str
+    source: str
+    fg: np.ndarray
+    read: Callable[[int, int], list]
+    bg: np.ndarray | None = None
+    bg_names: list[str] = field(default_factory=list)
+    fingerprint: dict = field(default_factory=dict)
+    skipped: int = 0  # rows whose fg is not an ImageNet-1k class
+
+    def __len__(self) -> int:
+        return len(self.fg)
+
+
+def _default_split(root: str) -> str:
+    splits = splits_in(root)
+    if "validation" in splits:
+        return "validation"
+    if len(splits) == 1:
+        return splits[0]
+    if not splits:
+        raise BenchmarkError(f"{root} holds no d3s parquet shards (data/<split>-*.parquet): nothing to benchmark.")
+    raise BenchmarkError(f"{root} has several splits ({', '.join(splits)}) and none is 'validation'; choose one with --split.")
+
+
+class _Shards:
+    """A local split read straight from its parquet shards with pyarrow.
+
+    Not through ``datasets.load_dataset``: its cache is keyed by the folder name and the card, not
+    the files, so two folders named alike (``out/d3s`` from two runs) can silently share a stale
+    cache. Label columns are read at once; image bytes on demand, one shard (~256 rows) at a time.
+    """
+
+    def __init__(self, paths: list[Path]):
+        import threading
+
+        import datasets
+        import pyarrow.parquet as pq
+
+        self.paths = paths
+        self.features = datasets.Features.from_arrow_schema(pq.read_schema(paths[0]))
+        self.column_names = list(self.features)
+        self.counts = [pq.ParquetFile(p).metadata.num_rows for p in paths]
+        self.starts = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
+        self._lock = threading.Lock()
+        self._cache: dict[int, list] = {}
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def column(self, name: str) -> np.ndarray:
+        import pyarrow.parquet as pq
+
+        return np.concatenate([pq.read_table(p, columns=[name]).column(name).to_numpy() for p in self.paths]).astype(np.int64)
+
+    def _shard_images(self, k: int) -> list:
+        import pyarrow.parquet as pq
+
+        with self._lock:
+            if k not in self._cache:
+                if len(self._cache) >= 4:
+                    self._cache.pop(next(iter(self._cache)))
+                self._cache[k] = pq.read_table(self.paths[k], columns=["image"]).column("image").to_pylist()
+            return self._cache[k]
+
+    def images(self, rows: np.ndarray) -> list:
+        out = []
+        for r in rows.tolist():
+            k = int(np.searchsorted(self.starts, r, side="right") - 1)
+            cell = self._shard_images(k)[r - int(self.starts[k])]
+            out.append(cell["bytes"] if cell.get("bytes") is not None else cell["path"])
+        return out
+
+    def fingerprint(self) -> str:
+        stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in self.paths]
+        return hashlib.sha1(repr(stats).encode()).hexdigest()[:16]
+
+
+class _HubSplit:
+    """The same interface over a ``datasets.Dataset`` (a Hub id)."""
+
+    def __init__(self, ds):
+        import datasets
+
+        self.ds, self.features, self.column_names = ds, ds.features, ds.column_names
+        self.raw = ds.cast_column("image", datasets.Image(decode=False)) if "image" in ds.column_names else ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def column(self, name: str) -> np.ndarray:
+        return np.asarray(self.ds.with_format("numpy", columns=[name])[name], dtype=np.int64)
+
+    def images(self, rows: np.ndarray) -> list:
+        return [r["bytes"] if r.get("bytes") is not None else r["path"] for r in self.raw.select(rows.tolist())["image"]]
+
+    def fingerprint(self) -> str:
+        return self.ds._fingerprint
+
+
+def open_d3s(data: str | Path, split: str | None = None) -> ImageSet:
+    """A D3S split (local folder or Hub id): its images, ``fg`` (ImageNet index) and ``bg`` labels."""
+    from .labels import imagenet_classes
+
+    root = str(data)
+    local = Path(root).exists()
+    if local and not Path(root).is_dir():
+        raise BenchmarkError(f"--data {root} is a file; give a D3S dataset folder (made by `d3s generate`) or a Hub id.")
+    split = split or (_default_split(root) if local else "validation")
+    if local:
+        paths = shard_paths(root, split)
+        if not paths:
+            raise DatasetFormatError(f"{root} holds no d3s parquet shards for split {split!r} under data/ "
+                                     f"(found splits: {', '.join(splits_in(root)) or 'none'}).")
+        try:
+            table = _Shards(paths)
+        except Exception as err:  # unreadable shard
+            raise BenchmarkError(f"Could not read the shards of split {split!r} of {root}: {type(err).__name__}: {err}") from err
+    else:
+        import datasets
+
+        try:
+            with _quiet_datasets():
+                table = _HubSplit(datasets.load_dataset(root, split=split))
+        except Exception as err:  # Hub id not found, offline
+            raise BenchmarkError(f"Could not load D3S data {root!r} (split {split!r}): {type(err).__name__}: {str(err)[:300]}") from err
+    where = f"split {split!r} of {root}"
+    if len(table) == 0:
+        raise BenchmarkError(f"Split {split!r} of {root} is empty (0 rows): nothing to benchmark.")
+    if "image" not in table.column_names:
+        raise BenchmarkError(f"{where} has no 'image' column (columns: {', '.join(table.column_names)}).")
+    check_labels(table, where)
+    fg_names = table.features["fg"].names
+    ours = [c.name for c in imagenet_classes()]
+    if fg_names[:1000] != ours:
+        bad = next((i for i, (a, b) in enumerate(zip(fg_names, ours)) if a != b), min(len(fg_names), 1000))
+        got = repr(fg_names[bad]) if bad < len(fg_names) else "nothing"
+        raise BenchmarkError(
+            f"The fg labels of {root} are not the ImageNet-1k classes (label {bad} is {got}, expected {ours[bad]!r}); "
+            "classifiers can only be scored on D3S data whose fg labels 0..999 are ImageNet-1k."
+        )
+    fg, bg = table.column("fg"), table.column("bg")
+    keep = np.flatnonzero(fg < 1000)  # extra WordNet concepts beyond ImageNet cannot be predicted by these models
+    if len(keep) == 0:
+        raise BenchmarkError(f"{where} has no image of an ImageNet-1k class (all {len(fg)} rows are other concepts).")
+
+    def read(start: int, stop: int) -> list:
+        return table.images(keep[start:stop])
+
+    fingerprint = {"source": os.path.abspath(root) if local else root, "split": split, "rows": int(len(keep)),
+                   "content": table.fingerprint()}
+    return ImageSet("d3s", root, fg[keep], read, bg[keep], list(table.features["bg"].names), fingerprint, len(fg) - len(keep))
+
+
+class _quiet_datasets:
+    """No 'Generating split' bars while loading (they would bury a one-line error)."""
+
+    def __enter__(self):
+        from datasets.utils import logging as dlog
+
+        self.was = dlog.is_progress_bar_enabled()
+        dlog.disable_progress_bar()
+
+    def __exit__(self, *exc):
+        from datasets.utils import logging as dlog
+
+        if self.was:
+            dlog.enable_progress_bar()
+        return False
+
+
+def _column(ds, name: str) -> np.ndarray:
+    return np.asarray(ds.with_format("numpy", columns=[name])[name], dtype=np.int64)
+
+
+def open_reference(spec: str | Path) -> ImageSet:
+    """ImageNet val: an ImageNet-style folder ``DIR/<wnid>/*`` or a Hub dataset id (``[hf:]ORG/NAME[:split]``)
+    with ``image`` and an ImageNet-1k ``label`` column."""
+    from .labels import imagenet_classes
+
+    text = str(spec)
+    wnid_index = {c.wnid: i for i, c in enumerate(imagenet_classes())}
+    path = Path(text)
+    if path.is_dir():
+        folders = sorted(p for p in path.iterdir() if p.is_dir())
+        unknown = [p.name for p in folders if p.name not in wnid_index]
+        if unknown:
+            raise BenchmarkError(f"{text} is not an ImageNet-style folder: {len(unknown)} sub-folder(s) are not ImageNet-1k "
+                                 f"WordNet ids (e.g. {unknown[0]!r}); expected {text}/<wnid>/*.JPEG.")
+        files, labels = [], []
+        for folder in folders:
+            for f in sorted(folder.iterdir()):
+                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
+                    files.append(str(f))
+                    labels.append(wnid_index[folder.name])
+        if not files:
+            raise BenchmarkError(f"ImageNet folder {text} holds no images; expected {text}/<wnid>/*.JPEG.")
+        digest = hashlib.sha1("|".join(os.path.relpath(f, text) for f in files).encode()).hexdigest()[:16]
+        return ImageSet("imagenet", text, np.asarray(labels, dtype=np.int64), lambda a, b: files[a:b],
+                        fingerprint={"source": os.path.abspath(text), "rows": len(files), "content": digest})
+    if path.exists():
+        raise BenchmarkError(f"ImageNet reference {text} is a file; give an ImageNet-style folder or a Hub dataset id.")
+    return _hub_reference(text[3:] if text.startswith("hf:") else text)
+
+
+def _hub_reference(text: str) -> ImageSet:
+    import datasets
+
+    dataset_id, _, split = text.partition(":")
+    split = split or "validation"
+    if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", dataset_id):
+        raise BenchmarkError(f"ImageNet reference {text!r} is neither a folder nor a Hub dataset id (ORG/NAME[:split]).")
+    try:
+        with _quiet_datasets():
+            ds = datasets.load_dataset(dataset_id, split=split)
+    except Exception as err:  # network, auth, a wrong id: say which
+        raise BenchmarkError(f"Could not load ImageNet reference {dataset_id!r} (split {split!r}): {type(err).__name__}: {str(err)[:300]}") from err
+    label = ds.features.get("label")
+    if "image" not in ds.column_names or not isinstance(label, datasets.ClassLabel) or label.num_classes != 1000:
+        raise BenchmarkError(f"Hub dataset {dataset_id!r} needs 'image' and a 1000-class 'label' column (ImageNet-1k order); "
+                             f"it has {', '.join(ds.column_names)}.")
+    if len(ds) == 0:
+        raise BenchmarkError(f"Split {split!r} of {dataset_id} is empty.")
+    raw = ds.cast_column("image", datasets.Image(decode=False))
+
+    def read(start: int, stop: int) -> list:
+        return [r["bytes"] if r.get("bytes") is not None else r["path"] for r in raw[start:stop]["image"]]
+
+    return ImageSet("imagenet", text, _column(ds, "label"), read,
+                    fingerprint={"source": f"hf:{dataset_id}:{split}", "rows": len(ds), "content": ds._fingerprint})
+
+
+# --- 3. shared decode ------------------------------------------------------------------------------
+
+def eval_transform(data_config: dict):
+    """timm's own eval transform for this config, stopping before normalisation: PIL -> uint8 CHW array."""
+    from timm.data import create_transform
+
+    c = data_config
+    return create_transform(input_size=c["input_size"], interpolation=c["interpolation"], crop_pct=c["crop_pct"],
+                            crop_mode=c["crop_mode"], is_training=False, use_prefetcher=True)
+
+
+def _open(item):
+    from .guides import open_rgb
+
+    return open_rgb(io.BytesIO(item) if isinstance(item, (bytes, bytearray)) else item)
+
+
+def decode(images: ImageSet, data_config: dict, out_path: str | Path | None = None, workers: int = 4,
+           progress: bool = False) -> np.ndarray:
+    """Decode and resize every image once for one preprocessing setting.
+
+    Returns an ``(N, 3, H, W)`` uint8 array (a memory map at ``out_path`` if given, so a large split
+    does not have to fit in RAM). Decoding runs in ``workers`` threads; PIL releases the GIL.
+    """
+    from tqdm.auto import tqdm
+
+    transform = eval_transform(data_config)
+    _, h, w = data_config["input_size"]
+    shape = (len(images), 3, h, w)
+    arr = np.lib.format.open_memmap(out_path, mode="w+", dtype=np.uint8, shape=shape) if out_path else np.empty(shape, np.uint8)
+
+    def work(start: int) -> int:
+        stop = min(start + DECODE_CHUNK, len(images))
+        for i, item in enumerate(images.read(start, stop)):
+            arr[start + i] = transform(_open(item))
+        return stop - start
+
+    bar = tqdm(total=len(images), unit="img", desc=f"decoding {images.name} at {h}px", disable=not progress, leave=False)
+    starts = range(0, len(images), DECODE_CHUNK)
+    if workers <= 1:
+        for s in starts:
+            bar.update(work(s))
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            for n in pool.map(work, starts):
+                bar.update(n)
+    bar.close()
+    return arr
+
+
+# --- 4. inference ----------------------------------------------------------------------------------
+
+def resolve_device(device: str = "auto"):
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def predict_top5(model, data_config: dict, images: np.ndarray, batch_size: int = 64, device="cpu",
+                 desc: str | None = None, progress: bool = False) -> np.ndarray:
+    """Top-5 class indices ``(N, 5)`` for uint8 images ``(N, 3, H, W)``.
+
+    Normalisation with the model's own mean/std happens on the device. On CUDA the model runs
+    channels-last under bf16 (fp16 where bf16 is unsupported) autocast, and an out-of-memory batch
+    is retried at half the size.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    model = model.to(device)
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else None
+    mean = torch.tensor(data_config["mean"], device=device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(data_config["std"], device=device).view(1, 3, 1, 1) * 255
+    n = len(images)
+    out = np.empty((n, 5), dtype=np.int64)
+    bar = tqdm(total=n, unit="img", desc=desc, disable=not progress)
+    start = 0
+    with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype, enabled=cuda):
+        while start < n:
+            stop = min(start + batch_size, n)
+            try:
+                x = torch.from_numpy(np.ascontiguousarray(images[start:stop]))
+                x = (x.pin_memory() if cuda else x).to(device, non_blocking=True)
+                x = x.float().sub_(mean).div_(std)
+                if cuda:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                logits = model(x)
+            except torch.OutOfMemoryError:
+                if batch_size == 1:
+                    raise
+                batch_size = max(1, batch_size // 2)
+                if cuda:
+                    torch.cuda.empty_cache()
+                continue
+            out[start:stop] = logits.float().topk(5, dim=1).indices.cpu().numpy()
+            bar.update(stop - start)
+            start = stop
+    bar.close()
+    return out
+
+
+# --- 4b. scores and breakdowns ---------------------------------------------------------------------
+
+def scores(top5: np.ndarray, labels: np.ndarray) -> dict:
+    hit1 = top5[:, 0] == labels
+    hit5 = (top5 == labels[:, None]).any(axis=1)
+    return {"n": int(len(labels)), "top1": float(hit1.mean()), "top5": float(hit5.mean())}
+
+
+def breakdowns(top5: np.ndarray, images: ImageSet) -> dict:
+    """Per (fg, bg) cell, per background (worst named), per IN-9 superclass x background (figure 11)."""
+    from .labels import IN9_CLASSES, imagenet_classes, imagenet_to_in9
+
+    fg, bg, names = images.fg, images.bg, images.bg_names
+    hit1 = top5[:, 0] == fg
+    hit5 = (top5 == fg[:, None]).any(axis=1)
+    classes = imagenet_classes()
+    cells = []
+    for f, b in sorted(set(zip(fg.tolist(), bg.tolist()))):
+        m = (fg == f) & (bg == b)
+        cells.append({"fg": f, "fg_name": classes[f].name, "bg": b, "bg_name": names[b], "n": int(m.sum()),
+                      "correct_top1": int(hit1[m].sum()), "correct_top5": int(hit5[m].sum()),
+                      "top1": float(hit1[m].mean()), "top5": float(hit5[m].mean())})
+    per_bg = {}
+    for b in sorted(set(bg.tolist())):
+        m = bg == b
+        per_bg[names[b]] = {"n": int(m.sum()), "top1": float(hit1[m].mean()), "top5": float(hit5[m].mean())}
+    worst = min(per_bg, key=lambda k: (per_bg[k]["top1"], k))
+    best = max(per_bg, key=lambda k: (per_bg[k]["top1"], k))
+
+    in9 = imagenet_to_in9()
+    sup = np.asarray([in9.get(f, -1) for f in fg.tolist()])
+    per_in9, per_in9_bg, effects = {}, {}, []
+    for k, sname in enumerate(IN9_CLASSES):
+        m = sup == k
+        if not m.any():
+            continue
+        base = float(hit1[m].mean())
+        per_in9[sname] = {"n": int(m.sum()), "top1": base}
+        per_in9_bg[sname] = {}
+        for b in sorted(set(bg[m].tolist())):
+            mb = m & (bg == b)
+            acc = float(hit1[mb].mean())
+            per_in9_bg[sname][names[b]] = {"n": int(mb.sum()), "top1": acc, "effect": acc - base}
+            effects.append({"superclass": sname, "background": names[b], "n": int(mb.sum()), "top1": acc,
+                            "superclass_top1": base, "effect": acc - base})
+    effects.sort(key=lambda e: e["effect"])
+    return {
+        "per_background": per_bg,
+        "worst_background": worst,
+        "best_background": best,
+        "per_in9": per_in9,
+        "per_in9_background": per_in9_bg,
+        "backgrounds_hurting_most": effects[:3],
+        "backgrounds_helping_most": effects[::-1][:3],
+        "per_cell": cells,
+    }
+
+
+# --- results on disk -------------------------------------------------------------------------------
+
+def model_slug(name: str) -> str:
+    """A file name for a model name (``clip:ViT-B-32/openai`` -> ``clip_ViT-B-32_openai``)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")
+
+
+def result_paths(out: str | Path, name: str) -> tuple[Path, Path]:
+    base = Path(out) / MODELS_DIR / model_slug(name)
+    return base.with_suffix(".json"), base.with_suffix(".csv")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _csv(rows: list[dict], columns: Sequence[str]) -> str:
+    import csv
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()})
+    return buf.getvalue()
+
+
+CELL_COLUMNS = ("fg", "fg_name", "bg", "bg_name", "n", "correct_top1", "correct_top5", "top1", "top5")
+SUMMARY_COLUMNS = ("model", "family", "extra_data", "d3s_top1", "d3s_top5", "imagenet_top1", "imagenet_top5",
+                   "drop_top1", "drop_top5", "worst_background", "d3s_n", "imagenet_n")
+
+
+def write_result(out: str | Path, result: dict) -> tuple[Path, Path]:
+    """``models/<slug>.json`` (everything) and ``models/<slug>.csv`` (the per-cell table)."""
+    jpath, cpath = result_paths(out, result["model"])
+    _write_atomic(cpath, _csv(result["d3s"]["per_cell"], CELL_COLUMNS))
+    _write_atomic(jpath, json.dumps(result, indent=1))  # last: its presence marks the model done
+    return jpath, cpath
+
+
+def load_result(out: str | Path, name: str) -> dict | None:
+    jpath, _ = result_paths(out, name)
+    try:
+        return json.loads(jpath.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def result_matches(result: dict | None, spec: ClassifierSpec, data: dict) -> bool:
+    return bool(result) and result.get("data") == data and result.get("identity") == spec.identity()
+
+
+def summary_row(result: dict) -> dict:
+    d, im = result["d3s"], result.get("imagenet") or {}
+    return {"model": result["model"], "family": result["family"], "extra_data": result["extra_data"],
+            "kind": result["kind"], "d3s_top1": d["top1"], "d3s_top5": d["top5"], "imagenet_top1": im.get("top1"),
+            "imagenet_top5": im.get("top5"), "drop_top1": result.get("drop_top1"), "drop_top5": result.get("drop_top5"),
+            "worst_background": d["worst_background"], "d3s_n": d["n"], "imagenet_n": im.get("n"),
+            "per_background": {k: v["top1"] for k, v in d["per_background"].items()}}
+
+
+def collect_results(out: str | Path, data: dict) -> list[dict]:
+    """Every stored result in ``out`` for this data (models from earlier runs included)."""
+    results = []
+    for p in sorted((Path(out) / MODELS_DIR).glob("*.json")):
+        try:
+            r = json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue
+        if r.get("data") == data:
+            results.append(r)
+    return results
+
+
+def write_summary(out: str | Path, data: dict, failed: list[dict], bg_names: list[str]) -> dict:
+    results = collect_results(out, data)
+    rows = [summary_row(r) for r in results]
+    summary = {"d3s_version": __version__, "data": data, "models": rows, "failed": failed, "backgrounds": bg_names,
+               "per_in9_background": {r["model"]: r["d3s"]["per_in9_background"] for r in results}}
+    _write_atomic(Path(out) / SUMMARY_JSON, json.dumps(summary, indent=1))
+    _write_atomic(Path(out) / SUMMARY_CSV, _csv(rows, SUMMARY_COLUMNS))
+    bg_rows = [{"model": r["model"], **r["per_background"]} for r in rows]
+    _write_atomic(Path(out) / PER_BACKGROUND_CSV, _csv(bg_rows, ["model", *bg_names]))
+    return summary
+
+
+# --- the run ---------------------------------------------------------------------------------------
+
+@dataclass
+class BenchmarkConfig:
+    """Settings of a benchmark run.
+
+    Args:
+        data (`str`): D3S dataset folder (``d3s generate``'s output) or Hub id.
+        out (`str`): results folder; reused runs skip the models already evaluated there.
+        models (`str` or `list`, defaults to ``"default"``): timm names, ``clip:<arch>/<pretrained>``, ``default``.
+        split (`str`, *optional*): D3S split; default ``validation``, or the only split there is.
+        imagenet_val (`str`, *optional*): ImageNet val as an ImageNet-style folder or a Hub id; without it,
+            no drop is computed and the drop and scatter plots are skipped.
+        pretrained (`bool`, defaults to `True`): released weights; `False` = random weights, offline.
+        clip_prompts (`str`, defaults to ``"single"``): ``single`` (``a photo of a {name}.``) or ``ensemble``.
+        clip_names (`str`, defaults to ``"lemma"``): ``lemma``, ``definition`` or ``openai``.
+        batch_size (`int`, defaults to 64), device (`str`, defaults to ``"auto"``), workers (`int`, defaults to 4):
+            inference batch, torch device, decoding threads.
+        cache_dir (`str`, *optional*): where decoded arrays are memory-mapped (a temporary folder, removed after).
+        plots (`bool`, defaults to `True`): draw the plots after the run.
+    """
+
+    data: str
+    out: str
+    models: str | list[str] = "default"
+    split: str | None = None
+    imagenet_val: str | None = None
+    pretrained: bool = True
+    clip_prompts: str = "single"
+    clip_names: str = "lemma"
+    batch_size: int = 64
+    device: str = "auto"
+    workers: int = 4
+    cache_dir: str | None = None
+    plots: bool = True
+    progress: bool = True
+
+
+def check_config(c: BenchmarkConfig) -> None:
+    if c.batch_size < 1:
+        raise BenchmarkError(f"--batch-size must be at least 1, got {c.batch_size}.")
+    if c.workers < 0:
+        raise BenchmarkError(f"--workers must be 0 or more, got {c.workers}.")
+    out = Path(c.out)
+    if out.exists() and not out.is_dir():
+        raise BenchmarkError(f"--out {c.out} is a file; give a folder for the results.")
+
+
+def run_benchmark(c: BenchmarkConfig, specs: list[ClassifierSpec] | None = None, log: Callable[[str], None] = print) -> dict:
+    """Evaluate ``c.models`` (or the given ``specs``) and write results, summary and plots.
+
+    Returns the summary dict, with ``evaluated`` (models run now), ``skipped`` (results reused) and
+    ``failed`` (model, error) lists.
+    """
+    # 1. inputs, all checked before any decoding
+    check_config(c)
+    if specs is None:
+        specs = resolve_classifiers(parse_model_list(c.models), pretrained=c.pretrained, prompts=c.clip_prompts,
+                                    names=c.clip_names)
+    d3s = open_d3s(c.data, c.split)
+    ref = open_reference(c.imagenet_val) if c.imagenet_val else None
+    data = {"d3s": d3s.fingerprint, "imagenet": ref.fingerprint if ref else None}
+    out = Path(c.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if d3s.skipped:
+        log(f"note: {d3s.skipped} rows of non-ImageNet concepts are left out (no ImageNet-1k classifier can predict them)")
+
+    # 2. plan: reuse matching results, group the rest by preprocessing
+    todo = [s for s in specs if not result_matches(load_result(out, s.name), s, data)]
+    skipped = [s.name for s in specs if s not in todo]
+    if skipped:
+        log(f"already evaluated (results reused): {', '.join(skipped)}")
+    groups: dict[tuple, list[ClassifierSpec]] = {}
+    for s in todo:
+        groups.setdefault(s.decode_key, []).append(s)
+    device = resolve_device(c.device)
+
+    # 3-4. per group: decode once, run every model of the group
+    evaluated, failed = [], []
+    for key, members in groups.items():
+        with tempfile.TemporaryDirectory(prefix="d3s-decode-", dir=c.cache_dir) as tmp:
+            t0 = time.perf_counter()
+            arrays = {"d3s": decode(d3s, members[0].data_config, Path(tmp) / "d3s.npy", c.workers, c.progress)}
+            if ref is not None:
+                arrays["imagenet"] = decode(ref, members[0].data_config, Path(tmp) / "imagenet.npy", c.workers, c.progress)
+            decode_s = time.perf_counter() - t0
+            log(f"decoded {sum(len(a) for a in arrays.values())} images at {key[0][1]}x{key[0][2]} ({key[1]}, crop {key[2]}) "
+                f"in {decode_s:.1f}s, shared by {len(members)} model(s): {', '.join(m.name for m in members)}")
+            for spec in members:
+                try:
+                    result = evaluate_model(spec, arrays, d3s, ref, data, c, device)
+                except Exception as err:  # OOM, a download that failed, a broken model: report it, go on
+                    msg = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"[:500]
+                    failed.append({"model": spec.name, "error": msg})
+                    log(f"FAILED {spec.name}: {msg}")
+                    if os.environ.get("D3S_DEBUG"):
+                        traceback.print_exc()
+                    continue
+                finally:
+                    _free(device)
+                write_result(out, result)
+                evaluated.append(spec.name)
+                drop = "" if result["drop_top1"] is None else f", drop {100 * result['drop_top1']:+.1f} points vs ImageNet"
+                log(f"{spec.name}: D3S top-1 {100 * result['d3s']['top1']:.1f}% top-5 {100 * result['d3s']['top5']:.1f}%{drop}; "
+                    f"worst background: {result['d3s']['worst_background']}")
+
+    # 5. summary and plots over everything in the folder for this data
+    summary = write_summary(out, data, failed, d3s.bg_names)
+    if c.plots and summary["models"]:
+        from .plots import draw_all
+
+        summary["plots"] = draw_all(out, summary)
+    summary.update(evaluated=evaluated, skipped=skipped)
+    return summary
+
+
+def _free(device) -> None:
+    import gc
+
+    gc.collect()
+    if getattr(device, "type", "") == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+def evaluate_model(spec: ClassifierSpec, arrays: dict, d3s: ImageSet, ref: ImageSet | None, data: dict,
+                   c: BenchmarkConfig, device) -> dict:
+    """Build one model, run it on the shared arrays, return its result record."""
+    t0 = time.perf_counter()
+    clf = spec.build(str(device))
+    top5 = predict_top5(clf.model, spec.data_config, arrays["d3s"], c.batch_size, device, f"{spec.name} on D3S", c.progress)
+    result_d3s = {**scores(top5, d3s.fg), **breakdowns(top5, d3s)}
+    result_ref = None
+    if ref is not None:
+        ref_top5 = predict_top5(clf.model, spec.data_config, arrays["imagenet"], c.batch_size, device,
+                                f"{spec.name} on ImageNet", c.progress)
+        result_ref = scores(ref_top5, ref.fg)
+    del clf
+    return {
+        "model": spec.name, "kind": spec.kind, "family": spec.family, "extra_data": spec.extra_data,
+        "identity": spec.identity(), "data": data,
+        "d3s": result_d3s, "imagenet": result_ref,
+        "drop_top1": None if result_ref is None else result_ref["top1"] - result_d3s["top1"],
+        "drop_top5": None if result_ref is None else result_ref["top5"] - result_d3s["top5"],
+        "seconds": round(time.perf_counter() - t0, 3), "device": str(device), "d3s_version": __version__,
+    }
