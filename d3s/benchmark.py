@@ -424,8 +424,11 @@ def breakdowns(top5: np.ndarray, images: ImageSet) -> dict:
     for b in sorted(set(bg.tolist())):
         m = bg == b
         per_bg[names[b]] = {"n": int(m.sum()), "top1": float(hit1[m].mean()), "top5": float(hit5[m].mean())}
-    worst = min(per_bg, key=lambda k: (per_bg[k]["top1"], k))
-    best = max(per_bg, key=lambda k: (per_bg[k]["top1"], k))
+    # ranked by top-1, then top-5; None when every background ties (e.g. a random model at 0%)
+    rank = {k: (v["top1"], v["top5"]) for k, v in per_bg.items()}
+    tied = len(set(rank.values())) == 1
+    worst = None if tied else min(per_bg, key=lambda k: rank[k])
+    best = None if tied else max(per_bg, key=lambda k: rank[k])
 
     in9 = imagenet_to_in9()
     sup = np.asarray([in9.get(f, -1) for f in fg.tolist()])
@@ -649,7 +652,7 @@ def run_benchmark(c: BenchmarkConfig, specs: list[ClassifierSpec] | None = None,
                 evaluated.append(spec.name)
                 drop = "" if result["drop_top1"] is None else f", drop {100 * result['drop_top1']:+.1f} points vs ImageNet"
                 log(f"{spec.name}: D3S top-1 {100 * result['d3s']['top1']:.1f}% top-5 {100 * result['d3s']['top5']:.1f}%{drop}; "
-                    f"worst background: {result['d3s']['worst_background']}")
+                    f"worst background: {result['d3s']['worst_background'] or 'none (all backgrounds tie)'}")
 
     # 5. summary and plots over everything in the folder for this data
     summary = write_summary(out, data, failed, d3s.bg_names)

@@ -504,7 +504,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         for r in rows:
             im = "-" if r["imagenet_top1"] is None else f"{100 * r['imagenet_top1']:.1f}"
             drop = "-" if r["drop_top1"] is None else f"{100 * r['drop_top1']:+.1f}"
-            print(f"{r['model']:40s} {100 * r['d3s_top1']:9.1f} {100 * r['d3s_top5']:6.1f} {im:>8s} {drop:>6s}  {r['worst_background']}")
+            print(f"{r['model']:40s} {100 * r['d3s_top1']:9.1f} {100 * r['d3s_top5']:6.1f} {im:>8s} {drop:>6s}  {r['worst_background'] or '(all tie)'}")
     print(f"evaluated now: {len(summary['evaluated'])}, reused: {len(summary['skipped'])}, failed: {len(summary['failed'])}; "
           f"results in {args.out}")
     for f in summary["failed"]:
