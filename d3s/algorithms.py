@@ -18,6 +18,9 @@ Wasserstein disentanglement (paper, eq. 9-10), as done here:
   ``E_prod = mean_i mean_j f(z_i)[l_j]``, the expectation of the one-shuffle estimate, with less noise.
 - The gradient penalty interpolates between a joint and a product sample with a weight drawn per
   sample (the authors' code drew it per element).
+- Two time-scales: the critics' learning rate (2e-3) is twice the model's, so they keep up with the
+  encoder they chase (toy, weight 2, 1500 steps: cross-leakage 0.196 against 0.266 with equal rates,
+  mostly less shape left in z_bg). Weight 1.5 keeps fg accuracy (see the README's numbers).
 - Critic steps run on detached features: they never back-propagate through the backbone, so a
   Wasserstein step costs about one ERM step plus a few small MLP steps.
 """
@@ -40,8 +43,8 @@ HPARAMS: dict[str, dict[str, Any]] = {
         **COMMON,
         "betas": (0.0, 0.9),
         "alpha": 1.0,  # weight of the two cross-entropies
-        "critic_weight": 1.0,  # weight of the two critic gaps in the model loss; 0 = no disentanglement
-        "critic_lr": 1e-3,
+        "critic_weight": 1.5,  # weight of the two critic gaps in the model loss; 0 = no disentanglement
+        "critic_lr": 2e-3,  # two time-scales: the critics learn twice as fast as the model
         "critic_steps": 5,  # critic updates per model update (on the same detached features)
         "gp_weight": 10.0,  # gradient penalty (WGAN-GP)
         "critic_depth": 3,  # linear layers per critic, widths halving
