@@ -192,3 +192,50 @@ def synth_d3s(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def colour_photos(tmp_path_factory) -> Path:
     return write_colour_photos(tmp_path_factory.mktemp("colour_photos"))
+
+
+# --- awkward uploads -------------------------------------------------------------------------------------
+
+def huge_png_header(path: Path, side: int = 20000) -> Path:
+    """A small file whose PNG header claims side x side pixels (a decompression bomb)."""
+    import io
+    import struct
+    import zlib
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = data[12:29]  # chunk type + 13 bytes of IHDR data
+    ihdr[4:12] = struct.pack(">II", side, side)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)) & 0xFFFFFFFF)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def awkward_uploads(root: Path) -> dict[str, tuple[Path, str | None]]:
+    """The issue's bad uploads: name -> (file, expected message, or None when a prediction is due)."""
+    root.mkdir(parents=True, exist_ok=True)
+    out: dict[str, tuple[Path, str | None]] = {}
+    text = root / "notes.png"
+    text.write_text("this is not an image")
+    out["text-renamed-png"] = (text, "could not be read as an image")
+    jpeg = root / "ok.jpg"
+    Image.new("RGB", (64, 64), (10, 200, 30)).save(jpeg)
+    truncated = root / "truncated.jpg"
+    truncated.write_bytes(jpeg.read_bytes()[:200])
+    out["truncated-jpeg"] = (truncated, "could not be read")
+    Image.new("RGB", (1, 1)).save(root / "dot.png")
+    out["1x1"] = (root / "dot.png", "only 1x1 pixels")
+    Image.fromarray((np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)).save(root / "deep.png")
+    out["16-bit-png"] = (root / "deep.png", None)
+    Image.new("CMYK", (32, 32), (0, 255, 255, 0)).save(root / "cmyk.jpg")
+    out["cmyk-jpeg"] = (root / "cmyk.jpg", None)
+    Image.new("RGBA", (32, 32), (255, 0, 0, 0)).save(root / "clear.png")
+    out["rgba-png"] = (root / "clear.png", None)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    Image.new("RGB", (40, 20)).save(root / "rotated.jpg", exif=exif)
+    out["exif-rotated"] = (root / "rotated.jpg", None)
+    out["20000x20000"] = (huge_png_header(root / "huge.png"), "megapixels are accepted")
+    return out
