@@ -629,16 +629,23 @@ def run_benchmark(c: BenchmarkConfig, specs: list[ClassifierSpec] | None = None,
     evaluated, failed = [], []
     for key, members in groups.items():
         with tempfile.TemporaryDirectory(prefix="d3s-decode-", dir=c.cache_dir) as tmp:
-            t0 = time.perf_counter()
-            arrays = {"d3s": decode(d3s, members[0].data_config, Path(tmp) / "d3s.npy", c.workers, c.progress)}
-            if ref is not None:
-                arrays["imagenet"] = decode(ref, members[0].data_config, Path(tmp) / "imagenet.npy", c.workers, c.progress)
-            decode_s = time.perf_counter() - t0
-            log(f"decoded {sum(len(a) for a in arrays.values())} images at {key[0][1]}x{key[0][2]} ({key[1]}, crop {key[2]}) "
-                f"in {decode_s:.1f}s, shared by {len(members)} model(s): {', '.join(m.name for m in members)}")
+            arrays: dict = {}
+
+            def shared_arrays(members=members, key=key, tmp=tmp) -> dict:
+                """Decoded on first use, so a group whose models all fail to build decodes nothing."""
+                if not arrays:
+                    t0 = time.perf_counter()
+                    done = {"d3s": decode(d3s, members[0].data_config, Path(tmp) / "d3s.npy", c.workers, c.progress)}
+                    if ref is not None:
+                        done["imagenet"] = decode(ref, members[0].data_config, Path(tmp) / "imagenet.npy", c.workers, c.progress)
+                    arrays.update(done)  # all or nothing: a failed decode is retried by the next model
+                    log(f"decoded {sum(len(a) for a in arrays.values())} images at {key[0][1]}x{key[0][2]} ({key[1]}, crop {key[2]}) "
+                        f"in {time.perf_counter() - t0:.1f}s, shared by {len(members)} model(s): {', '.join(m.name for m in members)}")
+                return arrays
+
             for spec in members:
                 try:
-                    result = evaluate_model(spec, arrays, d3s, ref, data, c, device)
+                    result = evaluate_model(spec, shared_arrays, d3s, ref, data, c, device)
                 except Exception as err:  # OOM, a download that failed, a broken model: report it, go on
                     msg = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"[:500]
                     failed.append({"model": spec.name, "error": msg})
@@ -674,11 +681,12 @@ def _free(device) -> None:
         torch.cuda.empty_cache()
 
 
-def evaluate_model(spec: ClassifierSpec, arrays: dict, d3s: ImageSet, ref: ImageSet | None, data: dict,
-                   c: BenchmarkConfig, device) -> dict:
-    """Build one model, run it on the shared arrays, return its result record."""
+def evaluate_model(spec: ClassifierSpec, shared_arrays: Callable[[], dict], d3s: ImageSet, ref: ImageSet | None,
+                   data: dict, c: BenchmarkConfig, device) -> dict:
+    """Build one model, run it on the shared arrays (``shared_arrays()``), return its result record."""
     t0 = time.perf_counter()
-    clf = spec.build(str(device))
+    clf = spec.build(str(device))  # first: a model that cannot be built costs no decoding
+    arrays = shared_arrays()
     top5 = predict_top5(clf.model, spec.data_config, arrays["d3s"], c.batch_size, device, f"{spec.name} on D3S", c.progress)
     result_d3s = {**scores(top5, d3s.fg), **breakdowns(top5, d3s)}
     result_ref = None

@@ -197,6 +197,14 @@ def test_failing_model_is_reported_and_the_others_complete(tmp_path, synth_d3s, 
     assert not (tmp_path / "models" / "oom-mid-run.json").exists()  # so a rerun tries it again
 
 
+def test_a_model_that_cannot_be_built_costs_no_decoding(tmp_path, synth_d3s, monkeypatch):
+    calls = []
+    monkeypatch.setattr(bm, "decode", lambda *a, **k: calls.append(1))
+    summary = run_benchmark(BenchmarkConfig(data=str(synth_d3s), out=str(tmp_path), progress=False, plots=False),
+                            specs=[colour_spec("no-weights", build_error=OSError("offline"))], log=lambda s: None)
+    assert summary["failed"] == [{"model": "no-weights", "error": "OSError: offline"}] and calls == []
+
+
 # --- acceptance 5a: bad input, one line each, exit 2 -------------------------------------------------
 
 def _cli_error(capsys, *argv) -> str:
