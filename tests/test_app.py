@@ -71,3 +71,24 @@ def test_bad_upload_is_a_message_and_the_app_stays_up(app_url, tmp_path):
     Image.new("RGB", (64, 64), (200, 200, 200)).save(good)
     fg, _, _, _ = client.predict(handle_file(str(good)), api_name="/predict")
     assert fg["label"]
+
+
+def test_real_weights_are_used_when_present(tiny_toy, tmp_path):
+    """Pointed at a locally saved pipeline, extractor checkpoint and timm classifier, the app loads them
+    through the real paths (from_pretrained, local-dir:) and shows no tiny-preset banner."""
+    import timm
+    from timm.models import save_for_hf
+
+    import app
+    from d3s.diffusion import tiny_pipeline_path
+    from d3s.train import TrainConfig, train
+
+    ckpt = tmp_path / "extractor"
+    train(TrainConfig(data=str(tiny_toy), out=str(ckpt), backbone="test_efficientnet", pretrained=False, iters=2,
+                      batch_size=8, workers=0, progress=False, hparams={"warmup_iters": 1}))
+    save_for_hf(timm.create_model("test_resnet", pretrained=False), str(tmp_path / "classifier"), safe_serialization=True)
+    pipeline_folder = str(tiny_pipeline_path())  # a saved diffusers pipeline folder, as a user's would be
+    models = app.load_models(pipeline_folder, extractor=str(ckpt), classifier=f"local-dir:{tmp_path / 'classifier'}")
+    assert not models.tiny and models.banner.startswith(f"Running on `{pipeline_folder}`")
+    assert "Tiny preset" not in models.banner and "Predict tab" not in models.banner
+    assert not models.predictors.tiny and models.predictors.extractor.backbone_name == "test_efficientnet"
