@@ -11,7 +11,7 @@ or Hub dataset as a grid by class and background); Review (the human check of ea
 saved to a SQLite review store); Benchmark (a `d3s benchmark` results folder as interactive plots).
 
 API (``gradio_client``): ``/generate`` (foreground, background, seed) -> (guide, image, prompt);
-``/predict`` (image) -> (fg top-5, bg probabilities, standard classifier top-5, the decoded image);
+``/predict`` (image) -> (fg top-5, bg probabilities, standard classifier top-5);
 ``/benchmark_results`` (results folder) -> (drop plot, scatter plot, per-background plot, heatmap, table).
 """
 
@@ -150,10 +150,17 @@ def make_predict_fn(models: Models):
             image = read_upload(photo)
         except UploadError as err:
             raise gr.Error(str(err)) from err
-        fg, bg, ref = predict(models.predictors, image)
-        return fg, bg, ref, image
+        return predict(models.predictors, image)
 
     return predict_photo
+
+
+def decoded_preview(photo):
+    """The upload as the models see it (UI only: not part of /predict, whose outputs stay labels)."""
+    try:
+        return read_upload(photo) if photo is not None else None
+    except UploadError:
+        return None
 
 
 def example_photos(folder: Path, n: int = 3) -> list[str]:
@@ -296,8 +303,11 @@ def build_app(models: Models, settings: Settings | None = None) -> gr.Blocks:
                 fg_label = gr.Label(num_top_classes=5, label="Foreground (disentangled fg head)", elem_id="predict-fg")
                 bg_label = gr.Label(num_top_classes=10, label="Background (bg head)", elem_id="predict-bg")
                 ref_label = gr.Label(num_top_classes=5, label="Standard classifier", elem_id="predict-ref")
-            predict_btn.click(make_predict_fn(models), inputs=[photo_in], outputs=[fg_label, bg_label, ref_label, preview],
-                              api_name="predict", concurrency_limit=4)
+            # The preview is a second, UI-only event: identical images returned by concurrent API calls would be
+            # written to the same cache file while another response streams it.
+            predict_btn.click(make_predict_fn(models), inputs=[photo_in], outputs=[fg_label, bg_label, ref_label],
+                              api_name="predict", concurrency_limit=4).then(decoded_preview, [photo_in], [preview],
+                                                                            api_name=False)
 
         with gr.Tab("Dataset", id="dataset"):
             with gr.Row():

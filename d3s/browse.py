@@ -8,17 +8,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .dataset import DatasetFormatError, check_labels
+from .dataset import DatasetFormatError, check_labels, load_raw
 
 
 class DatasetView:
     """One split of a d3s folder or Hub dataset, indexed by (fg, bg)."""
 
     def __init__(self, source: str, split: str | None = None):
-        import datasets
-
         try:
-            dd = datasets.load_dataset(source)
+            dd = load_raw(source)
         except Exception as err:  # a wrong path or id, no network: say which
             raise DatasetFormatError(f"Could not load dataset {source!r}: {str(err).splitlines()[0][:200]}") from err
         self.splits = list(dd)

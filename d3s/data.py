@@ -49,7 +49,7 @@ def load_split(root: str, split: str, need_bg: bool = True):
     """One split of a d3s folder (or Hub id), with a one-line error when it is missing or unlabelled."""
     import datasets
 
-    from .dataset import shard_paths, splits_in
+    from .dataset import load_raw, shard_paths, splits_in
     from pathlib import Path
 
     if Path(root).exists() and not shard_paths(root, split):
@@ -59,7 +59,7 @@ def load_split(root: str, split: str, need_bg: bool = True):
             raise DatasetFormatError(f"{root} has no {split!r} split (found: {', '.join(splits_in(root)) or 'none'}).")
     datasets.disable_progress_bars()  # "Generating train split" bars would bury our own output and errors
     try:
-        ds = datasets.load_dataset(str(root), split=split)
+        ds = load_raw(root, split=split)
     except (ValueError, FileNotFoundError) as err:
         raise DatasetFormatError(f"cannot load split {split!r} of {root}: {str(err).splitlines()[0]}") from None
     label_info(ds, f"{root} ({split})", need_bg=need_bg)

@@ -119,13 +119,26 @@ def write_card(root: str | Path, features: datasets.Features, body: str, extra_y
     return path
 
 
+def load_raw(root: str | Path, split: str | None = None) -> datasets.Dataset | datasets.DatasetDict:
+    """``datasets.load_dataset`` for a d3s folder or a Hub id, with no check of the columns.
+
+    A local folder is loaded from its shards by absolute path: ``load_dataset(FOLDER)`` keys its cache by
+    the folder's name and card, so two folders called ``d3s`` with the same card would share a stale cache.
+    """
+    local = Path(root)
+    if local.is_dir() and shard_paths(local):
+        files = {s: [str(p.resolve()) for p in shard_paths(local, s)] for s in splits_in(local)}
+        return datasets.load_dataset("parquet", data_files=files, split=split)
+    return datasets.load_dataset(str(root), split=split)
+
+
 def load(root: str | Path, split: str | None = None) -> datasets.Dataset | datasets.DatasetDict:
     """Load a d3s folder (or a Hub dataset id) with ``datasets.load_dataset``; checks the label columns."""
     root_s = str(root)
     if Path(root_s).exists() and not shard_paths(root_s, split):
         where = f" for split {split!r}" if split else ""
         raise DatasetFormatError(f"{root_s} holds no d3s parquet shards{where} under {DATA_DIR}/ (found splits: {', '.join(splits_in(root_s)) or 'none'}).")
-    ds = datasets.load_dataset(root_s, split=split)
+    ds = load_raw(root_s, split=split)
     for part in ([ds] if split else ds.values()):
         check_labels(part, root_s)
     return ds

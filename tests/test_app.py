@@ -50,7 +50,7 @@ def test_predict_api_gives_fg_bg_and_reference(app_url, tmp_path):
     path = tmp_path / "photo.png"
     Image.new("RGB", (90, 60), (20, 160, 40)).save(path)
     client = Client(app_url, verbose=False)
-    fg, bg, ref, _ = client.predict(handle_file(str(path)), api_name="/predict")
+    fg, bg, ref = client.predict(handle_file(str(path)), api_name="/predict")
     assert len(fg["confidences"]) == 5 and len(ref["confidences"]) == 5
     assert {c["label"] for c in bg["confidences"]} == {"on grass", "on a road", "in a forest", "in water", "in a cave",
                                                        "in sand", "indoors", "in snow", "in rain", "at night"}
@@ -69,7 +69,7 @@ def test_bad_upload_is_a_message_and_the_app_stays_up(app_url, tmp_path):
     from PIL import Image
 
     Image.new("RGB", (64, 64), (200, 200, 200)).save(good)
-    fg, _, _, _ = client.predict(handle_file(str(good)), api_name="/predict")
+    fg, _, _ = client.predict(handle_file(str(good)), api_name="/predict")
     assert fg["label"]
 
 

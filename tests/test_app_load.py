@@ -23,13 +23,13 @@ def uploads(tmp_path_factory):
 def test_each_awkward_upload_gets_a_message_or_a_prediction(client, uploads, name):
     path, message = uploads[name]
     if message is None:
-        fg, bg, ref, _ = client.predict(handle_file(str(path)), api_name="/predict")
+        fg, bg, ref = client.predict(handle_file(str(path)), api_name="/predict")
         assert len(fg["confidences"]) == 5 and len(bg["confidences"]) == 10
     else:
         with pytest.raises(Exception, match=message):
             client.predict(handle_file(str(path)), api_name="/predict")
     # ... and the app answers the next request
-    fg, _, _, _ = client.predict(handle_file(str(uploads["rgba-png"][0])), api_name="/predict")
+    fg, _, _ = client.predict(handle_file(str(uploads["rgba-png"][0])), api_name="/predict")
     assert fg["label"]
 
 
