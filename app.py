@@ -349,7 +349,6 @@ def build_app(models: Models, settings: Settings | None = None) -> gr.Blocks:
             missing_btn.click(lambda s, r, i, u: answer_fn(s, r, i, u, False), [review_source, reviewer, current, unsafe],
                               review_out, api_name="review_missing")
 
-
         with gr.Tab("Benchmark", id="benchmark"):
             gr.Markdown("Results of `d3s benchmark --out RESULTS`: how much each model loses on D3S's shuffled backgrounds.")
             with gr.Row():
@@ -360,8 +359,8 @@ def build_app(models: Models, settings: Settings | None = None) -> gr.Blocks:
                 scatter_plot = gr.ScatterPlot(label="D3S vs ImageNet")
             with gr.Row():
                 bg_plot = gr.BarPlot(label="Per background")
-                heatmap_img = gr.Image(label="Background x model heatmap", type="filepath")
-            table = gr.Dataframe(label="Summary (%)")
+                heatmap_img = gr.Image(label="Background x model heatmap", type="filepath", elem_id="benchmark-heatmap")
+            table = gr.Dataframe(label="Summary (%)", elem_id="benchmark-table")
             show.click(load_benchmark, inputs=[folder], outputs=[drop_plot, scatter_plot, bg_plot, heatmap_img, table],
                        api_name="benchmark_results", concurrency_limit=4)
     return demo
