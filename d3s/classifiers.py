@@ -27,13 +27,14 @@ first WordNet lemma, as the generator's prompts; the names two classes share, ``
 
 from __future__ import annotations
 
-import difflib
 import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+
+from .labels import close_matches
 
 CLIP_PREFIX = "clip:"
 CLIP_TINY = "clip:tiny"
@@ -141,7 +142,7 @@ def _jsonable(cfg: dict) -> dict:
 
 
 def _close(word: str, choices, n: int = 5) -> list[str]:
-    return difflib.get_close_matches(word, list(dict.fromkeys(choices)), n=n, cutoff=0.6)
+    return close_matches(word, choices, n=n, cutoff=0.6)
 
 
 def _family_of(name: str, arch: str, tag: str) -> tuple[str, bool]:

@@ -91,8 +91,9 @@ def _imagenet_lookup() -> dict[str, int]:
     return table
 
 
-def _close_matches(word: str, choices: Iterable[str], n: int = 5) -> list[str]:
-    return difflib.get_close_matches(word, list(dict.fromkeys(choices)), n=n, cutoff=0.5)
+def close_matches(word: str, choices: Iterable[str], n: int = 5, cutoff: float = 0.5) -> list[str]:
+    """The valid names closest to a mistyped one, without repeats (for "did you mean" errors)."""
+    return difflib.get_close_matches(word, list(dict.fromkeys(choices)), n=n, cutoff=cutoff)
 
 
 def imagenet_class(key: int | str) -> Concept:
@@ -119,7 +120,7 @@ def imagenet_class(key: int | str) -> Concept:
     if len(by_lemma) == 1:
         return by_lemma[0]
     names = [c.name for c in classes] + [lemma for c in classes for lemma in c.lemmas]
-    close = _close_matches(text, names)
+    close = close_matches(text, names)
     hint = f" Closest valid names: {', '.join(close)}." if close else " Use an index 0..999, a WordNet id, or a class name."
     raise LabelError(f"Unknown ImageNet class {text!r}.{hint}")
 

@@ -11,7 +11,6 @@ authors' geography and time variants ship too. A new axis is a new JSON file::
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 from dataclasses import asdict, dataclass
@@ -19,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
-from .labels import Concept, LabelError
+from .labels import Concept, LabelError, close_matches
 
 DEFAULT_RECIPE = "backgrounds"
 _FIELDS = ("name", "description", "prompt", "template_prompt", "shifts")
@@ -61,7 +60,7 @@ class Recipe:
         by_word = [i for i, shift in enumerate(self.shifts) if wanted and wanted in slug(shift).split("_")]
         if len(by_word) == 1:  # a unique word is enough: 'snow' -> 'in snow'
             return by_word[0]
-        close = difflib.get_close_matches(str(key).strip(), self.shifts, n=3, cutoff=0.4)
+        close = close_matches(str(key).strip(), self.shifts, n=3, cutoff=0.4)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise LabelError(
             f"Unknown background {str(key).strip()!r} in recipe {self.name!r}.{hint} Valid backgrounds: {', '.join(self.shifts)}."
