@@ -35,7 +35,7 @@ from d3s.labels import imagenet_classes  # noqa: E402
 from d3s.prompts import BACKGROUNDS  # noqa: E402
 
 # Tiny timm models sharing one preprocessing setting (checked below).
-MODELS = ("test_vit", "test_efficientnet", "test_convnext", "test_byobnet", "test_nfnet", "test_vit2")
+MODELS = ("test_vit", "test_vit2", "test_byobnet", "test_efficientnet", "test_convnext3", "test_convnext")
 
 
 def make_split(root: Path, n: int, size: int) -> None:
