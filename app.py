@@ -12,7 +12,8 @@ saved to a SQLite review store); Benchmark (a `d3s benchmark` results folder as 
 
 API (``gradio_client``): ``/generate`` (foreground, background, seed) -> (guide, image, prompt);
 ``/predict`` (image) -> (fg top-5, bg probabilities, standard classifier top-5);
-``/benchmark_results`` (results folder) -> (drop plot, scatter plot, per-background plot, heatmap, table).
+``/benchmark_results`` (results folder) -> (drop plot, scatter plot, per-background plot, heatmap, table, model list);
+``/benchmark_cells`` (results folder, model) -> (worst cells table, sample images, note).
 """
 
 from __future__ import annotations
@@ -247,7 +248,28 @@ def load_benchmark(folder: str):
     per_background = gr.BarPlot(per_bg, x="background", y="top1", color="model", title="D3S top-1 per background",
                                 y_title="top-1 (%)", x_label_angle=-45)
     table = models[["model", "family", "d3s_top1", "d3s_top5", "imagenet_top1", "drop_top1", "worst_background"]].round(2)
-    return drop, scatter, per_background, t["heatmap"], table
+    names = list(models["model"])
+    picker = gr.Dropdown(choices=names, value=names[0] if names else None)
+    return drop, scatter, per_background, t["heatmap"], table, picker
+
+
+def show_worst_cells(folder: str, model: str | None):
+    """One model's worst (fg, bg) cells: a table and sample images with what the model predicted."""
+    import pandas as pd
+
+    from d3s.benchmark import worst_cell_samples
+
+    if not model:
+        raise gr.Error("Press Show first, then pick a model.")
+    try:
+        w = worst_cell_samples((folder or "").strip() or "results", model)
+    except FileNotFoundError as err:
+        raise gr.Error(str(err)) from err
+    table = pd.DataFrame([{"class": c["fg_name"], "background": c["bg_name"], "images": c["n"],
+                           "top1 (%)": round(100 * c["top1"], 1), "top5 (%)": round(100 * c["top5"], 1)}
+                          for c in w["cells"]])
+    note = w["note"] or f"The {len(w['cells'])} (class, background) cells where `{model}` does worst; misclassified images first."
+    return table, w["gallery"], note
 
 
 # --- the UI --------------------------------------------------------------------------------------------
@@ -361,8 +383,19 @@ def build_app(models: Models, settings: Settings | None = None) -> gr.Blocks:
                 bg_plot = gr.BarPlot(label="Per background")
                 heatmap_img = gr.Image(label="Background x model heatmap", type="filepath", elem_id="benchmark-heatmap")
             table = gr.Dataframe(label="Summary (%)", elem_id="benchmark-table")
-            show.click(load_benchmark, inputs=[folder], outputs=[drop_plot, scatter_plot, bg_plot, heatmap_img, table],
+            with gr.Row():
+                model_pick = gr.Dropdown([], label="Model: its worst (class, background) cells", elem_id="benchmark-model", scale=3)
+                cells_btn = gr.Button("Show worst cells", elem_id="benchmark-cells-button", scale=1)
+            cells_note = gr.Markdown(elem_id="benchmark-cells-note")
+            with gr.Row():
+                cells_table = gr.Dataframe(label="Worst cells", elem_id="benchmark-cells", scale=2)
+                cells_gallery = gr.Gallery(label="Samples (true class / background: the model's top-1)",
+                                           columns=4, height="auto", elem_id="benchmark-samples", scale=3)
+            show.click(load_benchmark, inputs=[folder], outputs=[drop_plot, scatter_plot, bg_plot, heatmap_img, table, model_pick],
                        api_name="benchmark_results", concurrency_limit=4)
+            cells_io = dict(fn=show_worst_cells, inputs=[folder, model_pick], outputs=[cells_table, cells_gallery, cells_note])
+            cells_btn.click(**cells_io, api_name="benchmark_cells", concurrency_limit=4)
+            model_pick.input(**cells_io, api_name=False)
     return demo
 
 

@@ -51,6 +51,7 @@ HPARAMS: dict[str, dict[str, Any]] = {
         "critic_view": "batch",  # what the critics see: batch-standardised z ("batch"), whitened z ("whiten") or raw z ("raw")
         "whiten_shrinkage": 0.1,  # "whiten": covariance + shrinkage x mean variance x I before inverting
         "warmup_iters": 200,  # cross-entropy only for the first iterations (critics already learn)
+        "critic_ramp_iters": 0,  # after the warm-up, the critic weight grows linearly over this many iterations
         "critic_memory": 8,  # critics train on the detached features of this many recent batches
     },
     # fg cross-entropy, worst bg group up-weighted (Sagawa et al.)
@@ -309,6 +310,13 @@ class WassersteinDisentanglement(Algorithm):
         gap_bg = self.critic_bg.gap(self._view(z_bg), fg)
         return gap_fg, gap_bg, labelled
 
+    def ramp(self, step: int) -> float:
+        """Share of the critic weight at ``step``: 0 in the warm-up, then a linear ramp to 1."""
+        hp = self.hparams
+        if step < hp["warmup_iters"]:
+            return 0.0
+        return min(1.0, (step - hp["warmup_iters"] + 1) / max(1, hp["critic_ramp_iters"]))
+
     def critic_update(self, z_fg, z_bg, fg, bg, generator) -> dict[str, float]:
         hp = self.hparams
         # A critic fitted on one batch of 64 points in hundreds of dimensions finds gaps that are
@@ -347,7 +355,7 @@ class WassersteinDisentanglement(Algorithm):
         ce_fg = F.cross_entropy(fg_logits, fg)
         ce_bg = F.cross_entropy(bg_logits[labelled], bg[labelled]) if labelled.any() else ce_fg.new_zeros(())
         gap_fg, gap_bg, _ = self._terms(z_fg, z_bg, fg, bg)  # critics just updated; gradients flow into z
-        weight = hp["critic_weight"] if int(self.step) >= hp["warmup_iters"] else 0.0
+        weight = hp["critic_weight"] * self.ramp(int(self.step))
         # eq. 10, with |gap|: the critic class is symmetric (f and -f), so W >= |gap(f)|. A stale
         # critic can show a negative gap; minimising the signed gap would then reward the model for
         # encoding the label the opposite way, which is dependence all the same.

@@ -448,6 +448,7 @@ def breakdowns(top5: np.ndarray, images: ImageSet) -> dict:
                             "superclass_top1": base, "effect": acc - base})
     effects.sort(key=lambda e: e["effect"])
     return {
+        "worst_cells": worst_cells_with_samples(cells, top5, fg, bg),
         "per_background": per_bg,
         "worst_background": worst,
         "best_background": best,
@@ -457,6 +458,29 @@ def breakdowns(top5: np.ndarray, images: ImageSet) -> dict:
         "backgrounds_helping_most": effects[::-1][:3],
         "per_cell": cells,
     }
+
+
+WORST_CELLS = 24  # cells kept with sample rows in a result, for the app's Benchmark tab
+SAMPLES_PER_CELL = 4
+
+
+def worst_cells_with_samples(cells: list[dict], top5: np.ndarray, fg: np.ndarray, bg: np.ndarray) -> list[dict]:
+    """The lowest-accuracy (fg, bg) cells, each with a few rows (misclassified first) and their top-1 prediction.
+
+    ``row`` indexes the benchmarked split as :func:`open_d3s` reads it, so :func:`cell_samples` can
+    show the images later.
+    """
+    from .labels import imagenet_classes
+
+    classes = imagenet_classes()
+    ranked = sorted(cells, key=lambda c: (c["top1"], c["top5"], -c["n"], c["fg"], c["bg"]))[:WORST_CELLS]
+    out = []
+    for cell in ranked:
+        rows = np.flatnonzero((fg == cell["fg"]) & (bg == cell["bg"]))
+        wrong_first = rows[np.argsort(top5[rows, 0] == fg[rows], kind="stable")][:SAMPLES_PER_CELL]
+        samples = [{"row": int(r), "pred": int(top5[r, 0]), "pred_name": classes[int(top5[r, 0])].name} for r in wrong_first]
+        out.append({**cell, "samples": samples})
+    return out
 
 
 # --- results on disk -------------------------------------------------------------------------------
@@ -508,6 +532,39 @@ def load_result(out: str | Path, name: str) -> dict | None:
         return json.loads(jpath.read_text())
     except (OSError, ValueError):
         return None
+
+
+def worst_cell_samples(out: str | Path, name: str, cells: int = 8) -> dict:
+    """A model's worst (fg, bg) cells with sample images, read back from the benchmarked split.
+
+    Returns ``{"cells": [cell dicts], "gallery": [(PIL image, caption)], "note": str}``; the note says
+    why there are no images (the data moved or changed, or the result predates sample rows).
+    Raises ``FileNotFoundError`` for a model without a result in ``out``.
+    """
+    result = load_result(out, name)
+    if result is None:
+        have = sorted(json.loads(p.read_text()).get("model", p.stem) for p in (Path(out) / MODELS_DIR).glob("*.json"))
+        raise FileNotFoundError(f"No result for model {name!r} in {out}; results there: {', '.join(have) or 'none'}.")
+    d = result["d3s"]
+    if "worst_cells" not in d:  # a result from before sample rows were recorded: ranks only
+        ranked = sorted(d["per_cell"], key=lambda c: (c["top1"], c["top5"], -c["n"], c["fg"], c["bg"]))
+        return {"cells": ranked[:cells], "gallery": [], "note": "This result has no sample rows; rerun the model to record them."}
+    chosen = d["worst_cells"][:cells]
+    source = result["data"]["d3s"]
+    try:
+        images = open_d3s(source["source"], source["split"])
+    except (BenchmarkError, DatasetFormatError) as err:
+        return {"cells": chosen, "gallery": [], "note": f"Sample images unavailable: {err}"}
+    if images.fingerprint != source:
+        return {"cells": chosen, "gallery": [], "note": f"Sample images unavailable: {source['source']} changed since this benchmark."}
+    gallery = []
+    for cell in chosen:
+        for sample in cell["samples"]:
+            (item,) = images.read(sample["row"], sample["row"] + 1)
+            image = _open(item)
+            image.load()
+            gallery.append((image, f"{cell['fg_name']} / {cell['bg_name']}: predicted {sample['pred_name']}"))
+    return {"cells": chosen, "gallery": gallery, "note": ""}
 
 
 def result_matches(result: dict | None, spec: ClassifierSpec, data: dict) -> bool:

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, SYNTH_COLOURS, SYNTH_DECOY_BG, run_d3s, write_d3s_split
+from conftest import REPO, SYNTH_CLASSES, SYNTH_COLOURS, SYNTH_DECOY_BG, run_d3s, write_d3s_split
 from d3s import benchmark as bm
 from d3s import cli
 from d3s.benchmark import BenchmarkConfig, BenchmarkError, run_benchmark
@@ -166,6 +168,35 @@ def test_breakdowns_have_the_known_answers(tmp_path, synth_d3s, colour_photos):
     assert r["imagenet"] == {"n": 6, "top1": 1.0, "top5": 1.0}
     assert r["drop_top1"] == pytest.approx(0.1)
     assert _png_title(tmp_path / "accuracy_drop.png") == DROP_TITLE
+
+
+def test_worst_cells_come_with_the_misclassified_images(tmp_path):
+    from d3s.benchmark import worst_cell_samples
+    from d3s.labels import imagenet_classes
+
+    data = write_d3s_split(tmp_path / "d3s")  # our own copy: the test changes it at the end
+    run_benchmark(BenchmarkConfig(data=str(data), out=str(tmp_path), progress=False, workers=1),
+                  specs=[colour_spec()], log=lambda s: None)
+    w = worst_cell_samples(tmp_path, "colour-reader", cells=5)
+    # the three decoy cells come first; each image there is read as the next class's colour
+    assert {(c["fg"], c["bg"]) for c in w["cells"][:3]} == {(f, SYNTH_DECOY_BG) for f in SYNTH_CLASSES}
+    assert all(c["top1"] == 0.0 for c in w["cells"][:3]) and w["cells"][3]["top1"] == 1.0
+    nxt = {f: SYNTH_CLASSES[(k + 1) % len(SYNTH_CLASSES)] for k, f in enumerate(SYNTH_CLASSES)}
+    assert [s["pred"] for c in w["cells"][:3] for s in c["samples"]] == [nxt[c["fg"]] for c in w["cells"][:3]]
+    assert len(w["gallery"]) == 5 and w["note"] == ""
+    image, caption = w["gallery"][0]
+    name = imagenet_classes()[w["cells"][0]["fg"]].name
+    assert caption.startswith(f"{name} / ") and f"predicted {imagenet_classes()[w['cells'][0]['samples'][0]['pred']].name}" in caption
+    # the sample is the image of that row: its colour is the decoy's (the next class's)
+    expected = np.array(SYNTH_COLOURS[nxt[w["cells"][0]["fg"]]])
+    assert np.abs(np.asarray(image, dtype=float).mean((0, 1)) - expected).max() < 8
+    with pytest.raises(FileNotFoundError, match="colour-reader"):
+        worst_cell_samples(tmp_path, "resnet50")
+    # the data changed since: cells are still listed, images are not shown from the wrong rows
+    shard = next((data / "data").glob("*.parquet"))
+    os.utime(shard, ns=(shard.stat().st_atime_ns, shard.stat().st_mtime_ns + 10**9))
+    stale = worst_cell_samples(tmp_path, "colour-reader")
+    assert stale["gallery"] == [] and "changed since" in stale["note"] and len(stale["cells"]) == 8
 
 
 def test_models_with_one_preprocessing_setting_share_one_decode(tmp_path, synth_d3s, monkeypatch):
@@ -324,8 +355,13 @@ def test_app_benchmark_tab_shows_a_results_folder(tiny_results, tmp_path):
     import app
 
     out, _ = tiny_results
-    drop, scatter, per_bg, heatmap, table = app.load_benchmark(str(out))
+    drop, scatter, per_bg, heatmap, table, picker = app.load_benchmark(str(out))
     assert isinstance(drop, gr.BarPlot) and isinstance(scatter, gr.ScatterPlot) and isinstance(per_bg, gr.BarPlot)
     assert heatmap.endswith("background_heatmap.png") and set(table["model"]) >= {"clip:tiny", "test_resnet", "test_vit"}
+    assert set(picker.choices) == {(m, m) for m in table["model"]} or set(picker.choices) == set(table["model"])
+    cells, gallery, note = app.show_worst_cells(str(out), picker.value)
+    assert len(cells) == 8 and list(cells.columns[:2]) == ["class", "background"] and len(gallery) >= 8
     with pytest.raises(gr.Error, match="holds no benchmark results"):
         app.load_benchmark(str(tmp_path))
+    with pytest.raises(gr.Error, match="No result for model"):
+        app.show_worst_cells(str(out), "resnet50")

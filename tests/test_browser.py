@@ -110,4 +110,10 @@ def test_benchmark_tab(page, results_folder):
     page.wait_for_function("document.querySelector('#benchmark-table')?.innerText.includes('clip:tiny')")
     assert "test_resnet" in page.inner_text("#benchmark-table")
     page.wait_for_selector("#benchmark-heatmap img")
+    # the model picker is filled by Show; its worst cells come with sample images and the model's guesses
+    page.wait_for_function("document.querySelector('#benchmark-model input')?.value.length > 0")
+    page.click("#benchmark-cells-button")
+    page.wait_for_selector("#benchmark-samples img")
+    page.wait_for_function("document.querySelector('#benchmark-cells-note')?.innerText.includes('does worst')")
+    assert "background" in page.inner_text("#benchmark-cells")
     page.screenshot(path=str(SHOTS / "benchmark.png"), full_page=True)
