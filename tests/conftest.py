@@ -134,6 +134,18 @@ def tiny_toy(tmp_path_factory) -> Path:
     return out
 
 
+def fg_only_copy(toy: Path, out: Path, split: str = "train") -> Path:
+    """A split of a toy without its bg column (saved as ``split``): a dataset with fg labels only, as ImageNet."""
+    import datasets
+
+    from d3s.dataset import load_raw, write_shard
+
+    ds = load_raw(str(toy), split=split)
+    feats = datasets.Features({"item_id": datasets.Value("int64"), "image": datasets.Image(), "fg": ds.features["fg"]})
+    write_shard(out, split, [{"item_id": i, "image": r["image"], "fg": r["fg"]} for i, r in enumerate(ds)], feats)
+    return out
+
+
 # --- benchmark / diversity helpers -------------------------------------------------------------------
 
 # One colour per foreground class of the synthetic D3S split (and of write_photo_folder's hues, in spirit):

@@ -8,7 +8,7 @@ from d3s.models import DisentangledExtractor
 from d3s.probes import fit_probe, run_probes
 from d3s.spurious import IN9_PAIRS, SpuriousError, coarse_fg_map, load_pairs
 
-from conftest import run_cli
+from conftest import fg_only_copy, run_cli
 
 
 def test_probe_reads_small_scale_information():
@@ -104,3 +104,24 @@ def test_features_export(tiny_toy, tmp_path):
     assert r.returncode == 0, r.stderr
     f = np.load(tmp_path / "v.npz")
     assert f["z_fg"].shape == (27, 225) and f["z_bg"].shape == (27, 31) and f["fg"].shape == f["bg"].shape == (27,)
+
+
+def test_spurious_with_imagenet_column_and_a_timm_baseline(tiny_toy, tmp_path):
+    """--imagenet adds the ImageNet fg column; here it is the toy's own validation images without bg labels,
+    so the fg head's accuracy there must be the count-weighted mean of its corr and anticorr accuracies."""
+    ck = _checkpoint(tmp_path / "ck", ["circle", "square", "triangle"], ["h-stripes", "v-stripes", "checker"])
+    val_fg_only = fg_only_copy(tiny_toy, tmp_path / "val_fg_only", split="validation")
+    out = tmp_path / "spurious.json"
+    r = run_cli("spurious", "--data", str(tiny_toy), "--checkpoint", str(ck), "--baseline", "test_resnet", "--no-pretrained",
+                "--pairs", str(tiny_toy / "pairs.json"), "--imagenet", f"{val_fg_only}:validation", "--out", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads(out.read_text())
+    pairs = json.loads((tiny_toy / "pairs.json").read_text())
+    assert len(pairs) == 3  # every toy class is in a pair: 9 corr and 18 anticorr validation images
+    for name in ("correct", "all", "baseline"):
+        c = result[name]
+        assert c["imagenet_fg"] == pytest.approx((c["corr_fg"] + 2 * c["anticorr_fg"]) / 3, abs=1e-6)
+        cols = [c[k] for k in ("corr_fg", "anticorr_fg", "corr_bg", "anticorr_bg", "imagenet_fg")]
+        assert c["average"] == pytest.approx(sum(cols) / 5) and c["worst"] <= min(cols[:4]) + 1e-9
+    table = out.with_suffix(".md").read_text()
+    assert "ImageNet fg" in table and "Baseline (test_resnet)" in table

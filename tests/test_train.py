@@ -13,7 +13,7 @@ from d3s.algorithms import HPARAMS, build, hparams_for
 from d3s.models import DisentangledExtractor, load_extractor
 from d3s.train import TrainConfig, train
 
-from conftest import CLI_ENV, ROOT, run_cli
+from conftest import CLI_ENV, ROOT, fg_only_copy, run_cli
 
 
 def _cfg(data, out, **kw):
@@ -104,3 +104,53 @@ def test_split_sizes_checked():
 
     with pytest.raises(ModelError, match="add up to"):
         DisentangledExtractor("test_resnet", ["a", "b"], ["x", "y"], fg_dim=50, bg_dim=50)
+
+
+def test_extra_data_rows_have_no_bg_label_and_stay_out_of_the_bg_terms(tiny_toy, tmp_path):
+    from d3s.data import ImageTable, SeededBatches, load_split
+
+    extra_dir = fg_only_copy(tiny_toy, tmp_path / "fg_only")
+    table = ImageTable(load_split(str(tiny_toy), "train"), 16)
+    extra = ImageTable(load_split(str(extra_dir), "train", need_bg=False), 16)
+    batch = SeededBatches(table, 16, 0, 1.0, extra, 8)
+    batch.steps = range(1)
+    b = batch[0]
+    assert b["images"].shape[0] == b["fg"].shape[0] == b["bg"].shape[0] == 24
+    assert (b["bg"][:16] >= 0).all() and (b["bg"][16:] == -1).all()
+
+    # D_fg(z_fg, l_bg) needs a bg label: the extra rows change D_bg's gap, never D_fg's
+    model = DisentangledExtractor("test_efficientnet", ["a", "b", "c"], ["x", "y", "z"], image_size=16)
+    algo = build("wasserstein", model, hparams_for("wasserstein"))
+    g = torch.Generator().manual_seed(0)
+    z_fg, z_bg = torch.randn(16, model.fg_dim, generator=g), torch.randn(16, model.bg_dim, generator=g)
+    fg, bg = torch.randint(0, 3, (16,), generator=g), torch.randint(0, 3, (16,), generator=g)
+    gap_fg, gap_bg, _ = algo._terms(z_fg, z_bg, fg, bg)
+    more = lambda z: torch.cat([z, 100 + 50 * torch.randn(8, z.shape[1], generator=g)])  # noqa: E731
+    gap_fg2, gap_bg2, labelled = algo._terms(more(z_fg), more(z_bg), torch.cat([fg, torch.arange(8) % 3]),
+                                             torch.cat([bg, torch.full((8,), -1)]))
+    assert labelled.sum() == 16 and torch.allclose(gap_fg, gap_fg2) and not torch.allclose(gap_bg, gap_bg2)
+
+
+@pytest.mark.parametrize("method", ["wasserstein", "groupdro"])
+def test_training_with_extra_data(tiny_toy, tmp_path, method):
+    extra_dir = fg_only_copy(tiny_toy, tmp_path / "fg_only")
+    hp = {"warmup_iters": 2} if method == "wasserstein" else {}
+    summary = train(_cfg(tiny_toy, tmp_path / "run", method=method, iters=4, extra_data=str(extra_dir), extra_batch_size=8, hparams=hp))
+    assert summary["done"]
+    lines = [json.loads(l) for l in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(v) for l in lines for v in l.values())
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["extra_data"] == str(extra_dir)
+
+
+def test_extra_data_with_other_classes_is_refused(tiny_toy, tmp_path):
+    import datasets
+    from PIL import Image
+
+    from d3s.dataset import write_shard
+    from d3s.train import TrainError
+
+    feats = datasets.Features({"item_id": datasets.Value("int64"), "image": datasets.Image(),
+                               "fg": datasets.ClassLabel(names=["cat", "dog"])})
+    write_shard(tmp_path / "pets", "train", [{"item_id": i, "image": Image.new("RGB", (16, 16)), "fg": i % 2} for i in range(4)], feats)
+    with pytest.raises(TrainError, match="are not the first classes"):
+        train(_cfg(tiny_toy, tmp_path / "run", extra_data=str(tmp_path / "pets")))
