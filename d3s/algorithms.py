@@ -79,6 +79,8 @@ def hparams_for(method: str, overrides: dict[str, Any] | None = None) -> dict[st
 class Algorithm(nn.Module):
     """Common interface. ``self.model`` is the :class:`~d3s.models.DisentangledExtractor`."""
 
+    trains_bg_head = False  # whether the loss reaches the bg head (else DDP must allow unused parameters)
+
     def __init__(self, model: nn.Module, hparams: dict[str, Any]):
         super().__init__()
         self.model, self.hparams = model, hparams
@@ -247,6 +249,8 @@ class Critic(nn.Module):
 
 class WassersteinDisentanglement(Algorithm):
     """Eq. 9-10: alternate critic steps (on detached features) and a model step."""
+
+    trains_bg_head = True
 
     def __init__(self, model, hparams):
         super().__init__(model, hparams)

@@ -365,6 +365,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         mixed_precision=args.mixed_precision, progress=not args.no_progress,
     )
     summary = train(config, stop_after=args.stop_after)
+    if not summary.get("main_process", True):
+        return 0  # one report per run, from the main process
     if summary.get("done"):
         heads = f" (validation: fg head {summary['val_fg_head']:.3f}, bg head {summary['val_bg_head']:.3f})" if "val_fg_head" in summary else ""
         print(f"done: {summary['step']} iterations; extractor saved in {args.out}{heads}")

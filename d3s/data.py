@@ -120,13 +120,14 @@ class ImageTable:
             return [self._raw[i] for i in idx]
         return [im for im in self.ds.select_columns(["image"])[list(map(int, idx))]["image"]]
 
-    def batch(self, idx: Sequence[int], rng: np.random.Generator | None = None, crop_scale: float = 1.0) -> torch.Tensor:
-        """uint8 (N, 3, size, size) images; with ``rng``, random resized crop and horizontal flip."""
+    def batch(self, idx: Sequence[int], seeds: Sequence | None = None, crop_scale: float = 1.0) -> torch.Tensor:
+        """uint8 (N, 3, size, size) images; with ``seeds`` (one per image), random resized crop and horizontal flip."""
         arrays = []
-        for im in self._images(idx):
-            if rng is None:
+        for k, im in enumerate(self._images(idx)):
+            if seeds is None:
                 a = _to_rgb_array(im, self.size)
             else:
+                rng = np.random.default_rng(seeds[k])
                 box = random_resized_box(*im.size, rng, scale=(crop_scale, 1.0)) if crop_scale < 1.0 else (0, 0, *im.size)
                 a = _to_rgb_array(im, self.size, box=box)
                 if rng.random() < 0.5:
@@ -162,12 +163,16 @@ class SeededBatches(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         step = self.steps[i]
-        idx = self._indices(len(self.table), self.batch_size, self.seed, step, 0)[self.rank :: self.world]
-        rng = np.random.default_rng([self.seed, 1, step, self.rank])
-        images, fg, bg = self.table.batch(idx, rng, self.crop_scale), self.table.fg[idx], self.table.bg[idx]
+        mine = slice(self.rank, None, self.world)  # this process's share of the global batch
+        idx = self._indices(len(self.table), self.batch_size, self.seed, step, 0)[mine]
+        # each image's augmentation is keyed by (seed, step, its place in the global batch), so a
+        # batch is augmented the same whatever the number of processes
+        seeds = [[self.seed, 1, step, k] for k in range(self.batch_size)][mine]
+        images, fg, bg = self.table.batch(idx, seeds, self.crop_scale), self.table.fg[idx], self.table.bg[idx]
         if self.extra is not None and self.extra_batch_size:
-            eidx = self._indices(len(self.extra), self.extra_batch_size, self.seed, step, 2)[self.rank :: self.world]
-            images = torch.cat([images, self.extra.batch(eidx, rng, self.crop_scale)])
+            eidx = self._indices(len(self.extra), self.extra_batch_size, self.seed, step, 2)[mine]
+            eseeds = [[self.seed, 3, step, k] for k in range(self.extra_batch_size)][mine]
+            images = torch.cat([images, self.extra.batch(eidx, eseeds, self.crop_scale)])
             fg = torch.cat([fg, self.extra.fg[eidx]])
             bg = torch.cat([bg, torch.full((len(eidx),), -1, dtype=torch.long)])  # no bg label: masked out of bg terms
         return {"images": images, "fg": fg, "bg": bg, "step": torch.tensor(step)}

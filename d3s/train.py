@@ -175,10 +175,10 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
     ``stop_after`` ends this invocation after that many steps, leaving a checkpoint (for time-sliced
     jobs, and for tests of resuming).
     """
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DistributedDataParallelKwargs
     from tqdm.auto import tqdm
 
-    from .algorithms import build
+    from .algorithms import METHODS, build
     from .data import ImageTable, SeededBatches, label_info, load_split
     from .models import DisentangledExtractor
 
@@ -206,7 +206,10 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
     image_size = config.image_size or min(224, max(ds[0]["image"].size))
 
     # 3. model and method
+    # The baselines never use the bg head: DDP must be told, or it waits for gradients that never come.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=not METHODS[config.method].trains_bg_head)
     accelerator = Accelerator(
+        kwargs_handlers=[ddp],
         mixed_precision=("bf16" if torch.cuda.is_available() else "no") if config.mixed_precision == "auto" else config.mixed_precision,
         cpu=not torch.cuda.is_available(),
     )
@@ -272,7 +275,7 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
             log_f.close()
     accelerator.wait_for_everyone()
     if step < config.iters:
-        return {"step": step, "done": False}
+        return {"step": step, "done": False, "main_process": accelerator.is_main_process}
 
     # 6. save
     summary: dict[str, Any] = {"step": step, "done": True, "seconds_this_run": round(time.time() - t0, 1)}
@@ -281,7 +284,7 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
         core.save_pretrained(out)
         summary.update(evaluate_heads(core, config.data, accelerator.device))
         (out / "done.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+    return {**summary, "main_process": accelerator.is_main_process}
 
 
 @torch.no_grad()

@@ -38,7 +38,7 @@ def test_resume_after_stop_is_exact(tiny_toy, tmp_path):
     """A run stopped at step 5 (checkpoint every 3, so it resumes from 5) ends with the same
     parameters, critics and optimizers as an uninterrupted run."""
     train(_cfg(tiny_toy, tmp_path / "full"))
-    assert train(_cfg(tiny_toy, tmp_path / "cut"), stop_after=5) == {"step": 5, "done": False}
+    assert train(_cfg(tiny_toy, tmp_path / "cut"), stop_after=5) == {"step": 5, "done": False, "main_process": True}
     train(_cfg(tiny_toy, tmp_path / "cut"))
     a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
     b = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
@@ -154,3 +154,28 @@ def test_extra_data_with_other_classes_is_refused(tiny_toy, tmp_path):
     write_shard(tmp_path / "pets", "train", [{"item_id": i, "image": Image.new("RGB", (16, 16)), "fg": i % 2} for i in range(4)], feats)
     with pytest.raises(TrainError, match="are not the first classes"):
         train(_cfg(tiny_toy, tmp_path / "run", extra_data=str(tmp_path / "pets")))
+
+
+def test_two_processes_train_like_one(tiny_toy, tmp_path):
+    """`accelerate launch` with 2 processes (torchrun, gloo on CPU): each process takes half of every global
+    batch, augmented as a single process would, and DDP averages the gradients; so the extractor ends where a
+    1-process run of the same command ends (test_vit: no BatchNorm, whose statistics would be per process).
+    The baseline methods leave the bg head unused, which DDP must be told about."""
+    args = ["--data", str(tiny_toy), "--method", "erm", "--backbone", "test_vit", "--no-pretrained", "--iters", "6",
+            "--batch-size", "16", "--workers", "0", "--no-progress", "--crop-scale", "0.5"]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "d3s", "train", *args, "--out", str(tmp_path / "two")]
+    proc = subprocess.run(launch, cwd=ROOT, env=CLI_ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("done: 6 iterations") == 1  # one report, from the main process
+    assert json.loads((tmp_path / "two" / "run.json").read_text())["processes"] == 2
+    r = run_cli("train", *args, "--out", str(tmp_path / "one"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    one, two = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    torch.manual_seed(0)
+    start = DisentangledExtractor.create("test_vit", ["circle", "square", "triangle"], ["h-stripes", "v-stripes", "checker"],
+                                         pretrained=False, image_size=16).state_dict()
+    norm = lambda d: sum((v.double() ** 2).sum() for v in d.values()) ** 0.5  # noqa: E731
+    moved = norm({k: one[k] - start[k] for k in one})
+    apart = norm({k: one[k] - two[k] for k in one})
+    assert moved > 0.1 and apart < 0.01 * moved, (float(apart), float(moved))
