@@ -92,3 +92,17 @@ def test_real_weights_are_used_when_present(tiny_toy, tmp_path):
     assert not models.tiny and models.banner.startswith(f"Running on `{pipeline_folder}`")
     assert "Tiny preset" not in models.banner and "Predict tab" not in models.banner
     assert not models.predictors.tiny and models.predictors.extractor.backbone_name == "test_efficientnet"
+
+
+def test_generate_streams_denoising_progress(app_url):
+    """Each denoising step is reported to the client while the image is made (what a real-weights run shows)."""
+    client = Client(app_url, verbose=False)
+    job = client.submit("tabby (281)", "in snow", 5, None, None, 0, 40, 0.9, 5.0, api_name="/generate")
+    job.result(timeout=300)
+    updates = []
+    while not job.communicator.updates.empty():
+        updates.append(job.communicator.updates.get_nowait())
+    steps = [u.progress_data[0] for u in updates if getattr(u, "progress_data", None)]
+    assert steps, [type(u).__name__ for u in updates]
+    assert all(p.desc == "denoising" and p.length == 36 for p in steps)  # 40 steps x strength 0.9
+    assert [p.index for p in steps] == sorted(p.index for p in steps)
