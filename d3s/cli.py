@@ -354,7 +354,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not isinstance(overrides, dict):
         raise TrainError("--hparams must be a JSON object, e.g. '{\"critic_steps\": 10}'.")
     for flag, key in (("lr", "lr"), ("critic_weight", "critic_weight"), ("warmup", "warmup_iters"), ("critic_steps", "critic_steps"),
-                      ("gp_weight", "gp_weight"), ("alpha", "alpha")):
+                      ("gp_weight", "gp_weight"), ("alpha", "alpha"), ("lr_schedule", "lr_schedule"), ("critic_ramp", "critic_ramp_iters")):
         if getattr(args, flag) is not None:
             overrides[key] = getattr(args, flag)
     config = TrainConfig(
@@ -397,11 +397,13 @@ def _register_train(sub) -> None:
     p.add_argument("--crop-scale", type=float, default=T.crop_scale, help="RandomResizedCrop's smallest area; 1 = flips only (default: %(default)s)")
     h = p.add_argument_group("hyper-parameters (defaults: d3s.algorithms.HPARAMS)")
     h.add_argument("--lr", type=float)
+    h.add_argument("--lr-schedule", choices=("cosine", "constant"), help="the model's learning rate over the run (default: cosine, to 0)")
     h.add_argument("--critic-weight", type=float, help="weight of the critic terms in the model loss; 0 = the ablation without disentanglement")
     h.add_argument("--critic-steps", type=int, help="critic updates per model update")
     h.add_argument("--gp-weight", type=float, help="gradient penalty weight")
     h.add_argument("--alpha", type=float, help="weight of the cross-entropies")
     h.add_argument("--warmup", type=int, help="cross-entropy-only iterations at the start")
+    h.add_argument("--critic-ramp", type=int, metavar="N", help="after the warm-up, the critic weight grows linearly over N iterations")
     h.add_argument("--hparams", metavar="JSON", help="any other hyper-parameter, e.g. '{\"critic_lr\": 0.002}'")
     r = p.add_argument_group("run")
     r.add_argument("--seed", type=int, default=T.seed)

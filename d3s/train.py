@@ -257,6 +257,7 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
             step = int(batch["step"])
             gen = torch.Generator(device=accelerator.device).manual_seed(config.seed * 1_000_003 + step)
             images, fg, bg = (batch[k].to(accelerator.device, non_blocking=True) for k in ("images", "fg", "bg"))
+            algorithm.set_progress(step / config.iters)
             with accelerator.autocast():
                 logs = algorithm.update(images, fg, bg, gen)
             step += 1

@@ -179,3 +179,17 @@ def test_two_processes_train_like_one(tiny_toy, tmp_path):
     moved = norm({k: one[k] - start[k] for k in one})
     apart = norm({k: one[k] - two[k] for k in one})
     assert moved > 0.1 and apart < 0.01 * moved, (float(apart), float(moved))
+
+
+def test_cosine_schedule_is_a_function_of_the_step():
+    model = DisentangledExtractor("test_efficientnet", ["a", "b"], ["x", "y"], image_size=16)
+    algo = build("erm", model, hparams_for("erm", {"lr_schedule": "cosine", "lr": 0.002}))
+    lrs = []
+    for done in (0.0, 0.5, 1.0, 0.5):
+        algo.set_progress(done)
+        lrs.append(algo.optimizer.param_groups[0]["lr"])
+    assert lrs == pytest.approx([0.002, 0.001, 0.0, 0.001], abs=1e-12)
+    from d3s.algorithms import HparamError
+
+    with pytest.raises(HparamError, match="lr_schedule"):
+        hparams_for("erm", {"lr_schedule": "linear"})
