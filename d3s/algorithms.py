@@ -61,6 +61,7 @@ HPARAMS: dict[str, dict[str, Any]] = {
         "critic_steps": 5,  # critic updates per model update (on the same detached features)
         "gp_weight": 10.0,  # gradient penalty (WGAN-GP)
         "critic_depth": 3,  # linear layers per critic, widths halving
+        "critic_width": 512,  # widest hidden layer (ResNet-50's 1798-d z_fg: 1798 -> 512 -> 256 -> labels)
         "critic_view": "batch",  # what the critics see: batch-standardised z ("batch"), whitened z ("whiten") or raw z ("raw")
         "whiten_shrinkage": 0.1,  # "whiten": covariance + shrinkage x mean variance x I before inverting
         "warmup_iters": 200,  # cross-entropy only for the first iterations (critics already learn)
@@ -225,14 +226,14 @@ def standardize(z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
 
 
 class Critic(nn.Module):
-    """Per-label score critic ``D(z, l) = f(z)[l]``: an MLP, LeakyReLU(0.1), widths halving."""
+    """Per-label score critic ``D(z, l) = f(z)[l]``: an MLP, LeakyReLU(0.1), widths halving (at most ``max_width``)."""
 
-    def __init__(self, dim: int, num_labels: int, depth: int = 3):
+    def __init__(self, dim: int, num_labels: int, depth: int = 3, max_width: int = 512):
         super().__init__()
         layers: list[nn.Module] = []
         width = dim
         for _ in range(depth - 1):
-            nxt = max(16, width // 2)
+            nxt = max(16, min(max_width, width // 2))
             layers += [nn.Linear(width, nxt), nn.LeakyReLU(0.1)]
             width = nxt
         layers.append(nn.Linear(width, num_labels))
@@ -278,11 +279,12 @@ class WassersteinDisentanglement(Algorithm):
 
     def __init__(self, model, hparams):
         super().__init__(model, hparams)
-        depth = hparams["critic_depth"]
-        self.critic_fg = Critic(model.fg_dim, len(model.bg_names), depth)  # D_fg(z_fg, l_bg)
-        self.critic_bg = Critic(model.bg_dim, len(model.fg_names), depth)  # D_bg(z_bg, l_fg)
+        depth, width = hparams["critic_depth"], hparams["critic_width"]
+        self.critic_fg = Critic(model.fg_dim, len(model.bg_names), depth, width)  # D_fg(z_fg, l_bg)
+        self.critic_bg = Critic(model.bg_dim, len(model.fg_names), depth, width)  # D_bg(z_bg, l_fg)
         params = list(self.critic_fg.parameters()) + list(self.critic_bg.parameters())
-        self.critic_optimizer = torch.optim.Adam(params, lr=hparams["critic_lr"], betas=hparams["betas"])
+        # fused: one kernel for all critic parameters (5 steps per model step; 7x faster than the loop on a CPU)
+        self.critic_optimizer = torch.optim.Adam(params, lr=hparams["critic_lr"], betas=tuple(map(float, hparams["betas"])), fused=True)
         self._memory: list[tuple[torch.Tensor, ...]] = []  # recent (z_fg, z_bg, fg, bg), detached
         for which, dim in (("fg", model.fg_dim), ("bg", model.bg_dim)):
             self.register_buffer(f"mean_{which}", torch.zeros(dim))
@@ -334,9 +336,12 @@ class WassersteinDisentanglement(Algorithm):
     def _terms(self, z_fg, z_bg, fg, bg):
         """The two critic gaps; D_fg needs bg labels, so fg-only rows only enter D_bg."""
         labelled = bg >= 0
-        gap_fg = self.critic_fg.gap(self._view(z_fg[labelled]), bg[labelled]) if labelled.sum() > 1 else z_fg.new_zeros(())
-        gap_bg = self.critic_bg.gap(self._view(z_bg), fg)
-        return gap_fg, gap_bg, labelled
+        return (*self._gaps(self._view(z_fg[labelled]), self._view(z_bg), fg, bg[labelled]), labelled)
+
+    def _gaps(self, v_fg, v_bg, fg, bg_labelled):
+        """The gaps on the critics' views: ``v_fg`` (labelled rows only) and ``v_bg`` (all rows)."""
+        gap_fg = self.critic_fg.gap(v_fg, bg_labelled) if len(bg_labelled) > 1 else v_fg.new_zeros(())
+        return gap_fg, self.critic_bg.gap(v_bg, fg)
 
     def ramp(self, step: int) -> float:
         """Share of the critic weight at ``step``: 0 in the warm-up, then a linear ramp to 1."""
@@ -352,12 +357,15 @@ class WassersteinDisentanglement(Algorithm):
         self._memory.append((z_fg.detach().float(), z_bg.detach().float(), fg, bg))
         self._memory = self._memory[-hp["critic_memory"]:]
         z_fg, z_bg, fg, bg = (torch.cat(parts) for parts in zip(*self._memory))
+        labelled = bg >= 0
+        bg_labelled = bg[labelled]
+        v_fg, v_bg = self._view(z_fg[labelled]), self._view(z_bg)  # the memory is fixed during the critic steps
         out = {}
         for _ in range(hp["critic_steps"]):
-            gap_fg, gap_bg, labelled = self._terms(z_fg, z_bg, fg, bg)
-            gp = self.critic_bg.gradient_penalty(self._view(z_bg), fg, generator)
-            if labelled.sum() > 1:
-                gp = gp + self.critic_fg.gradient_penalty(self._view(z_fg[labelled]), bg[labelled], generator)
+            gap_fg, gap_bg = self._gaps(v_fg, v_bg, fg, bg_labelled)
+            gp = self.critic_bg.gradient_penalty(v_bg, fg, generator)
+            if len(bg_labelled) > 1:
+                gp = gp + self.critic_fg.gradient_penalty(v_fg, bg_labelled, generator)
             loss = -(gap_fg + gap_bg) + hp["gp_weight"] * gp  # eq. 9 for both critics
             self.critic_optimizer.zero_grad(set_to_none=True)
             loss.backward()
