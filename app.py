@@ -231,12 +231,16 @@ def make_review_fns(settings: Settings):
     return show, answer
 
 
+def _results_folder(folder: str | None) -> str:
+    return (folder or "").strip() or "results"
+
+
 def load_benchmark(folder: str):
     """A results folder of `d3s benchmark` -> the Benchmark tab's plots and table."""
     from d3s.plots import interactive_tables
 
     try:
-        t = interactive_tables((folder or "").strip() or "results")
+        t = interactive_tables(_results_folder(folder))
     except FileNotFoundError as err:
         raise gr.Error(str(err)) from err
     models, per_bg = t["models"], t["per_background"]
@@ -262,7 +266,7 @@ def show_worst_cells(folder: str, model: str | None):
     if not model:
         raise gr.Error("Press Show first, then pick a model.")
     try:
-        w = worst_cell_samples((folder or "").strip() or "results", model)
+        w = worst_cell_samples(_results_folder(folder), model)
     except FileNotFoundError as err:
         raise gr.Error(str(err)) from err
     table = pd.DataFrame([{"class": c["fg_name"], "background": c["bg_name"], "images": c["n"],

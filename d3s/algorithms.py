@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+LR_SCHEDULES = ("cosine", "constant")
 COMMON = {
     "lr": 1e-3,
     "weight_decay": 0.0,
@@ -87,8 +88,8 @@ def hparams_for(method: str, overrides: dict[str, Any] | None = None) -> dict[st
         if k not in hp:
             raise HparamError(f"--method {method} has no hyper-parameter {k!r}; it has {', '.join(hp)}.")
         hp[k] = type(hp[k])(v) if not isinstance(hp[k], tuple) else tuple(v)
-    if hp["lr_schedule"] not in ("constant", "cosine"):
-        raise HparamError(f"lr_schedule must be 'constant' or 'cosine', got {hp['lr_schedule']!r}.")
+    if hp["lr_schedule"] not in LR_SCHEDULES:
+        raise HparamError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}; got {hp['lr_schedule']!r}.")
     return hp
 
 

@@ -464,18 +464,22 @@ WORST_CELLS = 24  # cells kept with sample rows in a result, for the app's Bench
 SAMPLES_PER_CELL = 4
 
 
+def worst_first(cells: list[dict]) -> list[dict]:
+    """Cells ranked from the worst: lowest top-1, then top-5; larger cells first among ties."""
+    return sorted(cells, key=lambda c: (c["top1"], c["top5"], -c["n"], c["fg"], c["bg"]))
+
+
 def worst_cells_with_samples(cells: list[dict], top5: np.ndarray, fg: np.ndarray, bg: np.ndarray) -> list[dict]:
     """The lowest-accuracy (fg, bg) cells, each with a few rows (misclassified first) and their top-1 prediction.
 
-    ``row`` indexes the benchmarked split as :func:`open_d3s` reads it, so :func:`cell_samples` can
-    show the images later.
+    ``row`` indexes the benchmarked split as :func:`open_d3s` reads it, so :func:`worst_cell_samples`
+    can show the images later.
     """
     from .labels import imagenet_classes
 
     classes = imagenet_classes()
-    ranked = sorted(cells, key=lambda c: (c["top1"], c["top5"], -c["n"], c["fg"], c["bg"]))[:WORST_CELLS]
     out = []
-    for cell in ranked:
+    for cell in worst_first(cells)[:WORST_CELLS]:
         rows = np.flatnonzero((fg == cell["fg"]) & (bg == cell["bg"]))
         wrong_first = rows[np.argsort(top5[rows, 0] == fg[rows], kind="stable")][:SAMPLES_PER_CELL]
         samples = [{"row": int(r), "pred": int(top5[r, 0]), "pred_name": classes[int(top5[r, 0])].name} for r in wrong_first]
@@ -547,8 +551,7 @@ def worst_cell_samples(out: str | Path, name: str, cells: int = 8) -> dict:
         raise FileNotFoundError(f"No result for model {name!r} in {out}; results there: {', '.join(have) or 'none'}.")
     d = result["d3s"]
     if "worst_cells" not in d:  # a result from before sample rows were recorded: ranks only
-        ranked = sorted(d["per_cell"], key=lambda c: (c["top1"], c["top5"], -c["n"], c["fg"], c["bg"]))
-        return {"cells": ranked[:cells], "gallery": [], "note": "This result has no sample rows; rerun the model to record them."}
+        return {"cells": worst_first(d["per_cell"])[:cells], "gallery": [], "note": "This result has no sample rows; rerun the model to record them."}
     chosen = d["worst_cells"][:cells]
     source = result["data"]["d3s"]
     try:

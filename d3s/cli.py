@@ -376,7 +376,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _register_train(sub) -> None:
-    from .algorithms import METHODS
+    from .algorithms import LR_SCHEDULES, METHODS
     from .train import TrainConfig as T
 
     p = sub.add_parser("train", help="train a disentangled extractor (Wasserstein, paper sec. 5) or a baseline (ERM, GroupDRO, IRM)",
@@ -397,7 +397,7 @@ def _register_train(sub) -> None:
     p.add_argument("--crop-scale", type=float, default=T.crop_scale, help="RandomResizedCrop's smallest area; 1 = flips only (default: %(default)s)")
     h = p.add_argument_group("hyper-parameters (defaults: d3s.algorithms.HPARAMS)")
     h.add_argument("--lr", type=float)
-    h.add_argument("--lr-schedule", choices=("cosine", "constant"), help="the model's learning rate over the run (default: cosine, to 0)")
+    h.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="the model's learning rate over the run (default: cosine, to 0)")
     h.add_argument("--critic-weight", type=float, help="weight of the critic terms in the model loss; 0 = the ablation without disentanglement")
     h.add_argument("--critic-steps", type=int, help="critic updates per model update")
     h.add_argument("--gp-weight", type=float, help="gradient penalty weight")
