@@ -37,13 +37,14 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from .classifiers import ClassifierError
     from .diversity import DiversityError
     from .models import ModelError
+    from .probes import ProbeError
     from .review import ReviewError
     from .spurious import SpuriousError
     from .toy import ToyError
     from .train import TrainError
 
     return (GenerationError, LabelError, GuideSourceError, DatasetFormatError, ReviewError, ToyError, TrainError,
-            HparamError, ModelError, SpuriousError, BenchmarkError, ClassifierError, DiversityError)
+            HparamError, ModelError, SpuriousError, BenchmarkError, ClassifierError, DiversityError, ProbeError)
 
 
 # --- generate ------------------------------------------------------------------------------------
@@ -314,7 +315,8 @@ def cmd_toy(args: argparse.Namespace) -> int:
     from .toy import ToyConfig, write_toy
 
     cfg = ToyConfig(out=args.out, fg_classes=args.fg_classes, bg_classes=args.bg_classes, train_per_pair=args.train_per_pair,
-                    val_per_pair=args.val_per_pair, correlation=args.correlation, size=args.size, seed=args.seed)
+                    val_per_pair=args.val_per_pair, correlation=args.correlation, size=args.size, seed=args.seed,
+                    shapes=args.shapes.split(",") if args.shapes else None, textures=args.textures.split(",") if args.textures else None)
     counts = write_toy(cfg)
     print(f"wrote {counts['train']} train and {counts['validation']} validation images "
           f"({cfg.fg_classes} shapes x {cfg.bg_classes} textures, {cfg.size}px, correlation {cfg.correlation}) to {args.out}; "
@@ -323,6 +325,7 @@ def cmd_toy(args: argparse.Namespace) -> int:
 
 
 def _register_toy(sub) -> None:
+    from .toy import SHAPES, TEXTURES
     from .toy import ToyConfig as T
 
     p = sub.add_parser("toy", help="write a procedural fg/bg dataset with known factors (shapes on textures)",
@@ -336,6 +339,8 @@ def _register_toy(sub) -> None:
     p.add_argument("--correlation", type=float, default=T.correlation,
                    help="train split: probability that fg i sits on its paired bg (pairs.json) rather than a random one (default: %(default)s = independent)")
     p.add_argument("--size", type=int, default=T.size, help="image side in pixels (default: %(default)s)")
+    p.add_argument("--shapes", metavar="NAMES", help=f"comma-separated shapes instead of the first --fg-classes: any of {', '.join(SHAPES)}")
+    p.add_argument("--textures", metavar="NAMES", help=f"comma-separated textures instead of the first --bg-classes: any of {', '.join(TEXTURES)}")
     p.add_argument("--seed", type=int, default=T.seed)
     p.set_defaults(func=cmd_toy)
 
@@ -419,24 +424,33 @@ def _register_train(sub) -> None:
 # --- probe / features ------------------------------------------------------------------------------
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from .probes import format_table, leakage, probe
+    from .probes import format_table, leakage, probe, probe_kinds
 
-    result = probe(args.data, args.checkpoint, out=args.out, train_split=args.train_split, eval_split=args.split, l2=args.l2)
+    kinds = probe_kinds(args.probe)
+    result = probe(args.data, args.checkpoint, out=args.out, train_split=args.train_split, eval_split=args.split, l2=args.l2,
+                   kinds=kinds, imagenet=args.imagenet, imagenet_split=args.imagenet_split)
     print(format_table(result))
-    print(f"cross-leakage (mean of fg_from_bg and bg_from_fg above chance): {leakage(result, args.split):.3f}")
+    for kind in kinds:
+        if "bg_from_fg" in result[kind][args.split]:
+            print(f"cross-leakage, {kind} probes (mean of fg_from_bg and bg_from_fg above chance): {leakage(result, args.split, kind):.3f}")
     if args.out:
         print(f"wrote {args.out}")
     return 0
 
 
 def _register_probe(sub) -> None:
-    p = sub.add_parser("probe", help="linear probes on frozen features: fg/bg from z_fg/z_bg (paper, Table 2)")
+    p = sub.add_parser("probe", help="probes on frozen features: fg/bg from z_fg/z_bg (paper, Table 2), linear and MLP")
     p.add_argument("--data", required=True, metavar="DIR")
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a `d3s train --out` folder or Hub id")
-    p.add_argument("--out", metavar="JSON")
+    p.add_argument("--out", metavar="JSON", help="results, keyed by probe kind: {linear: {split: {probe: ...}, chance}, mlp: ...}")
+    p.add_argument("--probe", default="linear", metavar="KIND",
+                   help="linear (logistic regression to convergence, the paper's), mlp (one hidden layer, early stopping on "
+                        "a held-out part of train: reads what a linear probe cannot) or both (default: %(default)s)")
     p.add_argument("--train-split", default="train", help="split the probes are fitted on (default: %(default)s)")
-    p.add_argument("--split", default="validation", help="split they are scored on (default: %(default)s)")
-    p.add_argument("--l2", type=float, default=1e-4, help="probe weight penalty (default: %(default)s)")
+    p.add_argument("--split", default="validation", help="split they are scored on; without bg labels, the fg probes only (default: %(default)s)")
+    p.add_argument("--imagenet", metavar="DIR", help="fg-only data (ImageNet) for Table 2's ImageNet rows: fg_from_fg and fg_from_bg")
+    p.add_argument("--imagenet-split", default="validation", help="its split (default: %(default)s)")
+    p.add_argument("--l2", type=float, default=1e-4, help="linear probe weight penalty (default: %(default)s)")
     p.set_defaults(func=cmd_probe)
 
 

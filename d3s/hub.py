@@ -290,12 +290,15 @@ def timm_backbone(model) -> "torch.nn.Module":
 
 def _metrics_tables(probe: dict | None, spurious: dict | None) -> str:
     parts = []
-    if probe:
-        split = next(k for k in probe if k != "chance")
-        rows = "\n".join(f"| {name} | {probe[split][name]['top1']:.3f} | {probe[split][name]['top5']:.3f} |"
-                         for name in ("fg_from_fg", "bg_from_bg", "fg_from_bg", "bg_from_fg"))
-        chance = probe.get("chance", {})
-        parts.append(f"### Linear probes on frozen features ({split}; paper, Table 2)\n\n| probe | top-1 | top-5 |\n|---|---|---|\n"
+    from .probes import PROBE_KINDS, by_kind
+
+    for kind, result in by_kind(probe or {}).items():
+        split = next(k for k in result if k != "chance")
+        names = [n for n in ("fg_from_fg", "bg_from_bg", "fg_from_bg", "bg_from_fg") if n in result[split]]
+        rows = "\n".join(f"| {name} | {result[split][name]['top1']:.3f} | {result[split][name]['top5']:.3f} |" for name in names)
+        chance = result.get("chance", {})
+        title = {"linear": "Linear probes", "mlp": "MLP probes (one hidden layer)"}[kind] if kind in PROBE_KINDS else kind
+        parts.append(f"### {title} on frozen features ({split}; paper, Table 2)\n\n| probe | top-1 | top-5 |\n|---|---|---|\n"
                      f"{rows}\n\nChance: fg {chance.get('fg', float('nan')):.3f}, bg {chance.get('bg', float('nan')):.3f}. "
                      "fg_from_bg and bg_from_fg measure leakage: the closer to chance, the better.")
     if spurious:

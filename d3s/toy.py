@@ -48,6 +48,9 @@ class ToyConfig:
             fg ``i`` is put on its paired bg ``i mod bg_classes`` rather than a uniformly drawn one.
         size (`int`, defaults to 32): image side in pixels.
         seed (`int`, defaults to 0): everything is a function of it.
+        shapes (`list[str]`, *optional*): the shapes to use, by name (defaults to the first
+            ``fg_classes`` of :data:`SHAPES`); gives ``fg_classes`` when set.
+        textures (`list[str]`, *optional*): the textures, likewise (defaults to the first ``bg_classes``).
     """
 
     out: str
@@ -58,8 +61,28 @@ class ToyConfig:
     correlation: float = 0.0
     size: int = 32
     seed: int = 0
+    shapes: list[str] | None = None
+    textures: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.shapes:
+            self.fg_classes = len(self.shapes)
+        if self.textures:
+            self.bg_classes = len(self.textures)
+
+    @property
+    def shape_names(self) -> list[str]:
+        return list(self.shapes or SHAPES[: self.fg_classes])
+
+    @property
+    def texture_names(self) -> list[str]:
+        return list(self.textures or TEXTURES[: self.bg_classes])
 
     def check(self) -> None:
+        for kind, names, known in (("--shapes", self.shapes, SHAPES), ("--textures", self.textures, TEXTURES)):
+            unknown = [n for n in names or () if n not in known]
+            if unknown or len(set(names or ())) != len(names or ()):
+                raise ToyError(f"{kind} must name distinct ones of {', '.join(known)}; got {', '.join(names)}.")
         if not 2 <= self.fg_classes <= len(SHAPES):
             raise ToyError(f"--fg-classes must be in 2..{len(SHAPES)} ({', '.join(SHAPES)}), got {self.fg_classes}.")
         if not 2 <= self.bg_classes <= len(TEXTURES):
@@ -146,9 +169,9 @@ def draw_shape(img: Image.Image, kind: str, rng: np.random.Generator) -> None:
         raise ToyError(f"unknown shape {kind!r}")
 
 
-def render(fg: int, bg: int, size: int, rng: np.random.Generator) -> Image.Image:
-    img = Image.fromarray(texture(TEXTURES[bg], size, rng))
-    draw_shape(img, SHAPES[fg], rng)
+def render(shape: str, texture_name: str, size: int, rng: np.random.Generator) -> Image.Image:
+    img = Image.fromarray(texture(texture_name, size, rng))
+    draw_shape(img, shape, rng)
     return img
 
 
@@ -166,7 +189,8 @@ def _labels(cfg: ToyConfig, split: str, rng: np.random.Generator) -> list[tuple[
 
 def pairs(cfg: ToyConfig) -> dict[str, str]:
     """The fg -> bg pairing of the correlation knob, by class name (for ``d3s spurious --pairs``)."""
-    return {SHAPES[f]: TEXTURES[f % cfg.bg_classes] for f in range(cfg.fg_classes)}
+    shapes, textures = cfg.shape_names, cfg.texture_names
+    return {shapes[f]: textures[f % cfg.bg_classes] for f in range(cfg.fg_classes)}
 
 
 def write_toy(cfg: ToyConfig, shard_size: int = 1000) -> dict[str, int]:
@@ -180,7 +204,7 @@ def write_toy(cfg: ToyConfig, shard_size: int = 1000) -> dict[str, int]:
     features = datasets.Features({
         "item_id": datasets.Value("int64"),
         "image": datasets.Image(),
-        **label_features(SHAPES[: cfg.fg_classes], TEXTURES[: cfg.bg_classes]),
+        **label_features(cfg.shape_names, cfg.texture_names),
     })
     counts: dict[str, int] = {}
     item_id = 0
@@ -191,7 +215,7 @@ def write_toy(cfg: ToyConfig, shard_size: int = 1000) -> dict[str, int]:
         rows = []
         for i in order:
             f, b = labels[i]
-            rows.append({"item_id": item_id, "image": render(f, b, cfg.size, rng), "fg": f, "bg": b})
+            rows.append({"item_id": item_id, "image": render(cfg.shape_names[f], cfg.texture_names[b], cfg.size, rng), "fg": f, "bg": b})
             item_id += 1
         for start in range(0, len(rows), shard_size):
             write_shard(out, split, rows[start : start + shard_size], features)
@@ -200,8 +224,8 @@ def write_toy(cfg: ToyConfig, shard_size: int = 1000) -> dict[str, int]:
     (out / "d3s_toy.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     body = f"""# d3s toy dataset
 
-Procedural images with known factors: `fg` is a shape ({', '.join(SHAPES[: cfg.fg_classes])}),
-`bg` a texture ({', '.join(TEXTURES[: cfg.bg_classes])}); colours, positions and sizes are random.
+Procedural images with known factors: `fg` is a shape ({', '.join(cfg.shape_names)}),
+`bg` a texture ({', '.join(cfg.texture_names)}); colours, positions and sizes are random.
 Train: {counts['train']} images, fg-bg correlation {cfg.correlation} (pairing in `pairs.json`).
 Validation: {counts['validation']} images, every pair equally often. Settings: `d3s_toy.json`.
 """

@@ -31,13 +31,43 @@ def test_run_probes_schema():
     fg, bg = torch.randint(0, 6, (n,), generator=g), torch.randint(0, 3, (n,), generator=g)
     data = {"z_fg": torch.nn.functional.one_hot(fg, 6).float() + 0.1 * torch.randn(n, 6, generator=g),
             "z_bg": torch.nn.functional.one_hot(bg, 3).float() + 0.1 * torch.randn(n, 3, generator=g), "fg": fg, "bg": bg}
-    r = run_probes(data, {"validation": data})
+    r = run_probes(data, {"validation": data})["linear"]
     assert set(r) == {"validation", "chance"}
     assert set(r["validation"]) == {"fg_from_fg", "bg_from_bg", "fg_from_bg", "bg_from_fg"}
     assert r["validation"]["fg_from_fg"]["top1"] == 1.0 and r["validation"]["bg_from_bg"]["top1"] == 1.0
     assert r["validation"]["fg_from_bg"]["top1"] < 0.4
     assert r["validation"]["bg_from_fg"]["top5"] == 1.0  # 3 classes: top-5 is top-3
     assert all(0 <= v <= 1 for p in r["validation"].values() for v in p.values())
+
+
+def test_mlp_probe_reads_what_a_linear_probe_cannot():
+    """A label held in a nonlinear form (which side of a sphere the point lies on, XOR of two signs) is
+    invisible to the linear probe and read by the MLP probe; noise stays at chance for both."""
+    from d3s.probes import fit
+
+    g = torch.Generator().manual_seed(0)
+    n = 3000
+    x = torch.randn(n, 6, generator=g)
+    y = ((x[:, 0] > 0) ^ (x[:, 1] > 0)).long() + 2 * (x[:, 2:4].norm(dim=1) > 1.18).long()  # 4 classes, balanced
+    train, test = slice(0, 2400), slice(2400, n)
+    linear, mlp = fit("linear", x[train], y[train]), fit("mlp", x[train], y[train])
+    assert linear.accuracy(x[test], y[test]) < 0.35 and mlp.accuracy(x[test], y[test]) > 0.85
+    noise = torch.randn(n, 6, generator=g)
+    assert fit("mlp", noise[train], y[train]).accuracy(noise[test], y[test]) < 0.33
+
+
+def test_fg_only_split_gets_the_fg_probes_of_each_kind():
+    g = torch.Generator().manual_seed(0)
+    n = 300
+    fg, bg = torch.randint(0, 4, (n,), generator=g), torch.randint(0, 3, (n,), generator=g)
+    data = {"z_fg": torch.nn.functional.one_hot(fg, 4).float() + 0.1 * torch.randn(n, 4, generator=g),
+            "z_bg": torch.nn.functional.one_hot(bg, 3).float() + 0.1 * torch.randn(n, 3, generator=g), "fg": fg, "bg": bg}
+    imagenet = {**data, "bg": torch.full_like(bg, -1)}
+    r = run_probes(data, {"validation": data, "imagenet": imagenet}, kinds=("linear", "mlp"))
+    assert set(r) == {"linear", "mlp"}
+    for kind in r:
+        assert set(r[kind]["imagenet"]) == {"fg_from_fg", "fg_from_bg"}
+        assert r[kind]["imagenet"]["fg_from_fg"]["top1"] == r[kind]["validation"]["fg_from_fg"]["top1"] > 0.95
 
 
 def test_pairs_resolution():
@@ -87,6 +117,7 @@ def test_bad_inputs_get_one_line_errors(tiny_toy, tmp_path):
         (("train", "--data", str(tmp_path / "nolabels"), "--out", str(tmp_path / "o"), "--no-pretrained"), "no 'fg' ClassLabel"),
         (("probe", "--data", str(tmp_path / "nolabels"), "--checkpoint", str(good)), "no 'fg' ClassLabel"),
         (("probe", "--data", str(tiny_toy), "--checkpoint", str(other)), "do not match"),
+        (("probe", "--data", str(tiny_toy), "--checkpoint", str(good), "--probe", "forest"), "unknown --probe 'forest'"),
         (("features", "--data", str(tiny_toy), "--checkpoint", str(tmp_path / "missing_dir_x"), "--out", str(tmp_path / "f.npz")), "checkpoint"),
         (("spurious", "--data", str(tiny_toy), "--checkpoint", str(good), "--baseline", str(good), "--pairs", str(pairs)), "'hexagon'"),
         (("spurious", "--data", str(tiny_toy), "--checkpoint", str(other), "--baseline", str(good)), "do not match"),
