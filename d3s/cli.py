@@ -21,8 +21,8 @@ EPILOG = """examples:
   d3s train --data out/toy --backbone test_resnet --no-pretrained --iters 1500 --out out/wd
   d3s probe --data out/toy --checkpoint out/wd --out out/wd/probe.json
   d3s spurious --data out/toy --checkpoint out/wd --baseline out/erm --pairs out/toy/pairs.json --out out/wd/spurious.json
-  d3s benchmark --data d3s/ --imagenet-val /data/imagenet/val --out results/   # the paper's model families
-  d3s benchmark --data out/d3s-tiny --models test_resnet,test_vit,clip:tiny --no-pretrained --out results-tiny/
+  d3s benchmark --data d3s-splits/ --imagenet-val /data/imagenet/val --out results/   # the paper's model families
+  d3s benchmark --data out/d3s-tiny --split train --models test_resnet,test_vit,clip:tiny --no-pretrained --out results-tiny/
   d3s diversity --data d3s/ --reference /data/imagenet/val --pairs 7500 --out diversity/
 """
 

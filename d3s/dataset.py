@@ -192,7 +192,7 @@ def _describe(folders: list[str], kinds, verdict: str) -> str:
         parts.append(f"{len(folders)} folder(s) at the top ({', '.join(folders[:4])}{', ...' if len(folders) > 4 else ''})")
     if kinds:
         parts.append("files: " + ", ".join(f"{n} {k}" for k, n in kinds.most_common(4)))
-    return f"found {'; '.join(parts) if parts else 'nothing'}; {verdict}"
+    return f"found {'; '.join(parts) if parts else 'nothing (an empty folder)'}; {verdict}"
 
 
 def find_splits(root: str | Path) -> dict[str, list[Path]]:
