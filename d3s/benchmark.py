@@ -721,9 +721,13 @@ def run_benchmark(c: BenchmarkConfig, specs: list[ClassifierSpec] | None = None,
                                     names=c.clip_names)
     split = c.split or BENCHMARK_SPLIT
     if not c.split and Path(c.data).is_dir() and BENCHMARK_SPLIT not in (found := find_splits(c.data)):
-        raise BenchmarkError(f"{c.data} has no {BENCHMARK_SPLIT!r} split (found: {', '.join(found)}): the benchmark scores the checked "
-                             f"images, made by `d3s split --data {c.data} --out SPLITS`; to score unchecked images anyway, "
-                             f"pass --split {'validation' if 'validation' in found else next(iter(found))}.")
+        from .curate import empty_split_note
+
+        note = empty_split_note(c.data)
+        why = (f"`d3s split` left it empty ({note})" if note else
+               f"the benchmark scores the checked images, made by `d3s split --data {c.data} --out SPLITS`")
+        raise BenchmarkError(f"{c.data} has no {BENCHMARK_SPLIT!r} split (found: {', '.join(found)}): {why}; to score unchecked "
+                             f"images anyway, pass --split {'validation' if 'validation' in found else next(iter(found))}.")
     d3s = open_d3s(c.data, split)
     check = benchmark_check(c.data, split)
     if split == BENCHMARK_SPLIT:

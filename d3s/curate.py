@@ -307,6 +307,14 @@ def split(data: str | Path, out: str | Path, source_split: str = "train", fracti
     return report
 
 
+def empty_split_note(data: str | Path) -> str | None:
+    """Why `d3s split` left ``data``'s validation (and so benchmark) split empty, from its report; None otherwise."""
+    try:
+        return json.loads((Path(data) / SPLIT_REPORT).read_text()).get("validation_note")
+    except (OSError, ValueError):
+        return None
+
+
 def _score_record(data: str | Path) -> dict:
     try:
         return json.loads((Path(data) / SCORE_RECORD).read_text())

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from .curate import empty_split_note
 from .dataset import DATA_DIR, DatasetFormatError, find_splits, is_shard_name, local_folder, shard_name, write_card
 
 REQUIRED_SPLITS = ("train", "validation", "benchmark")
@@ -102,7 +103,7 @@ def stage_dataset(data: str | Path, out: str | Path, repo_id: str, required_spli
     split_report = json.loads((data / "split_report.json").read_text()) if (data / "split_report.json").exists() else None
     missing = [s for s in required_splits if s not in present]
     if missing:
-        note = (split_report or {}).get("validation_note")
+        note = empty_split_note(data)
         if note and "validation" in missing:  # `d3s split` ran and left validation (and so the benchmark) empty
             raise PublishError(f"{data} has no {', '.join(missing)} rows: `d3s split` left them empty ({note}) "
                                f"Rerun `d3s split` with that --validation-fraction, or pass --splits {','.join(present)}.")

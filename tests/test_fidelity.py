@@ -231,6 +231,8 @@ def test_an_empty_validation_split_is_explained_up_to_publishing(tmp_path, capsy
     with pytest.raises(PublishError) as err:
         stage_dataset(tmp_path / "small", tmp_path / "repo", "someone/d3s")
     assert "`d3s split` left them empty" in str(err.value) and "--validation-fraction 0.26" in str(err.value)
+    assert cli.main(["benchmark", "--data", str(tmp_path / "small"), "--models", "test_resnet", "--out", str(tmp_path / "r")]) == 2
+    assert "no 'benchmark' split (found: train): `d3s split` left it empty (the validation split is empty" in capsys.readouterr().err
     fixed = split(gen, tmp_path / "fixed", fraction=0.26)
     assert fixed["splits"]["validation"]["rows"] == 9 and fixed["validation_note"] is None  # the advice works
 
