@@ -626,9 +626,11 @@ def benchmark_check(data: str | Path, split: str) -> dict:
     A split filtered by a CLIP model favours CLIP models (the images they would get wrong were removed), so
     the summary marks their rows (:func:`filtered_by`).
     """
+    from .curate import SPLIT_REPORT
+
     if split != BENCHMARK_SPLIT:
         return {"split": split, "basis": "unchecked", "filter_model": None}
-    report_path = Path(data) / "split_report.json"
+    report_path = Path(data) / SPLIT_REPORT
     try:
         report = json.loads(report_path.read_text())
     except (OSError, ValueError):

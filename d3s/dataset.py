@@ -19,6 +19,7 @@ own ``data/train-00000-of-00001.parquet``, ``train/*.parquet``, a card's ``confi
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from pathlib import Path
@@ -164,14 +165,15 @@ def _peek(root: Path) -> tuple[bool, str]:
         deeper = []
         for folder in level:
             try:
-                entries = sorted(os.scandir(folder), key=lambda e: e.name)
+                with os.scandir(folder) as it:  # never more than what is left of the budget, even from a flat folder of millions
+                    entries = sorted(itertools.islice(it, PEEK_ENTRIES - seen + 1), key=lambda e: e.name)
             except OSError:
                 continue
             for e in entries:
                 if e.name.startswith("."):  # .git, .cache/huggingface (snapshot_download), temporary shards
                     continue
                 seen += 1
-                if e.is_dir(follow_symlinks=False):
+                if e.is_dir():  # symlinks followed: depth-limited, and the Hub cache links its files
                     deeper.append(e.path)
                     if depth == 0:
                         folders.append(e.name + "/")

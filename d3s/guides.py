@@ -136,9 +136,6 @@ class HubPhotos(PhotoSource):
         rows = self._rows.get(concept.imagenet_index, []) if concept.imagenet_index is not None else []
         return [f"row:{i}" for i in rows]
 
-    def identity(self, concepts: Sequence[Concept]) -> dict:
-        return {**super().identity(concepts), "listing": self.ds._fingerprint}  # rows are referred to by index: the content counts
-
     def check(self, concepts: Sequence[Concept]) -> None:
         empty = [c for c in concepts if not self.refs(c)]
         if empty:
