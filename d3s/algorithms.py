@@ -78,6 +78,25 @@ class HparamError(ValueError):
     """An unknown method or hyper-parameter."""
 
 
+def _like(name: str, default: Any, value: Any) -> Any:
+    """``value`` (from JSON) as the type of ``default``, element by element for tuples: JSON has no tuples and
+    writes ``0`` for ``0.0``, so ``{"betas": [0, 0.9]}`` becomes ``(0.0, 0.9)``, as Adam needs."""
+    try:
+        if isinstance(default, tuple):
+            if not isinstance(value, (list, tuple)) or len(value) != len(default):
+                raise TypeError
+            return tuple(_like(name, d, v) for d, v in zip(default, value))
+        if isinstance(default, bool) or isinstance(value, (list, tuple, dict)):
+            if type(value) is not type(default):
+                raise TypeError
+            return value
+        if isinstance(default, int) and float(value) != int(value):
+            raise TypeError  # 5.5 critic steps: refuse rather than truncate
+        return type(default)(value)
+    except (TypeError, ValueError):
+        raise HparamError(f"hyper-parameter {name!r} must be like its default {default!r}, got {value!r}.") from None
+
+
 def hparams_for(method: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     if method not in HPARAMS:
         raise HparamError(f"unknown --method {method!r}; choose from {', '.join(HPARAMS)}.")
@@ -85,7 +104,7 @@ def hparams_for(method: str, overrides: dict[str, Any] | None = None) -> dict[st
     for k, v in (overrides or {}).items():
         if k not in hp:
             raise HparamError(f"--method {method} has no hyper-parameter {k!r}; it has {', '.join(hp)}.")
-        hp[k] = type(hp[k])(v) if not isinstance(hp[k], tuple) else tuple(v)
+        hp[k] = _like(k, hp[k], v)
     if hp["lr_schedule"] not in LR_SCHEDULES:
         raise HparamError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}; got {hp['lr_schedule']!r}.")
     return hp

@@ -37,13 +37,14 @@ import numpy as np
 
 from . import __version__
 from .classifiers import ClassifierSpec, parse_model_list, resolve_classifiers
-from .dataset import DatasetFormatError, check_labels, shard_paths, splits_in
+from .dataset import DatasetFormatError, check_labels, find_splits, split_files
 from .guides import IMAGE_EXTENSIONS
 
 MODELS_DIR = "models"
 SUMMARY_JSON = "summary.json"
 SUMMARY_CSV = "summary.csv"
 PER_BACKGROUND_CSV = "per_background.csv"
+BENCHMARK_SPLIT = "benchmark"  # the checked images (`d3s split`: human review or the automatic checks), as the paper
 DECODE_CHUNK = 64  # images read and decoded per task; small enough to keep workers busy
 
 
@@ -74,13 +75,12 @@ class ImageSet:
 
 
 def _default_split(root: str) -> str:
-    splits = splits_in(root)
+    """``validation``, or the only split there is (for the commands that read any D3S split, e.g. diversity)."""
+    splits = list(find_splits(root))
     if "validation" in splits:
         return "validation"
     if len(splits) == 1:
         return splits[0]
-    if not splits:
-        raise BenchmarkError(f"{root} holds no d3s parquet shards (data/<split>-*.parquet): nothing to benchmark.")
     raise BenchmarkError(f"{root} has several splits ({', '.join(splits)}) and none is 'validation'; choose one with --split.")
 
 
@@ -169,10 +169,7 @@ def open_d3s(data: str | Path, split: str | None = None) -> ImageSet:
         raise BenchmarkError(f"--data {root} is a file; give a D3S dataset folder (made by `d3s generate`) or a Hub id.")
     split = split or (_default_split(root) if local else "validation")
     if local:
-        paths = shard_paths(root, split)
-        if not paths:
-            raise DatasetFormatError(f"{root} holds no d3s parquet shards for split {split!r} under data/ "
-                                     f"(found splits: {', '.join(splits_in(root)) or 'none'}).")
+        paths = split_files(root, split)
         try:
             table = _Shards(paths)
         except Exception as err:  # unreadable shard
@@ -489,14 +486,32 @@ def worst_cells_with_samples(cells: list[dict], top5: np.ndarray, fg: np.ndarray
 
 # --- results on disk -------------------------------------------------------------------------------
 
+_SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
 def model_slug(name: str) -> str:
-    """A file name for a model name (``clip:ViT-B-32/openai`` -> ``clip_ViT-B-32_openai``)."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")
+    """A file stem for a model name, different for every name.
+
+    Names made only of ``A-Z a-z 0-9 . _ -`` are their own stem (``resnet50.tv_in1k``); any other name gets
+    its unsafe characters replaced by ``_`` and a digest of the full name after a ``+`` (which no kept name
+    has), so ``clip:ViT-B-32/openai`` and ``hf-hub:org/name`` each get their own files. The name itself is
+    stored in the result (``model``), so it round-trips unchanged.
+    """
+    if _SAFE_NAME.fullmatch(name) and not name.startswith("."):
+        return name
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:120]
+    return f"{readable}+{hashlib.sha1(name.encode()).hexdigest()[:10]}"
 
 
 def result_paths(out: str | Path, name: str) -> tuple[Path, Path]:
+    """``models/<slug>.json`` and ``models/<slug>.csv`` (suffixes appended: a ``.tag`` is part of the stem)."""
     base = Path(out) / MODELS_DIR / model_slug(name)
-    return base.with_suffix(".json"), base.with_suffix(".csv")
+    return base.with_name(base.name + ".json"), base.with_name(base.name + ".csv")
+
+
+def _legacy_result_path(out: str | Path, name: str) -> Path:
+    """Where results were written before every name had its own file (``with_suffix`` took the ``.tag``)."""
+    return (Path(out) / MODELS_DIR / re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")).with_suffix(".json")
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -519,7 +534,7 @@ def _csv(rows: list[dict], columns: Sequence[str]) -> str:
 
 CELL_COLUMNS = ("fg", "fg_name", "bg", "bg_name", "n", "correct_top1", "correct_top5", "top1", "top5")
 SUMMARY_COLUMNS = ("model", "family", "extra_data", "d3s_top1", "d3s_top5", "imagenet_top1", "imagenet_top5",
-                   "drop_top1", "drop_top5", "worst_background", "d3s_n", "imagenet_n")
+                   "drop_top1", "drop_top5", "worst_background", "d3s_n", "imagenet_n", "filtered_by")
 
 
 def write_result(out: str | Path, result: dict) -> tuple[Path, Path]:
@@ -531,11 +546,15 @@ def write_result(out: str | Path, result: dict) -> tuple[Path, Path]:
 
 
 def load_result(out: str | Path, name: str) -> dict | None:
-    jpath, _ = result_paths(out, name)
-    try:
-        return json.loads(jpath.read_text())
-    except (OSError, ValueError):
-        return None
+    """The stored result of model ``name`` (also from a file written by an older d3s, if it is this model's)."""
+    for path in (result_paths(out, name)[0], _legacy_result_path(out, name)):
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if result.get("model") == name:
+            return result
+    return None
 
 
 def worst_cell_samples(out: str | Path, name: str, cells: int = 8) -> dict:
@@ -584,22 +603,56 @@ def summary_row(result: dict) -> dict:
 
 
 def collect_results(out: str | Path, data: dict) -> list[dict]:
-    """Every stored result in ``out`` for this data (models from earlier runs included)."""
-    results = []
+    """Every stored result in ``out`` for this data (models from earlier runs included), one per model.
+
+    A model found in two files (an older d3s's file and its own) counts once, from its own file.
+    """
+    results: dict[str, dict] = {}
     for p in sorted((Path(out) / MODELS_DIR).glob("*.json")):
         try:
             r = json.loads(p.read_text())
         except (OSError, ValueError):
             continue
-        if r.get("data") == data:
-            results.append(r)
-    return results
+        name = r.get("model")
+        if r.get("data") == data and (name not in results or p == result_paths(out, name)[0]):
+            results[name] = r
+    return [results[k] for k in sorted(results)]
 
 
-def write_summary(out: str | Path, data: dict, failed: list[dict], bg_names: list[str]) -> dict:
+def benchmark_check(data: str | Path, split: str) -> dict:
+    """How the scored images were checked: ``basis`` and ``filter_model`` (the zero-shot model whose ranks
+    removed images, or None), from the ``split_report.json`` that ``d3s split`` leaves beside the data.
+
+    A split filtered by a CLIP model favours CLIP models (the images they would get wrong were removed), so
+    the summary marks their rows (:func:`filtered_by`).
+    """
+    from .curate import SPLIT_REPORT
+
+    if split != BENCHMARK_SPLIT:
+        return {"split": split, "basis": "unchecked", "filter_model": None}
+    report_path = Path(data) / SPLIT_REPORT
+    try:
+        report = json.loads(report_path.read_text())
+    except (OSError, ValueError):
+        return {"split": split, "basis": "a check not recorded here (no split_report.json)", "filter_model": None}
+    return {"split": split, "basis": report.get("basis", "?"), "filter_model": report.get("filter_model")}
+
+
+def filtered_by(row_model: str, row_kind: str, check: dict | None) -> str | None:
+    """The filter model when it favours this row's model: every CLIP row under a CLIP filter, and the filter model itself."""
+    model = (check or {}).get("filter_model")
+    if not model:
+        return None
+    clip_filter = model.startswith("clip:")
+    return model if row_model == model or (clip_filter and row_kind == "clip") else None
+
+
+def write_summary(out: str | Path, data: dict, failed: list[dict], bg_names: list[str], check: dict | None = None) -> dict:
     results = collect_results(out, data)
     rows = [summary_row(r) for r in results]
-    summary = {"d3s_version": __version__, "data": data, "models": rows, "failed": failed, "backgrounds": bg_names,
+    for row in rows:
+        row["filtered_by"] = filtered_by(row["model"], row["kind"], check)
+    summary = {"d3s_version": __version__, "data": data, "check": check, "models": rows, "failed": failed, "backgrounds": bg_names,
                "per_in9_background": {r["model"]: r["d3s"]["per_in9_background"] for r in results}}
     _write_atomic(Path(out) / SUMMARY_JSON, json.dumps(summary, indent=1))
     _write_atomic(Path(out) / SUMMARY_CSV, _csv(rows, SUMMARY_COLUMNS))
@@ -618,7 +671,8 @@ class BenchmarkConfig:
         data (`str`): D3S dataset folder (``d3s generate``'s output) or Hub id.
         out (`str`): results folder; reused runs skip the models already evaluated there.
         models (`str` or `list`, defaults to ``"default"``): timm names, ``clip:<arch>/<pretrained>``, ``default``.
-        split (`str`, *optional*): D3S split; default ``validation``, or the only split there is.
+        split (`str`, *optional*): D3S split; default ``benchmark``, the checked images (``d3s split``), as the
+            paper. Another split (``validation``, ``train``) is scored with a warning: its images are unchecked.
         imagenet_val (`str`, *optional*): ImageNet val as an ImageNet-style folder or a Hub id; without it,
             no drop is computed and the drop and scatter plots are skipped.
         pretrained (`bool`, defaults to `True`): released weights; `False` = random weights, offline.
@@ -667,7 +721,22 @@ def run_benchmark(c: BenchmarkConfig, specs: list[ClassifierSpec] | None = None,
     if specs is None:
         specs = resolve_classifiers(parse_model_list(c.models), pretrained=c.pretrained, prompts=c.clip_prompts,
                                     names=c.clip_names)
-    d3s = open_d3s(c.data, c.split)
+    split = c.split or BENCHMARK_SPLIT
+    if not c.split and Path(c.data).is_dir() and BENCHMARK_SPLIT not in (found := find_splits(c.data)):
+        from .curate import empty_split_note
+
+        note = empty_split_note(c.data)
+        why = (f"`d3s split` left it empty ({note})" if note else
+               f"the benchmark scores the checked images, made by `d3s split --data {c.data} --out SPLITS`")
+        raise BenchmarkError(f"{c.data} has no {BENCHMARK_SPLIT!r} split (found: {', '.join(found)}): {why}; to score unchecked "
+                             f"images anyway, pass --split {'validation' if 'validation' in found else next(iter(found))}.")
+    d3s = open_d3s(c.data, split)
+    check = benchmark_check(c.data, split)
+    if split == BENCHMARK_SPLIT:
+        log(f"scoring split {split!r} of {c.data}: {len(d3s)} images checked by {check['basis']}")
+    else:
+        log(f"warning: scoring split {split!r} of {c.data}: its {len(d3s)} images are unchecked (no human review or automatic "
+            f"check removed wrong or unsafe images); the paper's benchmark is the checked {BENCHMARK_SPLIT!r} split (`d3s split`)")
     ref = open_reference(c.imagenet_val) if c.imagenet_val else None
     data = {"d3s": d3s.fingerprint, "imagenet": ref.fingerprint if ref else None}
     out = Path(c.out)
@@ -722,7 +791,7 @@ def run_benchmark(c: BenchmarkConfig, specs: list[ClassifierSpec] | None = None,
                     f"worst background: {result['d3s']['worst_background'] or 'none (all backgrounds tie)'}")
 
     # 5. summary and plots over everything in the folder for this data
-    summary = write_summary(out, data, failed, d3s.bg_names)
+    summary = write_summary(out, data, failed, d3s.bg_names, check)
     if c.plots and summary["models"]:
         from .plots import draw_all
 

@@ -13,7 +13,7 @@ import sys
 EXIT_USAGE = 2
 
 EPILOG = """examples:
-  d3s labels tabby                               # look up a class: index, WordNet id, prompt name, definition
+  d3s labels tabby crane                         # look up classes: index, WordNet id, name, definition (crane: both senses)
   d3s generate --model tiny --foregrounds 0,207,281 --per-pair 2 --size 64 --steps 10 --out out/d3s-tiny
   d3s generate --foregrounds all --imagenet /data/imagenet/train --templates templates/ --out d3s/
   accelerate launch --multi_gpu --num_processes 8 --no_python d3s generate ...   # split a run over 8 GPUs
@@ -21,8 +21,8 @@ EPILOG = """examples:
   d3s train --data out/toy --backbone test_resnet --no-pretrained --iters 1500 --out out/wd
   d3s probe --data out/toy --checkpoint out/wd --out out/wd/probe.json
   d3s spurious --data out/toy --checkpoint out/wd --baseline out/erm --pairs out/toy/pairs.json --out out/wd/spurious.json
-  d3s benchmark --data d3s/ --imagenet-val /data/imagenet/val --out results/   # the paper's model families
-  d3s benchmark --data out/d3s-tiny --models test_resnet,test_vit,clip:tiny --no-pretrained --out results-tiny/
+  d3s benchmark --data d3s-splits/ --imagenet-val /data/imagenet/val --out results/   # the paper's model families
+  d3s benchmark --data out/d3s-tiny --split train --models test_resnet,test_vit,clip:tiny --no-pretrained --out results-tiny/
   d3s diversity --data d3s/ --reference /data/imagenet/val --pairs 7500 --out diversity/
 """
 
@@ -282,21 +282,22 @@ def _register_split(sub) -> None:
 # --- labels ----------------------------------------------------------------------------------------
 
 def cmd_labels(args: argparse.Namespace) -> int:
-    from .labels import imagenet_classes, imagenet_to_in9, IN9_CLASSES, resolve_concept
+    from .labels import imagenet_classes, imagenet_to_in9, IN9_CLASSES, lookup
     from .prompts import load_recipe
 
     recipe = load_recipe(args.recipe)
-    if args.query:
-        concepts = [resolve_concept(q) for q in args.query]
-    else:
-        concepts = list(imagenet_classes())
+    found = [(q, lookup(q)) for q in args.query] if args.query else [(None, list(imagenet_classes()))]
     in9 = imagenet_to_in9()
-    for c in concepts:
-        idx = "-" if c.imagenet_index is None else c.imagenet_index
-        group = IN9_CLASSES[in9[c.imagenet_index]] if c.imagenet_index in in9 else "-"
-        print(f"{idx}\t{c.wnid}\t{c.name}\tIN-9: {group}\t{c.definition}")
-        if args.query:
-            print(f"\texample prompt: {recipe.prompt_for(c, recipe.shifts[0])}")
+    for query, concepts in found:
+        if len(concepts) > 1 and query is not None:  # a name two classes share: show both senses and how to pick one
+            print(f"{query!r} names {len(concepts)} classes; pick one by index or WordNet id "
+                  f"({' or '.join(f'{c.imagenet_index} / {c.wnid}' for c in concepts)}), e.g. --foregrounds {concepts[0].imagenet_index}:")
+        for c in concepts:
+            idx = "-" if c.imagenet_index is None else c.imagenet_index
+            group = IN9_CLASSES[in9[c.imagenet_index]] if c.imagenet_index in in9 else "-"
+            print(f"{idx}\t{c.wnid}\t{c.name}\tIN-9: {group}\t{c.definition}")
+            if query is not None:
+                print(f"\texample prompt: {recipe.prompt_for(c, recipe.shifts[0])}")
     if not args.query:
         print(f"backgrounds ({recipe.name}): " + ", ".join(f"{i} {s}" for i, s in enumerate(recipe.shifts)))
     return 0
@@ -312,7 +313,7 @@ def _register_labels(sub) -> None:
 # --- toy -------------------------------------------------------------------------------------------
 
 def cmd_toy(args: argparse.Namespace) -> int:
-    from .toy import ToyConfig, write_toy
+    from .toy import ToyConfig, unpaired, write_toy
 
     cfg = ToyConfig(out=args.out, fg_classes=args.fg_classes, bg_classes=args.bg_classes, train_per_pair=args.train_per_pair,
                     val_per_pair=args.val_per_pair, correlation=args.correlation, size=args.size, seed=args.seed,
@@ -321,6 +322,9 @@ def cmd_toy(args: argparse.Namespace) -> int:
     print(f"wrote {counts['train']} train and {counts['validation']} validation images "
           f"({cfg.fg_classes} shapes x {cfg.bg_classes} textures, {cfg.size}px, correlation {cfg.correlation}) to {args.out}; "
           f"pairs in {args.out}/pairs.json")
+    if unpaired(cfg):
+        print(f"note: more shapes than textures: {', '.join(unpaired(cfg))} have no texture of their own, so they are not "
+              f"paired (any texture, whatever --correlation) and `d3s spurious` leaves them out")
     return 0
 
 
@@ -337,7 +341,8 @@ def _register_toy(sub) -> None:
     p.add_argument("--train-per-pair", type=int, default=T.train_per_pair, help="train images per (fg, bg) pair (default: %(default)s)")
     p.add_argument("--val-per-pair", type=int, default=T.val_per_pair, help="validation images per pair (default: %(default)s)")
     p.add_argument("--correlation", type=float, default=T.correlation,
-                   help="train split: probability that fg i sits on its paired bg (pairs.json) rather than a random one (default: %(default)s = independent)")
+                   help="train split: probability that fg i sits on its paired bg i (pairs.json, one to one; shapes beyond the "
+                        "number of textures are unpaired) rather than a random one (default: %(default)s = independent)")
     p.add_argument("--size", type=int, default=T.size, help="image side in pixels (default: %(default)s)")
     p.add_argument("--shapes", metavar="NAMES", help=f"comma-separated shapes instead of the first --fg-classes: any of {', '.join(SHAPES)}")
     p.add_argument("--textures", metavar="NAMES", help=f"comma-separated textures instead of the first --bg-classes: any of {', '.join(TEXTURES)}")
@@ -390,7 +395,9 @@ def _register_train(sub) -> None:
     p.add_argument("--data", required=True, metavar="DIR", help="dataset folder (or Hub id) with image, fg and bg columns")
     p.add_argument("--out", required=True, metavar="CKPT", help="output folder: extractor, log, checkpoint")
     p.add_argument("--method", default=T.method, choices=tuple(METHODS), help="(default: %(default)s)")
-    p.add_argument("--backbone", default=T.backbone, help="timm model name (default: %(default)s)")
+    p.add_argument("--backbone", default=T.backbone,
+                   help="timm model name (default: %(default)s, the paper's ResNet-50 with PyTorch's ImageNet weights; "
+                        "timm's plain resnet50 is resnet50.a1_in1k)")
     p.add_argument("--no-pretrained", action="store_true", help="random initial backbone weights (offline, tests)")
     p.add_argument("--iters", type=int, default=T.iters, help="model updates (default: %(default)s; the paper ran 160000)")
     p.add_argument("--batch-size", type=int, default=T.batch_size, help="(default: %(default)s, as the paper)")
@@ -485,10 +492,14 @@ def cmd_spurious(args: argparse.Namespace) -> int:
 
 
 def _register_spurious(sub) -> None:
+    from .models import PAPER_BACKBONE
+
     p = sub.add_parser("spurious", help="spurious-correlation experiment: heads trained on correlated pairs (paper, Table 3)")
     p.add_argument("--data", required=True, metavar="DIR")
     p.add_argument("--checkpoint", required=True, metavar="CKPT")
-    p.add_argument("--baseline", required=True, metavar="CKPT_OR_TIMM_NAME", help="a d3s checkpoint (e.g. --method erm) or a timm model name")
+    p.add_argument("--baseline", default=PAPER_BACKBONE, metavar="CKPT_OR_TIMM_NAME",
+                   help="a d3s checkpoint (e.g. --method erm) or a timm model name (default: %(default)s, the paper's "
+                        "ResNet-50 with PyTorch's ImageNet weights)")
     p.add_argument("--no-pretrained", action="store_true", help="a timm --baseline gets random weights (offline tests)")
     p.add_argument("--pairs", metavar="FILE", help="JSON object fg class -> bg class (default: the paper's IN-9 pairs, SPEC sec. 4)")
     p.add_argument("--imagenet", metavar="DIR[:SPLIT]", help="IN-9 ImageNet val: a dataset with fg (or label) ImageNet classes")
@@ -522,7 +533,12 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         for r in rows:
             im = "-" if r["imagenet_top1"] is None else f"{100 * r['imagenet_top1']:.1f}"
             drop = "-" if r["drop_top1"] is None else f"{100 * r['drop_top1']:+.1f}"
-            print(f"{r['model']:40s} {100 * r['d3s_top1']:9.1f} {100 * r['d3s_top5']:6.1f} {im:>8s} {drop:>6s}  {r['worst_background'] or '(all tie)'}")
+            name = r["model"] + (" *" if r.get("filtered_by") else "")
+            print(f"{name:40s} {100 * r['d3s_top1']:9.1f} {100 * r['d3s_top5']:6.1f} {im:>8s} {drop:>6s}  {r['worst_background'] or '(all tie)'}")
+        marked = {r["filtered_by"] for r in rows if r.get("filtered_by")}
+        if marked:
+            print(f"* the benchmark split was filtered by a CLIP model ({', '.join(sorted(marked))}): images it got wrong were "
+                  "removed, which favours these rows")
     print(f"evaluated now: {len(summary['evaluated'])}, reused: {len(summary['skipped'])}, failed: {len(summary['failed'])}; "
           f"results in {args.out}")
     for f in summary["failed"]:
@@ -538,11 +554,12 @@ CLIP_NAME_CHOICES = ("lemma", "definition", "openai")
 
 def _register_benchmark(sub) -> None:
     p = sub.add_parser("benchmark", help="top-1/top-5 of pretrained classifiers on D3S vs ImageNet, breakdowns and plots",
-                       description="Evaluate timm models and CLIP zero-shot classifiers on a D3S split and on ImageNet val "
+                       description="Evaluate timm models and CLIP zero-shot classifiers on the D3S benchmark split and on ImageNet val "
                                    "(paper section 4). Results go to RESULTS/models/<model>.json|csv plus a summary and "
                                    "plots; rerunning skips the models already evaluated on the same data.")
     p.add_argument("--data", metavar="DIR", help="D3S dataset folder (from `d3s generate`) or Hub dataset id")
-    p.add_argument("--split", help="D3S split (default: 'validation', or the only split there is)")
+    p.add_argument("--split", help="D3S split (default: 'benchmark', the checked images `d3s split` makes, as the paper; "
+                                   "'validation' or 'train' are scored with a warning: their images are unchecked)")
     p.add_argument("--models", default="default", metavar="LIST",
                    help="comma-separated timm names (arch or arch.tag), clip:<arch>/<pretrained>, clip:tiny, or 'default' "
                         "(the paper's families; see --list-models)")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -30,12 +31,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from .dataset import DATA_DIR, DatasetFormatError, shard_paths, write_card
+from .dataset import DATA_DIR, DatasetFormatError, local_folder, shard_paths, split_files, write_card
 
 VALIDATION_FRACTION = 20_000 / 120_000  # the paper's share: 2 of every 12 images of a (fg, bg) pair
 BLANK_STD = 2.0  # pixel standard deviation (0..255) under which an image counts as blank
 # The columns `score` adds, with their `datasets` dtypes.
 SCORE_COLUMNS = {"pixel_std": "float32", "blank": "bool", "clip_rank": "int32", "clip_margin": "float32"}
+SCORE_RECORD = "d3s_score.json"  # which zero-shot model gave the clip_rank / clip_margin columns
+SPLIT_REPORT = "split_report.json"
 
 
 @dataclass
@@ -122,6 +125,7 @@ def zero_shot_scorer(name: str, pretrained: bool = True, device: str | None = No
         batch = torch.stack([transform(im) for im in images]).to(device)
         return model(batch).float().cpu().numpy()
 
+    scores.model_name = spec.name  # recorded by `score`, so the benchmark can say which model filtered it
     return scores
 
 
@@ -132,7 +136,8 @@ def score(data: str | Path, split: str = "train", zero_shot: ZeroShot | None = N
 
     paths = shard_paths(data, split)
     if not paths:
-        raise DatasetFormatError(f"{data} has no shards of split {split!r} under {DATA_DIR}/.")
+        raise DatasetFormatError(f"{data} has no shards of split {split!r} under {DATA_DIR}/ (score adds columns to the "
+                                 f"shards `d3s generate` writes, {DATA_DIR}/<split>-<first>-<last>.parquet, in place).")
     rows = blank = 0
     for path in tqdm(paths, desc="scoring shards", disable=not progress):
         table = pq.read_table(path)
@@ -160,6 +165,9 @@ def score(data: str | Path, split: str = "train", zero_shot: ZeroShot | None = N
         rows += table.num_rows
         blank += sum(s < BLANK_STD for s in stds)
     _refresh_card(data)
+    if zero_shot is not None:
+        record = {"split": split, "zero_shot": getattr(zero_shot, "model_name", None)}
+        (Path(data) / SCORE_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return {"rows": rows, "blank": blank}
 
 
@@ -174,18 +182,16 @@ def _refresh_card(data: str | Path) -> None:
 
 
 def _read_all(data: str | Path, split: str, columns: Sequence[str] | None = None) -> pa.Table:
-    paths = shard_paths(data, split)
-    if not paths:
-        raise DatasetFormatError(f"{data} has no shards of split {split!r} under {DATA_DIR}/ (is it a d3s dataset folder?).")
-    return pa.concat_tables([pq.read_table(p, columns=columns) for p in paths], promote_options="default")
+    """One split of a local dataset folder (any parquet layout, see :func:`d3s.dataset.find_splits`) as one table."""
+    return pa.concat_tables([pq.read_table(p, columns=columns) for p in split_files(data, split)], promote_options="default")
 
 
 def removal_report(data: str | Path, split: str = "train", thresholds: Thresholds = Thresholds()) -> dict:
     """How many images the automatic checks would remove, and why, overall, per class and per background."""
-    cols = [c for c in ("fg", "bg", "nsfw", "blank", "clip_rank", "clip_margin")
-            if c in pq.read_schema(shard_paths(data, split)[0]).names]
+    schema = pq.read_schema(split_files(data, split)[0])
+    cols = [c for c in ("fg", "bg", "nsfw", "blank", "clip_rank", "clip_margin") if c in schema.names]
     table = _read_all(data, split, cols)
-    fg_names, bg_names = _class_names(pq.read_schema(shard_paths(data, split)[0]))
+    fg_names, bg_names = _class_names(schema)
     reasons, per_class, per_bg = Counter(), Counter(), Counter()
     removed = 0
     for row in table.to_pylist():
@@ -242,8 +248,9 @@ def split(data: str | Path, out: str | Path, source_split: str = "train", fracti
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise DatasetFormatError(f"{out} is not empty; choose a new --out for the split dataset.")
+    data = local_folder(data)
     table = _read_all(data, source_split)
-    schema = pq.read_schema(shard_paths(data, source_split)[0])
+    schema = pq.read_schema(split_files(data, source_split)[0])
     fg_names, bg_names = _class_names(schema)
     fg, bg = table.column("fg").to_pylist(), table.column("bg").to_pylist()
     seeds = table.column("seed").to_pylist() if "seed" in table.column_names else list(range(table.num_rows))
@@ -251,6 +258,7 @@ def split(data: str | Path, out: str | Path, source_split: str = "train", fracti
     is_val = assign_validation(fg, bg, seeds, fraction, salt)
 
     removed: Counter = Counter()
+    filter_model = None
     if reviews is not None:
         from .review import ReviewStore
 
@@ -272,12 +280,16 @@ def split(data: str | Path, out: str | Path, source_split: str = "train", fracti
                 removed.update(why[:1])
             keep.append(not why)
         basis = "automatic checks" + ("" if "clip_rank" in table.column_names else " (no CLIP scores: run `d3s score` first)")
+        if "clip_rank" in table.column_names:
+            filter_model = _score_record(data).get("zero_shot")
+            basis += f" (CLIP rank <= {thresholds.max_rank} by {filter_model or 'a zero-shot model not recorded'})"
     in_benchmark = is_val & np.asarray(keep, dtype=bool)
 
     feats = datasets.Features.from_arrow_schema(schema)
     parts = {"train": ~is_val, "validation": is_val, "benchmark": in_benchmark}
     (out / DATA_DIR).mkdir(parents=True)
-    report: dict = {"source": str(data), "basis": basis, "validation_fraction": fraction, "splits": {}, "removed": dict(removed)}
+    report: dict = {"source": str(data), "basis": basis, "filter_model": filter_model, "validation_fraction": fraction,
+                    "splits": {}, "removed": dict(removed), "validation_note": validation_note(fg, bg, is_val, fraction)}
     for name, mask in parts.items():
         idx = np.flatnonzero(mask)
         part = table.take(pa.array(idx, type=pa.int64())).replace_schema_metadata(schema.metadata)
@@ -287,7 +299,7 @@ def split(data: str | Path, out: str | Path, source_split: str = "train", fracti
                 pq.write_table(chunk, out / DATA_DIR / f"{name}-{k:08d}-{(start + chunk.num_rows - 1):08d}.parquet")
         per_bg = Counter(bg_names[bg[i]] for i in idx)
         report["splits"][name] = {"rows": int(len(idx)), "per_background": {b: per_bg.get(b, 0) for b in bg_names}}
-    (out / "split_report.json").write_text(json.dumps(report, indent=2))
+    (out / SPLIT_REPORT).write_text(json.dumps(report, indent=2))
     manifest = Path(data) / "d3s_run.json"
     if manifest.exists():
         (out / "d3s_run.json").write_text(manifest.read_text())
@@ -295,10 +307,50 @@ def split(data: str | Path, out: str | Path, source_split: str = "train", fracti
     return report
 
 
+def empty_split_note(data: str | Path) -> str | None:
+    """Why `d3s split` left ``data``'s validation (and so benchmark) split empty, from its report; None otherwise."""
+    try:
+        return json.loads((Path(data) / SPLIT_REPORT).read_text()).get("validation_note")
+    except (OSError, ValueError):
+        return None
+
+
+def _score_record(data: str | Path) -> dict:
+    try:
+        return json.loads((Path(data) / SCORE_RECORD).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def validation_note(fg: Sequence[int], bg: Sequence[int], is_val: np.ndarray, fraction: float) -> str | None:
+    """What to say when some (fg, bg) cell got no validation image, with the fraction that would give each one; else None.
+
+    A cell of n images gives ``round(fraction * n)`` to validation, so every cell gets one when
+    ``fraction * n > 0.5`` for the smallest n (Python rounds 0.5 to 0).
+    """
+    sizes: Counter = Counter(zip(fg, bg))
+    in_val: Counter = Counter(k for k, v in zip(zip(fg, bg), is_val) if v)
+    empty = [k for k in sizes if not in_val[k]]
+    if not empty:
+        return None
+    smallest = min(sizes[k] for k in empty)
+    what = ("the validation split is empty" if not is_val.any()
+            else f"{len(empty)} of {len(sizes)} (fg, bg) cells have no validation image")
+    why = f"cells of {smallest} image(s) give round({fraction:.3g} x {smallest}) = {round(fraction * smallest)} to validation"
+    if smallest == 1:
+        return (f"{what}: {why}, and a cell of one image cannot give one to validation and keep one for training; "
+                "generate at least 2 images per pair (`d3s generate --per-pair`).")
+    needed = 0.5 / smallest
+    suggestion = math.floor(needed * 100) / 100 + 0.01
+    return f"{what}: {why}; --validation-fraction {suggestion:.2f} (any value above {needed:.3g}) gives every cell one."
+
+
 def format_split_report(report: dict) -> str:
     s = report["splits"]
     lines = [f"train {s['train']['rows']}, validation {s['validation']['rows']}, benchmark {s['benchmark']['rows']} "
              f"(benchmark = validation passing {report['basis']})"]
+    if report.get("validation_note"):
+        lines.append(f"warning: {report['validation_note']}")
     if report["removed"]:
         lines.append("removed from the benchmark: " + ", ".join(f"{k} {v}" for k, v in report["removed"].items()))
     names = list(s["train"]["per_background"])

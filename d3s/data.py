@@ -46,21 +46,18 @@ def label_info(ds, where: str, need_bg: bool = True) -> LabelInfo:
 
 
 def load_split(root: str, split: str, need_bg: bool = True):
-    """One split of a d3s folder (or Hub id), with a one-line error when it is missing or unlabelled."""
+    """One split of a dataset folder (any parquet layout ``datasets`` reads) or Hub id, with a one-line error when it
+    is missing or unlabelled."""
     import datasets
 
-    from .dataset import load_raw, shard_paths, splits_in
-    from pathlib import Path
+    from .dataset import load_raw
 
-    if Path(root).exists() and not shard_paths(root, split):
-        if not Path(root).is_dir() or not any(Path(root).glob("**/*.parquet")):
-            raise DatasetFormatError(f"{root} holds no d3s parquet shards (make one with `d3s generate` or `d3s toy`).")
-        if splits_in(root) or any(Path(root).glob("data/*.parquet")):
-            raise DatasetFormatError(f"{root} has no {split!r} split (found: {', '.join(splits_in(root)) or 'none'}).")
     datasets.disable_progress_bars()  # "Generating train split" bars would bury our own output and errors
     try:
         ds = load_raw(root, split=split)
     except (ValueError, FileNotFoundError) as err:
+        if isinstance(err, DatasetFormatError):
+            raise
         raise DatasetFormatError(f"cannot load split {split!r} of {root}: {str(err).splitlines()[0]}") from None
     label_info(ds, f"{root} ({split})", need_bg=need_bg)
     return ds

@@ -11,10 +11,15 @@
 Shards are parquet files holding `datasets` features in their schema metadata, written atomically
 (temporary file, then rename), so a crash never leaves a half-written shard behind. Any folder in
 this layout loads with ``datasets.load_dataset(OUT)`` with the ``fg``/``bg`` label names intact.
+
+Commands read more than they write: any parquet layout ``datasets.load_dataset(FOLDER)`` accepts (the Hub's
+own ``data/train-00000-of-00001.parquet``, ``train/*.parquet``, a card's ``configs``) and any Hub dataset id.
+:func:`find_splits` is the one place that decides which splits a folder has.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from pathlib import Path
@@ -63,6 +68,11 @@ def write_shard(root: str | Path, split: str, rows: Sequence[dict], features: da
     return path
 
 
+def is_shard_name(name: str) -> bool:
+    """Whether a file name is one of the project's own shard names (``<split>-<first>-<last>.parquet``)."""
+    return bool(_SHARD_RE.match(name))
+
+
 def shard_paths(root: str | Path, split: str | None = None) -> list[Path]:
     """The finished shards of a folder (temporary files excluded), sorted by name."""
     data = Path(root) / DATA_DIR
@@ -100,6 +110,7 @@ def read_column(paths: Iterable[Path], column: str) -> tuple[list, list[Path]]:
 
 
 def splits_in(root: str | Path) -> list[str]:
+    """The splits of the project's own shards under ``data/`` (what :func:`write_card` declares)."""
     return sorted({_SHARD_RE.match(p.name).group("split") for p in shard_paths(root)})
 
 
@@ -119,25 +130,175 @@ def write_card(root: str | Path, features: datasets.Features, body: str, extra_y
     return path
 
 
-def load_raw(root: str | Path, split: str | None = None) -> datasets.Dataset | datasets.DatasetDict:
-    """``datasets.load_dataset`` for a d3s folder or a Hub id, with no check of the columns.
+# --- any parquet layout `datasets.load_dataset(FOLDER)` reads -------------------------------------------
 
-    A local folder is loaded from its shards by absolute path: ``load_dataset(FOLDER)`` keys its cache by
+_HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")  # ORG/NAME (or a legacy NAME); a missing local path like /a/b is not one
+PEEK_DEPTH = 3  # a folder without a card must hold a parquet file at most this many folders down ...
+PEEK_ENTRIES = 5000  # ... among the first entries looked at; a bigger tree without one is refused unscanned
+
+
+def _card_configs(root: Path):
+    """The ``configs`` of the folder's card (``README.md`` YAML), as ``datasets`` reads them; empty if none."""
+    from datasets.utils.metadata import MetadataConfigs
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    readme = root / "README.md"
+    try:
+        data = DatasetCard.load(readme).data if readme.is_file() else DatasetCardData()
+        return MetadataConfigs.from_dataset_card_data(data)
+    except ValueError as err:  # a card whose YAML configs are malformed
+        raise DatasetFormatError(f"{root}/README.md declares configs that `datasets` cannot read: {str(err).strip().splitlines()[0]}") from None
+
+
+def _peek(root: Path) -> tuple[bool, str]:
+    """Look for a parquet file near the top of ``root``, breadth first, at most :data:`PEEK_ENTRIES` entries.
+
+    Returns (found, what was seen), so a folder that is not a dataset is refused in a moment even when it
+    is a huge tree (an ImageNet folder, a home directory), with a description of what it holds.
+    """
+    from collections import Counter
+
+    level, depth, seen = [root], 0, 0
+    folders: list[str] = []
+    kinds: Counter = Counter()
+    while level and depth <= PEEK_DEPTH:
+        deeper = []
+        for folder in level:
+            try:
+                with os.scandir(folder) as it:  # never more than what is left of the budget, even from a flat folder of millions
+                    entries = sorted(itertools.islice(it, PEEK_ENTRIES - seen + 1), key=lambda e: e.name)
+            except OSError:
+                continue
+            for e in entries:
+                if e.name.startswith("."):  # .git, .cache/huggingface (snapshot_download), temporary shards
+                    continue
+                seen += 1
+                if e.is_dir():  # symlinks followed: depth-limited, and the Hub cache links its files
+                    deeper.append(e.path)
+                    if depth == 0:
+                        folders.append(e.name + "/")
+                else:
+                    suffix = Path(e.name).suffix.lower()
+                    if suffix == ".parquet":
+                        return True, ""
+                    kinds[suffix or e.name] += 1
+                if seen >= PEEK_ENTRIES:
+                    return False, _describe(folders, kinds, f"no .parquet file among the first {PEEK_ENTRIES} entries")
+        level, depth = deeper, depth + 1
+    return False, _describe(folders, kinds, f"no .parquet file within {PEEK_DEPTH} folder levels")
+
+
+def _describe(folders: list[str], kinds, verdict: str) -> str:
+    parts = []
+    if folders:
+        parts.append(f"{len(folders)} folder(s) at the top ({', '.join(folders[:4])}{', ...' if len(folders) > 4 else ''})")
+    if kinds:
+        parts.append("files: " + ", ".join(f"{n} {k}" for k, n in kinds.most_common(4)))
+    return f"found {'; '.join(parts) if parts else 'nothing (an empty folder)'}; {verdict}"
+
+
+def find_splits(root: str | Path) -> dict[str, list[Path]]:
+    """The splits of a local dataset folder and their parquet files (absolute paths): the one place that decides.
+
+    1. the project's own shards (``data/<split>-<first>-<last>.parquet``, what ``d3s generate``, ``d3s toy``
+       and ``d3s split`` write): listed directly, the fast path;
+    2. otherwise the layout ``datasets.load_dataset(FOLDER)`` would read, resolved by ``datasets`` itself: the
+       ``configs`` of the card's YAML if any, else its default patterns (``data/train-00000-of-00001.parquet``
+       as ``push_to_hub`` and ``snapshot_download`` leave it, ``train/*.parquet``, ``train.parquet``...).
+
+    Before asking ``datasets`` (whose default patterns glob the whole tree), a folder without a card must show a
+    parquet file near its top (:func:`_peek`). Raises :class:`DatasetFormatError` saying what was found.
+    """
+    from datasets.data_files import DataFilesDict, EmptyDatasetError, get_data_patterns, sanitize_patterns
+
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetFormatError(f"{root} is {'a file' if root.exists() else 'not a folder'}; give a dataset folder or a Hub dataset id.")
+    ours: dict[str, list[Path]] = {}
+    for p in shard_paths(root):
+        ours.setdefault(_SHARD_RE.match(p.name).group("split"), []).append(p.resolve())
+    if ours:
+        return dict(sorted(ours.items()))
+    configs = _card_configs(root)
+    base = str(root.resolve())
+    if configs and any("data_files" in c for c in configs.values()):
+        try:
+            name = configs.get_default_config_name()
+        except ValueError as err:
+            raise DatasetFormatError(f"{root}/README.md: {err}") from None
+        if name is None:
+            raise DatasetFormatError(f"{root}/README.md declares several configs ({', '.join(configs)}) and none is the default; "
+                                     "d3s reads the default config (mark one `default: true`).")
+        patterns = sanitize_patterns(configs[name].get("data_files", []))
+    else:
+        found, seen = _peek(root)
+        if not found:
+            raise DatasetFormatError(f"{root} is not a parquet dataset: {seen} (make one with `d3s generate` or `d3s toy`, "
+                                     "or give a folder as `push_to_hub` / `snapshot_download` leave it).")
+        try:
+            patterns = get_data_patterns(base)
+        except EmptyDatasetError:
+            raise DatasetFormatError(f"{root} holds no data files that `datasets` recognises.") from None
+    try:
+        files = DataFilesDict.from_patterns(patterns, base_path=base)
+    except FileNotFoundError as err:
+        raise DatasetFormatError(f"{root}: {str(err).splitlines()[0]}") from None
+    splits = {str(s): [Path(f) for f in fs if f.endswith(".parquet")] for s, fs in files.items()}
+    splits = {s: sorted(fs) for s, fs in splits.items() if fs}
+    if not splits:
+        from collections import Counter
+
+        kinds = Counter(Path(f).suffix.lower() or Path(f).name for fs in files.values() for f in fs)
+        raise DatasetFormatError(f"{root} holds data files but no parquet ({', '.join(f'{n} {k}' for k, n in kinds.most_common(4))}); "
+                                 "d3s reads parquet datasets with image, fg and bg columns.")
+    return splits
+
+
+def local_folder(data: str | Path) -> Path:
+    """A local folder for ``data``: the folder itself, or a Hub dataset id (``ORG/NAME``) downloaded with
+    ``snapshot_download`` (its parquet files, card and JSON records), for the commands that read files directly."""
+    path = Path(data)
+    if path.exists():
+        return path
+    text = str(data)
+    if not _HUB_ID.fullmatch(text):
+        raise DatasetFormatError(f"{text} does not exist, and is not a Hub dataset id (ORG/NAME).")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(text, repo_type="dataset", allow_patterns=["*.parquet", "**/*.parquet", "README.md", "*.json"]))
+    except Exception as err:  # offline, unknown repo, no access: say which
+        raise DatasetFormatError(f"{text} is not a local folder, and the Hub dataset {text!r} could not be fetched: "
+                                 f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200] if str(err).strip() else ''}") from None
+
+
+def split_files(root: str | Path, split: str) -> list[Path]:
+    """The parquet files of one split of a local folder; refuses a missing split, naming the splits found."""
+    splits = find_splits(root)
+    if split not in splits:
+        raise DatasetFormatError(f"{root} has no {split!r} split (found: {', '.join(splits)}).")
+    return splits[split]
+
+
+def load_raw(root: str | Path, split: str | None = None) -> datasets.Dataset | datasets.DatasetDict:
+    """``datasets.load_dataset`` for a local dataset folder (any layout :func:`find_splits` accepts) or a Hub id,
+    with no check of the columns.
+
+    A local folder is loaded from its parquet files by absolute path: ``load_dataset(FOLDER)`` keys its cache by
     the folder's name and card, so two folders called ``d3s`` with the same card would share a stale cache.
     """
     local = Path(root)
-    if local.is_dir() and shard_paths(local):
-        files = {s: [str(p.resolve()) for p in shard_paths(local, s)] for s in splits_in(local)}
-        return datasets.load_dataset("parquet", data_files=files, split=split)
+    if local.exists():
+        files = {split: split_files(local, split)} if split else find_splits(local)
+        return datasets.load_dataset("parquet", data_files={s: [str(p) for p in fs] for s, fs in files.items()}, split=split)
+    if not _HUB_ID.fullmatch(str(root)):
+        raise DatasetFormatError(f"{root} does not exist, and is not a Hub dataset id (ORG/NAME).")
     return datasets.load_dataset(str(root), split=split)
 
 
 def load(root: str | Path, split: str | None = None) -> datasets.Dataset | datasets.DatasetDict:
     """Load a d3s folder (or a Hub dataset id) with ``datasets.load_dataset``; checks the label columns."""
     root_s = str(root)
-    if Path(root_s).exists() and not shard_paths(root_s, split):
-        where = f" for split {split!r}" if split else ""
-        raise DatasetFormatError(f"{root_s} holds no d3s parquet shards{where} under {DATA_DIR}/ (found splits: {', '.join(splits_in(root_s)) or 'none'}).")
     ds = load_raw(root_s, split=split)
     for part in ([ds] if split else ds.values()):
         check_labels(part, root_s)

@@ -30,8 +30,8 @@ import numpy as np
 
 from . import __version__
 from .dataset import label_features, read_column, remove_partial_files, shard_paths, write_card, write_shard
-from .guides import (DEFAULT_FG_SCALE, GuideChoice, PhotoSource, TemplateSource, build_guide, choose, photo_source,
-                     template_source)
+from .guides import (DEFAULT_FG_SCALE, GuideChoice, NoPhotos, PhotoSource, TemplateSource, build_guide, choose,
+                     photo_source, template_source)
 from .labels import Concept, label_space, parse_foregrounds
 from .prompts import Recipe, load_recipe
 
@@ -113,6 +113,7 @@ class Plan:
     classes: list[Concept]  # the fg label space
     shifts: list[int]
     items: list[PlanItem] = field(default_factory=list)
+    sources: dict = field(default_factory=dict)  # photo and template sources: path and a digest of their listing
 
     def batches(self) -> list[list[PlanItem]]:
         b = self.config.batch_size
@@ -132,7 +133,7 @@ class Plan:
             templates="procedural" if c.templates == "procedural" else "folder",
         )
         return {"d3s_version": __version__, "items": len(self.items), "photos": c.photos, "template_folder": c.templates,
-                "settings": settings}
+                "settings": settings, "sources": self.sources}
 
 
 def photo_kind(spec: str | None) -> str:
@@ -193,7 +194,8 @@ def make_plan(c: GenerationConfig) -> tuple[Plan, PhotoSource, TemplateSource]:
             for k in range(c.per_pair):
                 seed = item_seed(c.seed, concept, recipe.shifts[bg], k)
                 items.append(PlanItem(len(items), index[concept.wnid], bg, k, seed))
-    return Plan(c, recipe, concepts, classes, shifts, items), photos, templates
+    sources = {"photos": photos.identity(concepts), "templates": templates.identity([recipe.shifts[i] for i in shifts])}
+    return Plan(c, recipe, concepts, classes, shifts, items, sources), photos, templates
 
 
 def format_plan(plan: Plan) -> str:
@@ -221,21 +223,46 @@ def format_plan(plan: Plan) -> str:
 # --- 2-3. output folder and resume ------------------------------------------------------------------
 
 def check_output(plan: Plan) -> None:
-    """Refuse a folder made with other settings, or one that is not a d3s generation folder (reads only)."""
+    """Refuse a folder made with other settings or other photos or templates, or one that is not a d3s generation
+    folder (reads only)."""
     out = Path(plan.config.out)
     path = out / MANIFEST
+    if out.exists() and not out.is_dir():
+        raise GenerationError(f"--out {out} is a file; give a folder for the dataset (it is laid out as a Hub dataset repository).")
     if path.exists():
-        old = json.loads(path.read_text())["settings"]
+        manifest = json.loads(path.read_text())
+        old = manifest["settings"]
         new = plan.manifest()["settings"]
         diff = [k for k in _PLAN_KEYS if old.get(k) != new.get(k)]
-        if diff:
-            shown = "; ".join(f"{k}: folder has {_short(old.get(k))}, this run asks {_short(new.get(k))}" for k in diff)
+        shown = [f"{k}: folder has {_short(old.get(k))}, this run asks {_short(new.get(k))}" for k in diff]
+        shown += _source_differences(manifest.get("sources") or {}, plan.sources)
+        if shown:
             raise GenerationError(
-                f"{out} was generated with other settings ({shown}). Rerun with the folder's settings to resume it, "
+                f"{out} was generated with other settings ({'; '.join(shown)}). Rerun with the folder's settings to resume it, "
                 f"or choose another --out."
             )
     elif out.exists() and any(out.iterdir()):
         raise GenerationError(f"{out} exists and is not a d3s generation folder (no {MANIFEST}); choose an empty or new --out.")
+
+
+def _source_differences(old: dict, new: dict) -> list[str]:
+    """What differs between the photo/template sources a folder was made from and this run's.
+
+    Images are drawn by index into each class's sorted file list, so a resumed run must see the same list: a
+    folder with other files is refused. The same list under another path (the folder moved, or mounted
+    elsewhere on another machine) is accepted, with a note. Folders made before sources were recorded are not checked.
+    """
+    shown = []
+    for kind in ("photos", "templates"):
+        a, b = old.get(kind), new.get(kind)
+        if not a or not b:
+            continue
+        if a.get("listing") != b.get("listing") or (a.get("listing") is None and a.get("source") != b.get("source")):
+            shown.append(f"{kind}: folder made from {a.get('source')} ({a.get('files')} files, listing {a.get('listing')}), "
+                         f"this run reads {b.get('source')} ({b.get('files')} files, listing {b.get('listing')})")
+        elif a.get("source") != b.get("source"):
+            print(f"note: {kind} moved from {a.get('source')} to {b.get('source')}; the same {b.get('files')} files, resuming")
+    return shown
 
 
 def create_output(plan: Plan) -> None:
@@ -383,6 +410,9 @@ def _distributed_state():
 def generate(c: GenerationConfig, dry_run: bool = False, pipe=None, progress: bool = True) -> dict:
     """Generate (or finish generating) the dataset described by ``c``. Returns a summary dict."""
     plan, photos, templates = make_plan(c)
+    if isinstance(photos, NoPhotos) and int(os.environ.get("RANK", "0")) == 0:
+        print("note: no --imagenet photos: the guides have no foreground photo (templates only), unlike the paper's "
+              "Algorithm 1, which pastes an ImageNet photo of the class")
     if dry_run:
         print(format_plan(plan))
         return {"planned": len(plan.items), "generated": 0}

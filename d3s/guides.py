@@ -58,10 +58,20 @@ def _list_images(folder: Path) -> list[str]:
 
 # --- photos -------------------------------------------------------------------------------------
 
+def _listing_digest(refs: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(refs).encode()).hexdigest()[:16]
+
+
 class PhotoSource:
     """Foreground photos per WordNet id; references are strings recorded in each row."""
 
     description = "none"
+
+    def identity(self, concepts: Sequence[Concept]) -> dict:
+        """Where the photos come from and a digest of what a run of ``concepts`` can draw from: a resumed run
+        must draw from the same list (images are chosen by index into it)."""
+        refs = [r for c in concepts for r in self.refs(c)]
+        return {"source": self.description, "files": len(refs), "listing": _listing_digest(refs) if refs else None}
 
     def check(self, concepts: Sequence[Concept]) -> None:
         """Fail (before any model is loaded) if a concept has no photo."""
@@ -84,7 +94,7 @@ class FolderPhotos(PhotoSource):
         self.root = Path(root)
         if not self.root.is_dir():
             raise GuideSourceError(f"Photo folder {str(root)!r} does not exist; give an ImageNet-style folder DIR/<wnid>/*.JPEG.")
-        self.description = f"folder:{self.root.name}"
+        self.description = f"folder:{self.root.resolve()}"
         self._cache: dict[str, list[str]] = {}
 
     def refs(self, concept: Concept) -> list[str]:
@@ -149,8 +159,15 @@ def photo_source(spec: str | None) -> PhotoSource:
 # --- templates ------------------------------------------------------------------------------------
 
 class TemplateSource:
+    description = PROCEDURAL
+
     def refs(self, shift: str) -> list[str]:
         raise NotImplementedError
+
+    def identity(self, shifts: Sequence[str]) -> dict:
+        """As :meth:`PhotoSource.identity`, for the templates of ``shifts``."""
+        refs = [r for s in shifts for r in self.refs(s)]
+        return {"source": self.description, "files": len(refs), "listing": _listing_digest(refs)}
 
     def open(self, ref: str, size: int) -> Image.Image:
         raise NotImplementedError
@@ -166,7 +183,7 @@ class FolderTemplates(TemplateSource):
         self.root = Path(root)
         if not self.root.is_dir():
             raise GuideSourceError(f"Template folder {str(root)!r} does not exist; make one with `d3s templates --out DIR` or use 'procedural'.")
-        self.description = f"folder:{self.root.name}"
+        self.description = f"folder:{self.root.resolve()}"
 
     def refs(self, shift: str) -> list[str]:
         folder = self.root / slug(shift)

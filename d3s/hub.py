@@ -18,7 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from .dataset import DATA_DIR, DatasetFormatError, shard_paths, splits_in, write_card
+from .curate import empty_split_note
+from .dataset import DATA_DIR, DatasetFormatError, find_splits, is_shard_name, local_folder, shard_name, write_card
 
 REQUIRED_SPLITS = ("train", "validation", "benchmark")
 PAPER_CITATION = """@article{kattakinda2022d3s,
@@ -84,22 +85,31 @@ def stage_dataset(data: str | Path, out: str | Path, repo_id: str, required_spli
                   license: str = "cc-by-4.0", progress: bool = True) -> dict:
     """Write the dataset repository folder for ``repo_id`` into ``out``; returns a report.
 
-    Checks, before anything is written: ``data`` is a d3s dataset folder with ``fg``/``bg`` labels and the
-    required splits. Corrupt image rows are reported (shard and row) and skipped, with a count.
+    ``data`` is a local dataset folder in any parquet layout ``datasets`` reads (see :func:`d3s.dataset.find_splits`)
+    or a Hub dataset id. Checks, before anything is written: it has ``fg``/``bg`` labels and the required splits.
+    Corrupt image rows are reported (shard and row) and skipped, with a count.
     """
     import datasets
     from tqdm.auto import tqdm
 
     _check_repo_id(repo_id)
-    data, out = Path(data), Path(out)
-    present = splits_in(data)
-    if not present:
-        raise PublishError(f"{data} is not a d3s dataset folder: no parquet shards under {DATA_DIR}/.")
+    out = Path(out)
+    try:
+        data = local_folder(data)
+        files = find_splits(data)
+    except DatasetFormatError as err:
+        raise PublishError(f"{data} is not a d3s dataset folder: {err}") from None
+    present = list(files)
+    split_report = json.loads((data / "split_report.json").read_text()) if (data / "split_report.json").exists() else None
     missing = [s for s in required_splits if s not in present]
     if missing:
+        note = empty_split_note(data)
+        if note and "validation" in missing:  # `d3s split` ran and left validation (and so the benchmark) empty
+            raise PublishError(f"{data} has no {', '.join(missing)} rows: `d3s split` left them empty ({note}) "
+                               f"Rerun `d3s split` with that --validation-fraction, or pass --splits {','.join(present)}.")
         raise PublishError(f"{data} lacks the split(s) {', '.join(missing)} (has {', '.join(present)}); "
                            f"run `d3s split --data GENERATED --out {data}` first, or pass --splits.")
-    schema = pq.read_schema(shard_paths(data)[0])
+    schema = pq.read_schema(files[present[0]][0])
     feats = datasets.Features.from_arrow_schema(schema)
     for col in ("image", "fg", "bg"):
         if col not in feats or (col != "image" and not isinstance(feats[col], datasets.ClassLabel)):
@@ -115,8 +125,10 @@ def stage_dataset(data: str | Path, out: str | Path, repo_id: str, required_spli
     for split in present:
         per_bg: Counter = Counter()
         rows = 0
-        for path in tqdm(shard_paths(data, split), desc=f"checking {split}", disable=not progress):
-            n_bad, table = _clean_shard(path, out / DATA_DIR / path.name, problems)
+        for k, path in enumerate(tqdm(files[split], desc=f"checking {split}", disable=not progress)):
+            # staged under the project's shard names, whatever the source layout, so the card's configs cover them
+            name = path.name if is_shard_name(path.name) else shard_name(split, k, k)
+            n_bad, table = _clean_shard(path, out / DATA_DIR / name, problems)
             skipped += n_bad
             rows += table.num_rows
             per_bg.update(feats["bg"].names[b] for b in table.column("bg").to_pylist())
@@ -128,7 +140,8 @@ def stage_dataset(data: str | Path, out: str | Path, repo_id: str, required_spli
         (out / "examples").mkdir()
         grid.save(out / "examples" / "backgrounds.png")
     manifest = json.loads((data / "d3s_run.json").read_text()) if (data / "d3s_run.json").exists() else None
-    split_report = json.loads((data / "split_report.json").read_text()) if (data / "split_report.json").exists() else None
+    if split_report:
+        (out / "split_report.json").write_text(json.dumps(split_report, indent=2))  # how the benchmark split was checked
     body = dataset_card_body(repo_id, counts, feats["bg"].names, manifest, split_report, has_examples=grid is not None)
     write_card(out, feats, body, extra_yaml={
         "license": license, "pretty_name": "D3S: Diffusion Dreamed Distribution Shifts",

@@ -172,6 +172,20 @@ def wordnet_concept(key: str) -> Concept:
     return Concept(wnid=wnid, lemmas=lemmas, definition=synset.definition(), name=f"{lemmas[0]} ({wnid})")
 
 
+def lookup(key: str | int) -> list[Concept]:
+    """Every class a query can mean: one for an index, WordNet id or unique name, all of them for a name two
+    classes share (``crane``: the bird 134 and the machine 517), so a lookup can show both senses.
+
+    Unknown names are refused as by :func:`resolve_concept`, with the closest valid names.
+    """
+    text = str(key).strip()
+    if not text.startswith(WORDNET_PREFIX) and not text.isdigit() and text.lower() not in _imagenet_lookup():
+        shared = [c for c in imagenet_classes() if c.prompt_name.lower() == text.lower()]
+        if len(shared) > 1:
+            return shared
+    return [resolve_concept(key)]
+
+
 def resolve_concept(key: str | int) -> Concept:
     """An ImageNet class (index, WordNet id, name) or, with the ``wordnet:`` prefix, any noun synset."""
     if isinstance(key, str) and key.strip().startswith(WORDNET_PREFIX):

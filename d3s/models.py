@@ -10,7 +10,7 @@ background; by default the split keeps that proportion for whatever feature size
 The class names, the split and the preprocessing are ``__init__`` arguments, so they travel in
 ``config.json`` beside ``model.safetensors`` (``PyTorchModelHubMixin``)::
 
-    model = DisentangledExtractor.create("resnet50", fg_names, bg_names)      # ImageNet weights
+    model = DisentangledExtractor.create(PAPER_BACKBONE, fg_names, bg_names)  # PyTorch's ImageNet weights
     model.save_pretrained("out/run")
     model = DisentangledExtractor.from_pretrained("out/run")                  # or a Hub id
     z_fg, z_bg = model.features(images)
@@ -25,6 +25,9 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 PAPER_FEATURES, PAPER_BG_DIM = 2048, 250
+# The paper's backbone and baseline: ResNet-50 with PyTorch's (torchvision's) ImageNet weights. In timm, plain
+# ``resnet50`` is ``resnet50.a1_in1k``, other weights trained another way, so the tag is written out.
+PAPER_BACKBONE = "resnet50.tv_in1k"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 

@@ -14,8 +14,9 @@ import torch
 from PIL import Image
 
 from .guides import center_crop_resize
+from .models import PAPER_BACKBONE
 
-DEFAULT_CLASSIFIER = "resnet50"
+DEFAULT_CLASSIFIER = PAPER_BACKBONE  # ResNet-50 with PyTorch's ImageNet weights, the paper's reference
 TINY_BACKBONE = "test_resnet"
 
 

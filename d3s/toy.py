@@ -11,7 +11,11 @@ how the tests and the README show that disentanglement works, and a quick playgr
 
 The folder is in the project's dataset format (``train`` and ``validation`` splits, ``fg``/``bg``
 ClassLabels with the toy's own names) plus ``pairs.json``, the fg -> bg pairing the correlation knob
-uses, ready for ``d3s spurious --pairs``.
+uses, ready for ``d3s spurious --pairs``. Pairs are one to one, as the paper's (each IN-9 class has its own
+background): shape ``i`` goes with texture ``i``. With more shapes than textures, the extra shapes have no
+texture of their own; they are unpaired (drawn on any texture, whatever the correlation) and ``d3s spurious``
+leaves them out, as the paper leaves out ``indoors``. (Pairing two shapes with one texture would make the
+experiment's two heads read one label from the other.)
 """
 
 from __future__ import annotations
@@ -45,7 +49,8 @@ class ToyConfig:
         val_per_pair (`int`, defaults to 20): validation images per pair (always independent, so
             the validation split measures what a model learned, not the correlation).
         correlation (`float`, defaults to 0): in the train split, the probability that an image of
-            fg ``i`` is put on its paired bg ``i mod bg_classes`` rather than a uniformly drawn one.
+            fg ``i`` is put on its paired bg ``i`` rather than a uniformly drawn one (shapes beyond the number
+            of textures have no pair: always a uniformly drawn texture).
         size (`int`, defaults to 32): image side in pixels.
         seed (`int`, defaults to 0): everything is a function of it.
         shapes (`list[str]`, *optional*): the shapes to use, by name (defaults to the first
@@ -182,15 +187,21 @@ def _labels(cfg: ToyConfig, split: str, rng: np.random.Generator) -> list[tuple[
         return [p for p in pairs for _ in range(per_pair)]
     n = per_pair * len(pairs)
     fg = rng.integers(0, cfg.fg_classes, size=n)
-    paired = rng.random(n) < cfg.correlation
-    bg = np.where(paired, fg % cfg.bg_classes, rng.integers(0, cfg.bg_classes, size=n))
+    paired = (rng.random(n) < cfg.correlation) & (fg < cfg.bg_classes)  # one to one: the extra shapes have no pair
+    bg = np.where(paired, fg, rng.integers(0, cfg.bg_classes, size=n))
     return list(zip(fg.tolist(), bg.tolist()))
 
 
 def pairs(cfg: ToyConfig) -> dict[str, str]:
-    """The fg -> bg pairing of the correlation knob, by class name (for ``d3s spurious --pairs``)."""
+    """The fg -> bg pairing of the correlation knob, by class name (for ``d3s spurious --pairs``): one to one,
+    shape ``i`` with texture ``i``, for the first ``min(fg_classes, bg_classes)`` shapes."""
     shapes, textures = cfg.shape_names, cfg.texture_names
-    return {shapes[f]: textures[f % cfg.bg_classes] for f in range(cfg.fg_classes)}
+    return {shapes[f]: textures[f] for f in range(min(cfg.fg_classes, cfg.bg_classes))}
+
+
+def unpaired(cfg: ToyConfig) -> list[str]:
+    """The shapes without a texture of their own (more shapes than textures)."""
+    return cfg.shape_names[cfg.bg_classes :]
 
 
 def write_toy(cfg: ToyConfig, shard_size: int = 1000) -> dict[str, int]:

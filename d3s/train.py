@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from .models import PAPER_BACKBONE
+
 CHECKPOINT = "checkpoint.pt"
 LOG = "train_log.jsonl"
 
@@ -43,7 +45,8 @@ class TrainConfig:
         data (`str`): dataset folder (or Hub id) with ``image``, ``fg``, ``bg`` and a ``train`` split.
         out (`str`): output folder (see the module docstring).
         method (`str`, defaults to ``"wasserstein"``): ``wasserstein``, ``erm``, ``groupdro`` or ``irm``.
-        backbone (`str`, defaults to ``"resnet50"``): any timm model name.
+        backbone (`str`, defaults to ``"resnet50.tv_in1k"``): any timm model name; the default is the paper's
+            ResNet-50 with PyTorch's ImageNet weights (timm's plain ``resnet50`` is ``resnet50.a1_in1k``).
         pretrained (`bool`, defaults to True): start the backbone from timm's ImageNet weights.
         iters (`int`, defaults to 2000): model updates.
         batch_size (`int`, defaults to 64): rows of the dataset per step (global, over all processes).
@@ -63,7 +66,7 @@ class TrainConfig:
     data: str
     out: str
     method: str = "wasserstein"
-    backbone: str = "resnet50"
+    backbone: str = PAPER_BACKBONE
     pretrained: bool = True
     iters: int = 2000
     batch_size: int = 64

@@ -22,7 +22,7 @@ from d3s.hub import REQUIRED_SPLITS, publish, stage_dataset  # noqa: E402
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, metavar="DIR", help="a d3s dataset folder (see `d3s split`)")
+    parser.add_argument("--data", required=True, metavar="DIR", help="a d3s dataset folder (see `d3s split`; any parquet layout `datasets` reads) or Hub dataset id")
     parser.add_argument("--repo-id", required=True, metavar="ORG/NAME")
     parser.add_argument("--dry-run", metavar="DIR", help="write the repository folder here and upload nothing")
     parser.add_argument("--splits", default=",".join(REQUIRED_SPLITS), help="splits that must be present (default: %(default)s)")

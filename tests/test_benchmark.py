@@ -53,8 +53,14 @@ def tiny_run(tmp_path_factory, photo_dir):
 
     out = tmp_path_factory.mktemp("gen") / "d3s"
     generate(GenerationConfig(foregrounds="0,207,281", out=str(out), per_pair=1, model="tiny", size=64, steps=2,
-                              photos=str(photo_dir), batch_size=10, split="validation"), progress=False)
+                              photos=str(photo_dir), batch_size=10, split="benchmark"), progress=False)
     return out
+
+
+@pytest.fixture(scope="module")
+def synth_d3s(tmp_path_factory):
+    """conftest's synthetic split, as the split `d3s benchmark` scores by default."""
+    return write_d3s_split(tmp_path_factory.mktemp("synth") / "d3s", split="benchmark")
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +74,10 @@ def tiny_results(tmp_path_factory, tiny_run, photo_dir):
 
 def test_acceptance_files_counts_and_plots(tiny_results, tiny_run):
     out, proc = tiny_results
-    n_rows = sum(pq.ParquetFile(p).metadata.num_rows for p in shard_paths(tiny_run, "validation"))
-    for slug in ("test_resnet", "test_vit", "clip_tiny"):
-        result = json.loads((out / "models" / f"{slug}.json").read_text())
+    n_rows = sum(pq.ParquetFile(p).metadata.num_rows for p in shard_paths(tiny_run, "benchmark"))
+    for name in ("test_resnet", "test_vit", "clip:tiny"):
+        jpath, cpath = bm.result_paths(out, name)
+        result = json.loads(jpath.read_text())
         cells = result["d3s"]["per_cell"]
         assert sum(c["n"] for c in cells) == result["d3s"]["n"] == n_rows == 30
         assert len(cells) == 3 * 10  # every (fg, bg) pair of the run
@@ -80,7 +87,7 @@ def test_acceptance_files_counts_and_plots(tiny_results, tiny_run):
         assert result["d3s"]["worst_background"] is None if tie else result["d3s"]["worst_background"] in per_bg
         assert result["imagenet"]["n"] == 9
         _all_top1_le_top5(result)
-        with open(out / "models" / f"{slug}.csv", newline="") as f:
+        with open(cpath, newline="") as f:
             table = list(csv.DictReader(f))
         assert len(table) == 30 and sum(int(row["n"]) for row in table) == n_rows
         assert all(float(row["top1"]) <= float(row["top5"]) for row in table)
@@ -174,7 +181,7 @@ def test_worst_cells_come_with_the_misclassified_images(tmp_path):
     from d3s.benchmark import worst_cell_samples
     from d3s.labels import imagenet_classes
 
-    data = write_d3s_split(tmp_path / "d3s")  # our own copy: the test changes it at the end
+    data = write_d3s_split(tmp_path / "d3s", split="benchmark")  # our own copy: the test changes it at the end
     run_benchmark(BenchmarkConfig(data=str(data), out=str(tmp_path), progress=False, workers=1),
                   specs=[colour_spec()], log=lambda s: None)
     w = worst_cell_samples(tmp_path, "colour-reader", cells=5)
@@ -265,7 +272,7 @@ def test_non_imagenet_label_space_is_refused_with_the_reason(capsys, synth_d3s, 
 
 def test_missing_split_says_which_splits_exist(capsys, synth_d3s, tmp_path):
     msg = _cli_error(capsys, "benchmark", "--data", str(synth_d3s), "--split", "test", "--models", "test_resnet", "--out", str(tmp_path))
-    assert "for split 'test'" in msg and "found splits: validation" in msg
+    assert "no 'test' split (found: benchmark)" in msg
 
 
 def test_empty_split_says_so(capsys, tmp_path):
@@ -279,7 +286,7 @@ def test_empty_split_says_so(capsys, tmp_path):
 
     feats = datasets.Features({"image": datasets.Image(), **label_features([c.name for c in imagenet_classes()], list(BACKGROUNDS))})
     (tmp_path / "d3s" / "data").mkdir(parents=True)
-    pq.write_table(pa.Table.from_pylist([], schema=feats.arrow_schema), tmp_path / "d3s" / "data" / "validation-00000000-00000000.parquet")
+    pq.write_table(pa.Table.from_pylist([], schema=feats.arrow_schema), tmp_path / "d3s" / "data" / "benchmark-00000000-00000000.parquet")
     write_card(tmp_path / "d3s", feats, "empty")
     msg = _cli_error(capsys, "benchmark", "--data", str(tmp_path / "d3s"), "--models", "test_resnet", "--out", str(tmp_path / "r"))
     assert "is empty (0 rows)" in msg
@@ -291,7 +298,7 @@ def test_split_without_fg_labels_says_so(capsys, tmp_path):
     from d3s.dataset import write_card, write_shard
 
     feats = datasets.Features({"item_id": datasets.Value("int64"), "image": datasets.Image(), "bg": datasets.ClassLabel(names=["a", "b"])})
-    write_shard(tmp_path / "d3s", "validation", [{"item_id": 0, "image": Image.new("RGB", (8, 8)), "bg": 0}], feats)
+    write_shard(tmp_path / "d3s", "benchmark", [{"item_id": 0, "image": Image.new("RGB", (8, 8)), "bg": 0}], feats)
     write_card(tmp_path / "d3s", feats, "no fg")
     msg = _cli_error(capsys, "benchmark", "--data", str(tmp_path / "d3s"), "--models", "test_resnet", "--out", str(tmp_path / "r"))
     assert "has no 'fg' ClassLabel column" in msg
@@ -299,7 +306,7 @@ def test_split_without_fg_labels_says_so(capsys, tmp_path):
 
 def test_fg_labels_that_are_not_imagenet_are_refused(capsys, tmp_path):
     names = [f"class{i}" for i in range(1000)]
-    write_d3s_split(tmp_path / "d3s", fg_names=names, backgrounds=range(2))
+    write_d3s_split(tmp_path / "d3s", split="benchmark", fg_names=names, backgrounds=range(2))
     msg = _cli_error(capsys, "benchmark", "--data", str(tmp_path / "d3s"), "--models", "test_resnet", "--out", str(tmp_path / "r"))
     assert "not the ImageNet-1k classes" in msg and "'tench'" in msg
 

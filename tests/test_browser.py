@@ -95,7 +95,7 @@ def results_folder(tmp_path_factory):
     from conftest import run_d3s, write_colour_photos, write_d3s_split
 
     root = tmp_path_factory.mktemp("bench")
-    data, photos = write_d3s_split(root / "d3s"), write_colour_photos(root / "photos")
+    data, photos = write_d3s_split(root / "d3s", split="benchmark"), write_colour_photos(root / "photos")
     out = root / "results"
     proc = run_d3s("benchmark", "--data", str(data), "--models", "test_resnet,clip:tiny", "--imagenet-val", str(photos),
                    "--no-pretrained", "--out", str(out), "--quiet", "--workers", "1")

@@ -89,7 +89,7 @@ def test_validation_assignment_is_stratified_and_reproducible():
 
 
 def test_split_refuses_a_folder_without_shards(tmp_path):
-    with pytest.raises(DatasetFormatError, match="no shards"):
+    with pytest.raises(DatasetFormatError, match="is not a parquet dataset: found nothing"):
         split(tmp_path, tmp_path / "out")
 
 
