@@ -626,17 +626,11 @@ def write_summary(out: str | Path, data: dict, failed: list[dict], bg_names: lis
 
 # --- the run ---------------------------------------------------------------------------------------
 
-@dataclass
-class BenchmarkConfig:
-    """Settings of a benchmark run.
+@dataclass(kw_only=True)
+class ModelRun:
+    """Settings shared by runs over classifiers (`d3s benchmark`, `d3s bgchallenge`).
 
     Args:
-        data (`str`): D3S dataset folder (``d3s generate``'s output) or Hub id.
-        out (`str`): results folder; reused runs skip the models already evaluated there.
-        models (`str` or `list`, defaults to ``"default"``): timm names, ``clip:<arch>/<pretrained>``, ``default``.
-        split (`str`, *optional*): D3S split; default ``validation``, or the only split there is.
-        imagenet_val (`str`, *optional*): ImageNet val as an ImageNet-style folder or a Hub id; without it,
-            no drop is computed and the drop and scatter plots are skipped.
         pretrained (`bool`, defaults to `True`): released weights; `False` = random weights, offline.
         clip_prompts (`str`, defaults to ``"single"``): ``single`` (``a photo of a {name}.``) or ``ensemble``.
         clip_names (`str`, defaults to ``"lemma"``): ``lemma``, ``definition`` or ``openai``.
@@ -644,13 +638,9 @@ class BenchmarkConfig:
             inference batch, torch device, decoding threads.
         cache_dir (`str`, *optional*): where decoded arrays are memory-mapped (a temporary folder, removed after).
         plots (`bool`, defaults to `True`): draw the plots after the run.
+        progress (`bool`, defaults to `True`): progress bars.
     """
 
-    data: str
-    out: str
-    models: str | list[str] = "default"
-    split: str | None = None
-    imagenet_val: str | None = None
     pretrained: bool = True
     clip_prompts: str = "single"
     clip_names: str = "lemma"
@@ -662,7 +652,27 @@ class BenchmarkConfig:
     progress: bool = True
 
 
-def check_config(c: BenchmarkConfig) -> None:
+@dataclass
+class BenchmarkConfig(ModelRun):
+    """Settings of a benchmark run, and those of :class:`ModelRun`.
+
+    Args:
+        data (`str`): D3S dataset folder (``d3s generate``'s output) or Hub id.
+        out (`str`): results folder; reused runs skip the models already evaluated there.
+        models (`str` or `list`, defaults to ``"default"``): timm names, ``clip:<arch>/<pretrained>``, ``default``.
+        split (`str`, *optional*): D3S split; default ``validation``, or the only split there is.
+        imagenet_val (`str`, *optional*): ImageNet val as an ImageNet-style folder or a Hub id; without it,
+            no drop is computed and the drop and scatter plots are skipped.
+    """
+
+    data: str
+    out: str
+    models: str | list[str] = "default"
+    split: str | None = None
+    imagenet_val: str | None = None
+
+
+def check_config(c: ModelRun) -> None:
     if c.batch_size < 1:
         raise BenchmarkError(f"--batch-size must be at least 1, got {c.batch_size}.")
     if c.workers < 0:

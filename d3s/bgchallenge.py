@@ -40,8 +40,8 @@ from typing import Callable
 import numpy as np
 
 from . import __version__
-from .benchmark import (ImageSet, _csv, _write_atomic, check_config, collect_results, decode, on_device, predict_top5,
-                        resolve_device, result_paths, run_models)
+from .benchmark import (ImageSet, ModelRun, _csv, _write_atomic, check_config, collect_results, decode, on_device,
+                        predict_top5, resolve_device, result_paths, run_models)
 from .classifiers import D3S_PREFIX, ClassifierSpec, parse_model_list, resolve_classifiers
 from .guides import IMAGE_EXTENSIONS
 from .labels import IN9_CLASSES, imagenet_to_in9
@@ -206,7 +206,7 @@ def in9_accuracy(pred: np.ndarray, labels: np.ndarray) -> dict:
 # --- 3. adversarial backgrounds --------------------------------------------------------------------
 
 def adversarial_search(logits_of: Callable, fgs: np.ndarray, alphas: np.ndarray, labels: np.ndarray, bgs: np.ndarray,
-                       batch_size: int = 128, device="cpu", progress: bool = False, desc: str | None = None) -> dict:
+                       batch_size: int = 64, device="cpu", progress: bool = False, desc: str | None = None) -> dict:
     """Which foregrounds some background turns into a wrong IN-9 answer (the challenge's adversarial backgrounds).
 
     Args:
@@ -214,7 +214,7 @@ def adversarial_search(logits_of: Callable, fgs: np.ndarray, alphas: np.ndarray,
         fgs (`np.ndarray`): the images ``(F, 3, H, W)`` uint8; alphas (`np.ndarray`): their masks ``(F, 1, H, W)``
             uint8 (0..255, decoded like the images); labels (`np.ndarray`): their IN-9 classes ``(F,)``.
         bgs (`np.ndarray`): the candidate backgrounds ``(B, 3, H, W)`` uint8.
-        batch_size (`int`, defaults to 128): composites per forward pass (halved on out-of-memory).
+        batch_size (`int`, defaults to 64): composites per forward pass (halved on out-of-memory).
 
     A composite is ``bg * (1 - a) + fg * a`` in float. Per foreground the search stops at the first
     background that fools the model. Foregrounds are searched ``batch_size`` at a time: each step every
@@ -280,8 +280,8 @@ def adversarial_search(logits_of: Callable, fgs: np.ndarray, alphas: np.ndarray,
 # --- 4. a model's result ---------------------------------------------------------------------------
 
 @dataclass
-class BgChallengeConfig:
-    """Settings of a Backgrounds Challenge run.
+class BgChallengeConfig(ModelRun):
+    """Settings of a Backgrounds Challenge run, and those of :class:`d3s.benchmark.ModelRun`.
 
     Args:
         data (`str`): the challenge folder (see the module docstring).
@@ -291,8 +291,6 @@ class BgChallengeConfig:
         checkpoints (`list[str]`): d3s extractors (``d3s train --out`` folders or Hub ids), evaluated through their fg head.
         adversarial_limit (`int`, *optional*): foregrounds per class searched for adversarial backgrounds
             (default all 450; 0 skips the search, the costly part).
-        batch_size (`int`, defaults to 128): images or composites per forward pass.
-        pretrained, clip_prompts, clip_names, device, workers, cache_dir, plots, progress: as :class:`d3s.benchmark.BenchmarkConfig`.
     """
 
     data: str
@@ -300,15 +298,6 @@ class BgChallengeConfig:
     models: str | list[str] = DEFAULT_MODELS
     checkpoints: list[str] = field(default_factory=list)
     adversarial_limit: int | None = None
-    pretrained: bool = True
-    clip_prompts: str = "single"
-    clip_names: str = "lemma"
-    batch_size: int = 128
-    device: str = "auto"
-    workers: int = 4
-    cache_dir: str | None = None
-    plots: bool = True
-    progress: bool = True
 
 
 def evaluate_model(spec: ClassifierSpec, shared_arrays: Callable[[], dict], ch: Challenge, data: dict,

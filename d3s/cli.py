@@ -501,10 +501,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
         raise BenchmarkError("--data and --out are required (or --list-models to see the default models).")
     config = BenchmarkConfig(data=args.data, out=args.out, models=args.models, split=args.split,
-                             imagenet_val=args.imagenet_val, pretrained=not args.no_pretrained,
-                             clip_prompts=args.clip_prompts, clip_names=args.clip_names, batch_size=args.batch_size,
-                             device=args.device, workers=args.workers, cache_dir=args.cache_dir, plots=not args.no_plots,
-                             progress=not args.quiet)
+                             imagenet_val=args.imagenet_val, **_model_run_settings(args))
     summary = run_benchmark(config, log=print)
     rows = summary["models"]
     if rows:
@@ -539,20 +536,31 @@ def _register_benchmark(sub) -> None:
     p.add_argument("--imagenet-val", metavar="DIR|ID", help="ImageNet val: ImageNet-style folder DIR/<wnid>/* or Hub id "
                                                              "[hf:]ORG/NAME[:split]; needed for the drop and the scatter plot")
     p.add_argument("--out", metavar="RESULTS", help="results folder (resumable)")
+    _add_model_run_args(p)
+    p.add_argument("--list-models", action="store_true", help="print the default models and their families, then exit")
+    p.set_defaults(func=cmd_benchmark)
+
+
+def _add_model_run_args(p: argparse.ArgumentParser) -> None:
+    """The options of d3s.benchmark.ModelRun, shared by `d3s benchmark` and `d3s bgchallenge`."""
     p.add_argument("--no-pretrained", action="store_true", help="random weights (offline smoke runs and tests)")
     p.add_argument("--clip-prompts", default="single", choices=CLIP_PROMPT_CHOICES,
                    help="single: the paper's 'a photo of a {name}.'; ensemble: OpenAI's 80 ImageNet templates (default: %(default)s)")
     p.add_argument("--clip-names", default="lemma", choices=CLIP_NAME_CHOICES,
                    help="class names of the zero-shot head: lemma (first WordNet lemma, shared names disambiguated by "
                         "their definition), definition (every class 'name, definition'), openai (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=64, help="inference batch (halved on out-of-memory) (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass, halved on out-of-memory (default: %(default)s)")
     p.add_argument("--device", default="auto", help="torch device, or auto (default: %(default)s)")
     p.add_argument("--workers", type=int, default=4, help="image decoding threads (default: %(default)s)")
     p.add_argument("--cache-dir", metavar="DIR", help="where decoded images are memory-mapped while in use (default: system temp)")
     p.add_argument("--no-plots", action="store_true", help="write results only")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--list-models", action="store_true", help="print the default models and their families, then exit")
-    p.set_defaults(func=cmd_benchmark)
+
+
+def _model_run_settings(args: argparse.Namespace) -> dict:
+    return {"pretrained": not args.no_pretrained, "clip_prompts": args.clip_prompts, "clip_names": args.clip_names,
+            "batch_size": args.batch_size, "device": args.device, "workers": args.workers, "cache_dir": args.cache_dir,
+            "plots": not args.no_plots, "progress": not args.quiet}
 
 
 # --- bgchallenge -----------------------------------------------------------------------------------
@@ -561,10 +569,7 @@ def cmd_bgchallenge(args: argparse.Namespace) -> int:
     from .bgchallenge import TABLE_MD, BgChallengeConfig, run_bgchallenge
 
     config = BgChallengeConfig(data=args.data, out=args.out, models=args.models, checkpoints=args.checkpoint or [],
-                               adversarial_limit=args.adversarial_limit, pretrained=not args.no_pretrained,
-                               clip_prompts=args.clip_prompts, clip_names=args.clip_names, batch_size=args.batch_size,
-                               device=args.device, workers=args.workers, cache_dir=args.cache_dir, plots=not args.no_plots,
-                               progress=not args.quiet)
+                               adversarial_limit=args.adversarial_limit, **_model_run_settings(args))
     summary = run_bgchallenge(config, log=print)
     if summary["models"]:
         with open(f"{summary['out']}/{TABLE_MD}") as f:
@@ -600,15 +605,7 @@ def _register_bgchallenge(sub) -> None:
     p.add_argument("--out", required=True, metavar="RESULTS", help="results folder (resumable); written to RESULTS/bgchallenge/")
     p.add_argument("--adversarial-limit", type=int, metavar="N",
                    help="search adversarial backgrounds for the first N foregrounds of each class only (default: all 450; 0: no search)")
-    p.add_argument("--no-pretrained", action="store_true", help="random weights (offline smoke runs and tests)")
-    p.add_argument("--clip-prompts", default="single", choices=CLIP_PROMPT_CHOICES, help="CLIP zero-shot prompts (default: %(default)s)")
-    p.add_argument("--clip-names", default="lemma", choices=CLIP_NAME_CHOICES, help="CLIP class names (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=128, help="images or composites per forward pass, halved on out-of-memory (default: %(default)s)")
-    p.add_argument("--device", default="auto", help="torch device, or auto (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=4, help="image decoding threads (default: %(default)s)")
-    p.add_argument("--cache-dir", metavar="DIR", help="where decoded images are memory-mapped while in use (default: system temp)")
-    p.add_argument("--no-plots", action="store_true", help="write results and the table only")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_model_run_args(p)
     p.set_defaults(func=cmd_bgchallenge)
 
 

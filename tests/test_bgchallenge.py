@@ -247,3 +247,23 @@ def _toy_checkpoint(tmp_path):
     ext = DisentangledExtractor("test_resnet", ["circle", "square"], ["plain", "dots"], image_size=16)
     ext.save_pretrained(tmp_path / "toy-ckpt")
     return tmp_path / "toy-ckpt"
+
+
+def test_a_d3s_checkpoint_resolves_to_its_own_preprocessing_and_weights(colour_extractor, tmp_path):
+    """`d3s:<checkpoint>` in the registry (benchmark and bgchallenge alike): the extractor's size, bicubic, its mean/std,
+    and an identity that changes with its weights, so a retrained checkpoint is not taken for the old one."""
+    import shutil
+
+    from d3s.models import DisentangledExtractor
+
+    spec = resolve_classifier(f"d3s:{colour_extractor}")
+    assert (spec.kind, spec.extra_data) == ("d3s", True)
+    assert spec.data_config == {"input_size": (3, 32, 32), "interpolation": "bicubic", "crop_pct": 1.0, "crop_mode": "center",
+                                "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+    other = tmp_path / "retrained"
+    shutil.copytree(colour_extractor, other)
+    model = DisentangledExtractor.from_pretrained(other)
+    with torch.no_grad():
+        model.fg_head.bias.add_(1.0)
+    model.save_pretrained(other)
+    assert resolve_classifier(f"d3s:{other}").identity()["weights"] != spec.identity()["weights"]
