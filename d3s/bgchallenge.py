@@ -259,20 +259,18 @@ def adversarial_search(logits_of: Callable, fgs: np.ndarray, alphas: np.ndarray,
             composites += len(bj)
             start = 0
             for i, order in step:
-                js, w = order[:k], wrong[start : start + min(k, len(order))]
+                js = order[:k]
+                w = wrong[start : start + len(js)]
                 start += len(js)
                 fooled[js[w]] += 1
-                if w.any():
-                    tried[i] += int(np.argmax(w)) + 1
-                    fooled_by[i] = js[int(np.argmax(w))]
-                elif len(order) > k:
-                    tried[i] += k
-                    active[i] = order[k:]
-                    continue
+                first = int(np.argmax(w)) if w.any() else -1
+                tried[i] += first + 1 if first >= 0 else len(js)
+                if first >= 0 or len(order) == len(js):  # fooled, or every background tried: done
+                    fooled_by[i] = js[first] if first >= 0 else -1
+                    del active[i]
+                    bar.update(1)
                 else:
-                    tried[i] += len(js)
-                del active[i]
-                bar.update(1)
+                    active[i] = order[len(js) :]
     bar.close()
     return {"fooled_by": fooled_by, "tried": tried, "composites": int(composites)}
 

@@ -146,6 +146,39 @@ def test_in9_rule_is_the_superclass_of_the_top1_class():
     assert table[281] == -1 and (table >= 0).sum() == 370  # tabby: no IN-9 class, so a carnivore read as tabby is wrong
 
 
+def test_adversarial_search_finds_what_brute_force_finds():
+    """Whatever the batch size (pool smaller or larger than the foregrounds), the search marks exactly the foregrounds
+    that some background fools, names one that does, and evaluates no more composites than brute force."""
+    from d3s.bgchallenge import adversarial_search
+
+    rng = np.random.default_rng(0)
+    n_fg, n_bg = 13, 17
+    fgs, bgs = rng.integers(0, 256, (n_fg, 3, 2, 2), dtype=np.uint8), rng.integers(0, 256, (n_bg, 3, 2, 2), dtype=np.uint8)
+    alphas = rng.choice([0, 255], (n_fg, 1, 2, 2)).astype(np.uint8)
+    labels = rng.integers(0, 9, n_fg)
+    answers = torch.tensor([207, 10, 407, 33, 269, 300, 401, 365, 0, 281])  # IN-9 classes 0..8, then tabby (none)
+
+    def logits_of(x):  # the ImageNet class read from the mean red value, in ten bins
+        out = torch.zeros(len(x), 1000)
+        out[torch.arange(len(x)), answers[(x[:, 0].mean(dim=(1, 2)) / 25.6).long().clamp(0, 9)]] = 1.0
+        return out
+
+    def answer(i, j):
+        a = alphas[i].astype(float) / 255
+        x = torch.tensor(bgs[j] * (1 - a) + fgs[i] * a)[None].float()
+        return int(in9_of_imagenet()[int(logits_of(x).argmax())])
+
+    alphas[:4] = 255  # these four cover the whole image: no background changes the answer...
+    labels[:3] = [answer(i, 0) for i in range(3)]  # ...right for three of them, so those are safe
+    wrong = np.array([[answer(i, j) != labels[i] for j in range(n_bg)] for i in range(n_fg)])
+    assert 0 < wrong.any(axis=1).sum() < n_fg  # some foregrounds are safe, some are not
+    for batch_size in (1, 4, 64):
+        r = adversarial_search(logits_of, fgs, alphas, labels, bgs, batch_size=batch_size)
+        assert ((r["fooled_by"] >= 0) == wrong.any(axis=1)).all(), batch_size
+        assert all(wrong[i, j] for i, j in enumerate(r["fooled_by"]) if j >= 0)
+        assert (r["tried"][r["fooled_by"] < 0] == n_bg).all() and r["composites"] <= n_fg * n_bg
+
+
 def test_known_answers_for_timm_clip_and_a_d3s_extractor(bg_challenge, colour_extractor, tmp_path):
     specs = [_with_weights(resolve_classifier("test_resnet", pretrained=False), _timm_colour),
              _with_weights(resolve_classifier("clip:tiny"), colour_clip),

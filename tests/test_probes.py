@@ -8,7 +8,7 @@ from d3s.models import DisentangledExtractor
 from d3s.probes import fit_probe, run_probes
 from d3s.spurious import IN9_PAIRS, SpuriousError, coarse_fg_map, load_pairs
 
-from conftest import fg_only_copy, run_cli
+from conftest import run_cli
 
 
 def test_probe_reads_small_scale_information():
