@@ -192,13 +192,13 @@ def spurious(data: str, checkpoint: str, baseline: str, pairs_file: str | None =
     if in9:
         ids = _in9_dataset(in9)
         in9_to_pair = torch.tensor([list(pairs).index(c) if c in pairs else -1 for c in IN9_CLASSES])
-        z_im, fg_im, _ = _features(model, ids, model.image_size, device)
-        zb_im, _, _ = _features(base, ids, base_size, device)
-        keep = in9_to_pair[fg_im] >= 0
-        im = {"z_fg": model.split(z_im)[0][keep], "all": z_im[keep], "baseline": zb_im[keep], "fg": in9_to_pair[fg_im][keep]}
-        counts["imagenet_fg"] = int(keep.sum())
+        keep = in9_to_pair[torch.tensor(ids["fg"])] >= 0
         if not keep.any():
             raise SpuriousError(f"--in9 {in9} holds no image of the paired classes ({', '.join(pairs)}).")
+        z_im, fg_im, _ = _features(model, ids, model.image_size, device)
+        zb_im, _, _ = _features(base, ids, base_size, device)
+        im = {"z_fg": model.split(z_im)[0][keep], "all": z_im[keep], "baseline": zb_im[keep], "fg": in9_to_pair[fg_im][keep]}
+        counts["imagenet_fg"] = int(keep.sum())
 
     sets = {"correct": ("z_fg", "z_bg"), "all": ("all", "all"), "baseline": ("baseline", "baseline")}
     result: dict = {}
