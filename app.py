@@ -8,12 +8,14 @@ Tabs: Predict (upload a photo: top-5 foreground classes from the disentangled fg
 probabilities from the bg head, beside a standard ImageNet classifier); Generate (one D3S image live: a foreground class on a background, from a guide, i.e. an optional
 uploaded photo pasted on a background template, and the paper's prompt); Dataset (browse a D3S folder
 or Hub dataset as a grid by class and background); Review (the human check of each image, answers
-saved to a SQLite review store); Benchmark (a `d3s benchmark` results folder as interactive plots).
+saved to a SQLite review store); Benchmark (a `d3s benchmark` results folder as interactive plots, and the
+Backgrounds Challenge table and plot of `d3s bgchallenge` when the folder has them).
 
 API (``gradio_client``): ``/generate`` (foreground, background, seed) -> (guide, image, prompt);
 ``/predict`` (image) -> (fg top-5, bg probabilities, standard classifier top-5);
 ``/benchmark_results`` (results folder) -> (drop plot, scatter plot, per-background plot, heatmap, table, model list);
-``/benchmark_cells`` (results folder, model) -> (worst cells table, sample images, note).
+``/benchmark_cells`` (results folder, model) -> (worst cells table, sample images, note);
+``/bgchallenge_results`` (results folder) -> (note, Backgrounds Challenge table, plot).
 """
 
 from __future__ import annotations
@@ -236,12 +238,16 @@ def _results_folder(folder: str | None) -> str:
 
 
 def load_benchmark(folder: str):
-    """A results folder of `d3s benchmark` -> the Benchmark tab's plots and table."""
+    """A results folder of `d3s benchmark` -> the Benchmark tab's plots and table (empty when the folder only
+    has Backgrounds Challenge results)."""
+    from d3s.bgchallenge import read_summary
     from d3s.plots import interactive_tables
 
     try:
         t = interactive_tables(_results_folder(folder))
     except FileNotFoundError as err:
+        if read_summary(_results_folder(folder)) is not None:
+            return None, None, None, None, None, gr.Dropdown(choices=[], value=None)
         raise gr.Error(str(err)) from err
     models, per_bg = t["models"], t["per_background"]
     with_ref = models.dropna(subset=["imagenet_top1"])
@@ -255,6 +261,25 @@ def load_benchmark(folder: str):
     names = list(models["model"])
     picker = gr.Dropdown(choices=names, value=names[0] if names else None)
     return drop, scatter, per_background, t["heatmap"], table, picker
+
+
+def load_bgchallenge(folder: str):
+    """The Backgrounds Challenge results of a folder (`d3s bgchallenge --out`): a note, the table (%), the plot."""
+    import pandas as pd
+
+    from d3s.bgchallenge import PLOT, SUBDIR, TITLES, VARIATIONS, read_summary
+
+    out = _results_folder(folder)
+    summary = read_summary(out)
+    if summary is None or not summary["models"]:
+        return f"No Backgrounds Challenge results in `{out}` (`d3s bgchallenge --data DIR --out {out}` adds them).", None, None
+    cols = [*VARIATIONS, "bg_gap", "adversarial"]
+    table = pd.DataFrame([{"model": r["model"], **{TITLES[c]: None if r[c] is None else round(100 * r[c], 1) for c in cols}}
+                          for r in summary["models"]])
+    plot = Path(out) / SUBDIR / PLOT
+    note = ("**Backgrounds Challenge** (IN-9 accuracy, %; the top-1 ImageNet class mapped to its IN-9 class, a class outside "
+            "IN-9 is wrong). BG-Gap: Mixed-Same - Mixed-Rand; Adversarial: foregrounds no background fools.")
+    return note, table, str(plot) if plot.is_file() else None
 
 
 def show_worst_cells(folder: str, model: str | None):
@@ -376,7 +401,8 @@ def build_app(models: Models, settings: Settings | None = None) -> gr.Blocks:
                               review_out, api_name="review_missing")
 
         with gr.Tab("Benchmark", id="benchmark"):
-            gr.Markdown("Results of `d3s benchmark --out RESULTS`: how much each model loses on D3S's shuffled backgrounds.")
+            gr.Markdown("Results of `d3s benchmark --out RESULTS`: how much each model loses on D3S's shuffled backgrounds; "
+                        "and of `d3s bgchallenge --out RESULTS` (the Backgrounds Challenge, paper Table 4).")
             with gr.Row():
                 folder = gr.Textbox(value=os.environ.get("D3S_RESULTS", "results"), label="Results folder", elem_id="results-folder")
                 show = gr.Button("Show", variant="primary", elem_id="benchmark-button")
@@ -395,8 +421,14 @@ def build_app(models: Models, settings: Settings | None = None) -> gr.Blocks:
                 cells_table = gr.Dataframe(label="Worst cells", elem_id="benchmark-cells", scale=2)
                 cells_gallery = gr.Gallery(label="Samples (true class / background: the model's top-1)",
                                            columns=4, height="auto", elem_id="benchmark-samples", scale=3)
+            bgc_note = gr.Markdown(elem_id="bgchallenge-note")
+            with gr.Row():
+                bgc_table = gr.Dataframe(label="Backgrounds Challenge (%)", elem_id="bgchallenge-table", scale=3)
+                bgc_plot = gr.Image(label="Backgrounds Challenge", type="filepath", elem_id="bgchallenge-plot", scale=2)
             show.click(load_benchmark, inputs=[folder], outputs=[drop_plot, scatter_plot, bg_plot, heatmap_img, table, model_pick],
                        api_name="benchmark_results", concurrency_limit=4)
+            show.click(load_bgchallenge, inputs=[folder], outputs=[bgc_note, bgc_table, bgc_plot], api_name="bgchallenge_results",
+                       concurrency_limit=4)
             cells_io = dict(fn=show_worst_cells, inputs=[folder, model_pick], outputs=[cells_table, cells_gallery, cells_note])
             cells_btn.click(**cells_io, api_name="benchmark_cells", concurrency_limit=4)
             model_pick.input(**cells_io, api_name=False)

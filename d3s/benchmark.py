@@ -348,16 +348,15 @@ def resolve_device(device: str = "auto"):
     return torch.device(device)
 
 
-def predict_top5(model, data_config: dict, images: np.ndarray, batch_size: int = 64, device="cpu",
-                 desc: str | None = None, progress: bool = False) -> np.ndarray:
-    """Top-5 class indices ``(N, 5)`` for uint8 images ``(N, 3, H, W)``.
+def on_device(model, data_config: dict, device="cpu") -> Callable:
+    """The model on ``device``, as a function from an image batch already there (uint8 or float 0..255,
+    ``(N, 3, H, W)``) to float logits.
 
     Normalisation with the model's own mean/std happens on the device. On CUDA the model runs
-    channels-last under bf16 (fp16 where bf16 is unsupported) autocast, and an out-of-memory batch
-    is retried at half the size.
+    channels-last under bf16 (fp16 where bf16 is unsupported) autocast. Call it under
+    ``torch.inference_mode()``.
     """
     import torch
-    from tqdm.auto import tqdm
 
     device = torch.device(device)
     cuda = device.type == "cuda"
@@ -367,20 +366,37 @@ def predict_top5(model, data_config: dict, images: np.ndarray, batch_size: int =
     amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else None
     mean = torch.tensor(data_config["mean"], device=device).view(1, 3, 1, 1) * 255
     std = torch.tensor(data_config["std"], device=device).view(1, 3, 1, 1) * 255
+
+    def logits(x):
+        x = x.float().sub_(mean).div_(std) if x.dtype == torch.uint8 else (x - mean) / std
+        if cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=cuda):
+            return model(x).float()
+
+    return logits
+
+
+def predict_top5(model, data_config: dict, images: np.ndarray, batch_size: int = 64, device="cpu",
+                 desc: str | None = None, progress: bool = False) -> np.ndarray:
+    """Top-5 class indices ``(N, 5)`` for uint8 images ``(N, 3, H, W)`` (see :func:`on_device`); an
+    out-of-memory batch is retried at half the size."""
+    import torch
+    from tqdm.auto import tqdm
+
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    logits_of = on_device(model, data_config, device)
     n = len(images)
     out = np.empty((n, 5), dtype=np.int64)
     bar = tqdm(total=n, unit="img", desc=desc, disable=not progress)
     start = 0
-    with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype, enabled=cuda):
+    with torch.inference_mode():
         while start < n:
             stop = min(start + batch_size, n)
             try:
                 x = torch.from_numpy(np.ascontiguousarray(images[start:stop]))
-                x = (x.pin_memory() if cuda else x).to(device, non_blocking=True)
-                x = x.float().sub_(mean).div_(std)
-                if cuda:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                logits = model(x)
+                logits = logits_of((x.pin_memory() if cuda else x).to(device, non_blocking=True))
             except torch.OutOfMemoryError:
                 if batch_size == 1:
                     raise
@@ -388,7 +404,7 @@ def predict_top5(model, data_config: dict, images: np.ndarray, batch_size: int =
                 if cuda:
                     torch.cuda.empty_cache()
                 continue
-            out[start:stop] = logits.float().topk(5, dim=1).indices.cpu().numpy()
+            out[start:stop] = logits.topk(5, dim=1).indices.cpu().numpy()
             bar.update(stop - start)
             start = stop
     bar.close()
@@ -663,18 +679,11 @@ def write_summary(out: str | Path, data: dict, failed: list[dict], bg_names: lis
 
 # --- the run ---------------------------------------------------------------------------------------
 
-@dataclass
-class BenchmarkConfig:
-    """Settings of a benchmark run.
+@dataclass(kw_only=True)
+class ModelRun:
+    """Settings shared by runs over classifiers (`d3s benchmark`, `d3s bgchallenge`).
 
     Args:
-        data (`str`): D3S dataset folder (``d3s generate``'s output) or Hub id.
-        out (`str`): results folder; reused runs skip the models already evaluated there.
-        models (`str` or `list`, defaults to ``"default"``): timm names, ``clip:<arch>/<pretrained>``, ``default``.
-        split (`str`, *optional*): D3S split; default ``benchmark``, the checked images (``d3s split``), as the
-            paper. Another split (``validation``, ``train``) is scored with a warning: its images are unchecked.
-        imagenet_val (`str`, *optional*): ImageNet val as an ImageNet-style folder or a Hub id; without it,
-            no drop is computed and the drop and scatter plots are skipped.
         pretrained (`bool`, defaults to `True`): released weights; `False` = random weights, offline.
         clip_prompts (`str`, defaults to ``"single"``): ``single`` (``a photo of a {name}.``) or ``ensemble``.
         clip_names (`str`, defaults to ``"lemma"``): ``lemma``, ``definition`` or ``openai``.
@@ -682,13 +691,9 @@ class BenchmarkConfig:
             inference batch, torch device, decoding threads.
         cache_dir (`str`, *optional*): where decoded arrays are memory-mapped (a temporary folder, removed after).
         plots (`bool`, defaults to `True`): draw the plots after the run.
+        progress (`bool`, defaults to `True`): progress bars.
     """
 
-    data: str
-    out: str
-    models: str | list[str] = "default"
-    split: str | None = None
-    imagenet_val: str | None = None
     pretrained: bool = True
     clip_prompts: str = "single"
     clip_names: str = "lemma"
@@ -700,7 +705,28 @@ class BenchmarkConfig:
     progress: bool = True
 
 
-def check_config(c: BenchmarkConfig) -> None:
+@dataclass
+class BenchmarkConfig(ModelRun):
+    """Settings of a benchmark run, and those of :class:`ModelRun`.
+
+    Args:
+        data (`str`): D3S dataset folder (``d3s generate``'s output) or Hub id.
+        out (`str`): results folder; reused runs skip the models already evaluated there.
+        models (`str` or `list`, defaults to ``"default"``): timm names, ``clip:<arch>/<pretrained>``, ``default``.
+        split (`str`, *optional*): D3S split; default ``benchmark``, the checked images (``d3s split``), as the
+            paper. Another split (``validation``, ``train``) is scored with a warning: its images are unchecked.
+        imagenet_val (`str`, *optional*): ImageNet val as an ImageNet-style folder or a Hub id; without it,
+            no drop is computed and the drop and scatter plots are skipped.
+    """
+
+    data: str
+    out: str
+    models: str | list[str] = "default"
+    split: str | None = None
+    imagenet_val: str | None = None
+
+
+def check_config(c: ModelRun) -> None:
     if c.batch_size < 1:
         raise BenchmarkError(f"--batch-size must be at least 1, got {c.batch_size}.")
     if c.workers < 0:
@@ -744,51 +770,22 @@ def run_benchmark(c: BenchmarkConfig, specs: list[ClassifierSpec] | None = None,
     if d3s.skipped:
         log(f"note: {d3s.skipped} rows of non-ImageNet concepts are left out (no ImageNet-1k classifier can predict them)")
 
-    # 2. plan: reuse matching results, group the rest by preprocessing
-    todo = [s for s in specs if not result_matches(load_result(out, s.name), s, data)]
-    skipped = [s.name for s in specs if s not in todo]
-    if skipped:
-        log(f"already evaluated (results reused): {', '.join(skipped)}")
-    groups: dict[tuple, list[ClassifierSpec]] = {}
-    for s in todo:
-        groups.setdefault(s.decode_key, []).append(s)
+    # 2-4. plan (reuse matching results), decode once per preprocessing setting, evaluate each model
+    def decode_group(data_config: dict, tmp: Path) -> dict:
+        arrays = {"d3s": decode(d3s, data_config, tmp / "d3s.npy", c.workers, c.progress)}
+        if ref is not None:
+            arrays["imagenet"] = decode(ref, data_config, tmp / "imagenet.npy", c.workers, c.progress)
+        return arrays
+
+    def describe(result: dict) -> str:
+        drop = "" if result["drop_top1"] is None else f", drop {100 * result['drop_top1']:+.1f} points vs ImageNet"
+        return (f"{result['model']}: D3S top-1 {100 * result['d3s']['top1']:.1f}% top-5 {100 * result['d3s']['top5']:.1f}%{drop}; "
+                f"worst background: {result['d3s']['worst_background'] or 'none (all backgrounds tie)'}")
+
     device = resolve_device(c.device)
-
-    # 3-4. per group: decode once, run every model of the group
-    evaluated, failed = [], []
-    for key, members in groups.items():
-        with tempfile.TemporaryDirectory(prefix="d3s-decode-", dir=c.cache_dir) as tmp:
-            arrays: dict = {}
-
-            def shared_arrays(members=members, key=key, tmp=tmp) -> dict:
-                """Decoded on first use, so a group whose models all fail to build decodes nothing."""
-                if not arrays:
-                    t0 = time.perf_counter()
-                    done = {"d3s": decode(d3s, members[0].data_config, Path(tmp) / "d3s.npy", c.workers, c.progress)}
-                    if ref is not None:
-                        done["imagenet"] = decode(ref, members[0].data_config, Path(tmp) / "imagenet.npy", c.workers, c.progress)
-                    arrays.update(done)  # all or nothing: a failed decode is retried by the next model
-                    log(f"decoded {sum(len(a) for a in arrays.values())} images at {key[0][1]}x{key[0][2]} ({key[1]}, crop {key[2]}) "
-                        f"in {time.perf_counter() - t0:.1f}s, shared by {len(members)} model(s): {', '.join(m.name for m in members)}")
-                return arrays
-
-            for spec in members:
-                try:
-                    result = evaluate_model(spec, shared_arrays, d3s, ref, data, c, device)
-                except Exception as err:  # OOM, a download that failed, a broken model: report it, go on
-                    msg = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"[:500]
-                    failed.append({"model": spec.name, "error": msg})
-                    log(f"FAILED {spec.name}: {msg}")
-                    if os.environ.get("D3S_DEBUG"):
-                        traceback.print_exc()
-                    continue
-                finally:
-                    _free(device)
-                write_result(out, result)
-                evaluated.append(spec.name)
-                drop = "" if result["drop_top1"] is None else f", drop {100 * result['drop_top1']:+.1f} points vs ImageNet"
-                log(f"{spec.name}: D3S top-1 {100 * result['d3s']['top1']:.1f}% top-5 {100 * result['d3s']['top5']:.1f}%{drop}; "
-                    f"worst background: {result['d3s']['worst_background'] or 'none (all backgrounds tie)'}")
+    evaluated, skipped, failed = run_models(
+        specs, out, data, decode_group, lambda spec, arrays: evaluate_model(spec, arrays, d3s, ref, data, c, device),
+        write_result, describe, device, log, c.cache_dir)
 
     # 5. summary and plots over everything in the folder for this data
     summary = write_summary(out, data, failed, d3s.bg_names, check)
@@ -798,6 +795,60 @@ def run_benchmark(c: BenchmarkConfig, specs: list[ClassifierSpec] | None = None,
         summary["plots"] = draw_all(out, summary)
     summary.update(evaluated=evaluated, skipped=skipped)
     return summary
+
+
+def run_models(specs: list[ClassifierSpec], out: str | Path, data: dict, decode_group: Callable[[dict, Path], dict],
+               evaluate: Callable[[ClassifierSpec, Callable[[], dict]], dict], write: Callable[[Path, dict], object],
+               describe: Callable[[dict], str], device, log: Callable[[str], None] = print,
+               cache_dir: str | None = None) -> tuple[list[str], list[str], list[dict]]:
+    """Steps 2-4 of a run, shared with :mod:`d3s.bgchallenge`.
+
+    Models whose stored result matches ``data`` (and their own identity) are skipped; the rest are
+    grouped by preprocessing setting. Per group, ``decode_group(data_config, tmp_folder)`` decodes the
+    images once, on the first model's demand (a group whose models all fail to build decodes nothing),
+    and ``evaluate(spec, shared_arrays)`` runs each model; its result is written with ``write(out, result)``
+    and logged with ``describe(result)``. A model that fails is reported and the others go on.
+
+    Returns ``(evaluated, skipped, failed)``: model names, model names, ``{"model", "error"}`` dicts.
+    """
+    out = Path(out)
+    todo = [s for s in specs if not result_matches(load_result(out, s.name), s, data)]
+    skipped = [s.name for s in specs if s not in todo]
+    if skipped:
+        log(f"already evaluated (results reused): {', '.join(skipped)}")
+    groups: dict[tuple, list[ClassifierSpec]] = {}
+    for s in todo:
+        groups.setdefault(s.decode_key, []).append(s)
+
+    evaluated, failed = [], []
+    for key, members in groups.items():
+        with tempfile.TemporaryDirectory(prefix="d3s-decode-", dir=cache_dir) as tmp:
+            arrays: dict = {}
+
+            def shared_arrays(members=members, key=key, tmp=tmp) -> dict:
+                if not arrays:
+                    t0 = time.perf_counter()
+                    arrays.update(decode_group(members[0].data_config, Path(tmp)))  # all or nothing: a failed decode is retried
+                    log(f"decoded {sum(len(a) for a in arrays.values())} images at {key[0][1]}x{key[0][2]} ({key[1]}, crop {key[2]}) "
+                        f"in {time.perf_counter() - t0:.1f}s, shared by {len(members)} model(s): {', '.join(m.name for m in members)}")
+                return arrays
+
+            for spec in members:
+                try:
+                    result = evaluate(spec, shared_arrays)
+                except Exception as err:  # OOM, a download that failed, a broken model: report it, go on
+                    msg = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"[:500]
+                    failed.append({"model": spec.name, "error": msg})
+                    log(f"FAILED {spec.name}: {msg}")
+                    if os.environ.get("D3S_DEBUG"):
+                        traceback.print_exc()
+                    continue
+                finally:
+                    _free(device)
+                write(out, result)
+                evaluated.append(spec.name)
+                log(describe(result))
+    return evaluated, skipped, failed
 
 
 def _free(device) -> None:

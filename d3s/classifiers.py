@@ -15,7 +15,10 @@ Names:
 - ``clip:<arch>/<pretrained>`` (``clip:ViT-B-32/openai``): an open_clip model as a zero-shot
   classifier over the 1000 ImageNet classes; its preprocessing is open_clip's config for those
   weights (size from the model config, mean/std/interpolation from the pretrained config);
-- ``clip:tiny``: a tiny random CLIP built locally (offline tests and smoke runs).
+- ``clip:tiny``: a tiny random CLIP built locally (offline tests and smoke runs);
+- ``d3s:<checkpoint>`` (``d3s:out/wd``, a ``d3s train --out`` folder or a Hub id): a disentangled
+  extractor trained on D3S, as a classifier through its fg head on z_fg (the paper's ``w_fg^T z_fg``),
+  with its own preprocessing (resize and centre crop to its image size, bicubic, its mean/std).
 
 Zero-shot heads use the paper's single prompt ``a photo of a {name}`` by default, or OpenAI's 80
 ImageNet templates averaged (``prompts="ensemble"``). Class names (``names``): ``lemma`` (the
@@ -38,6 +41,7 @@ from .labels import close_matches
 
 CLIP_PREFIX = "clip:"
 CLIP_TINY = "clip:tiny"
+D3S_PREFIX = "d3s:"
 SINGLE_PROMPT = "a photo of a {}."
 PROMPT_SETS = ("single", "ensemble")
 NAME_STYLES = ("lemma", "definition", "openai")
@@ -98,7 +102,7 @@ class ClassifierSpec:
 
     Args:
         name (`str`): the name as given (``resnet50.tv_in1k``, ``clip:ViT-B-32/openai``).
-        kind (`str`): ``timm`` or ``clip``.
+        kind (`str`): ``timm``, ``clip`` or ``d3s``.
         family (`str`): model family, for the plots (figure 4/9 colours).
         extra_data (`bool`): trained on more than ImageNet-1k train (hatched bars).
         data_config (`dict`): ``input_size``, ``interpolation``, ``crop_pct``, ``crop_mode``, ``mean``, ``std``.
@@ -338,6 +342,86 @@ def _resolve_clip(name: str, pretrained: bool, prompts: str, names: str) -> Clas
                           {"prompts": prompts, "names": names}, build)
 
 
+# --- d3s extractors ------------------------------------------------------------------------------
+
+class FgHeadClassifier(torch.nn.Module):
+    """A :class:`~d3s.models.DisentangledExtractor` as an ImageNet-1k classifier: its fg head on z_fg.
+
+    Takes normalised images (the extractor's own normalisation is skipped: the caller's follows its mean/std).
+    """
+
+    def __init__(self, extractor: torch.nn.Module):
+        super().__init__()
+        self.extractor = extractor
+
+    def forward(self, x):
+        z_fg, _ = self.extractor.split(self.extractor.backbone(x))
+        return self.extractor.fg_head(z_fg)[:, :1000]
+
+
+def _extractor_files(path: str) -> tuple[dict, str]:
+    """A checkpoint's ``config.json`` and a digest of its weights, without loading them."""
+    import hashlib
+    import json
+    from pathlib import Path
+
+    folder = Path(path)
+    if folder.exists():
+        if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
+            raise ClassifierError(f"{path} is not a d3s checkpoint: it needs config.json and model.safetensors (made by `d3s train --out`).")
+        digest = hashlib.sha256()
+        with open(folder / "model.safetensors", "rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                digest.update(block)
+        return json.loads((folder / "config.json").read_text()), digest.hexdigest()[:16]
+    from huggingface_hub import hf_hub_download
+
+    try:
+        config_path = Path(hf_hub_download(path, "config.json"))
+    except Exception as err:  # not a repo id, offline, no such repo
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ClassifierError(f"d3s checkpoint {path!r} is not a local folder, and the Hub says: {first}") from None
+    return json.loads(config_path.read_text()), f"hub:{config_path.parent.name}"  # the snapshot's commit
+
+
+def _resolve_extractor(name: str) -> ClassifierSpec:
+    from timm.models import get_pretrained_cfg
+
+    from .labels import imagenet_classes
+    from .models import IMAGENET_MEAN, IMAGENET_STD
+
+    path = name[len(D3S_PREFIX) :]
+    if not path:
+        raise ClassifierError("d3s: needs a checkpoint, e.g. d3s:out/wd (a `d3s train --out` folder) or d3s:ORG/NAME.")
+    config, digest = _extractor_files(path)
+    if not isinstance(config.get("backbone"), str):
+        raise ClassifierError(f"{path} is not a d3s checkpoint: its config.json names no backbone.")
+    fg_names = list(config.get("fg_names") or [])
+    if fg_names[:1000] != [c.name for c in imagenet_classes()]:
+        raise ClassifierError(
+            f"d3s checkpoint {path!r} has {len(fg_names)} fg classes ({', '.join(fg_names[:3])}...), not the 1000 ImageNet-1k "
+            "classes first: only an extractor trained on D3S (fg labels = ImageNet classes) answers in ImageNet classes."
+        )
+    # the extractor's own normalisation: its config, else its backbone's pretrained config, else ImageNet's
+    backbone_cfg = get_pretrained_cfg(config["backbone"])
+    size = int(config.get("image_size") or 224)
+    data_config = {
+        "input_size": (3, size, size),
+        "interpolation": "bicubic",  # as d3s.data resizes for training and feature extraction
+        "crop_pct": 1.0,
+        "crop_mode": "center",
+        "mean": tuple(config.get("mean") or (backbone_cfg.mean if backbone_cfg else IMAGENET_MEAN)),
+        "std": tuple(config.get("std") or (backbone_cfg.std if backbone_cfg else IMAGENET_STD)),
+    }
+
+    def build(device: str):
+        from .models import load_extractor
+
+        return FgHeadClassifier(load_extractor(path)).to(device)
+
+    return ClassifierSpec(name, "d3s", "d3s extractor (fg head)", True, data_config, True, {"weights": digest}, build)
+
+
 # --- the factory ---------------------------------------------------------------------------------
 
 def default_model_names() -> list[str]:
@@ -359,7 +443,7 @@ def resolve_classifier(name: str, pretrained: bool = True, prompts: str = "singl
     """Check a name and read its preprocessing and label space, loading no weights.
 
     Args:
-        name (`str`): timm ``arch[.tag]``, ``clip:<arch>/<pretrained>`` or ``clip:tiny``.
+        name (`str`): timm ``arch[.tag]``, ``clip:<arch>/<pretrained>``, ``clip:tiny`` or ``d3s:<checkpoint>``.
         pretrained (`bool`, *optional*, defaults to `True`): released weights; `False` builds random
             weights offline (the preprocessing config is still the released weights').
         prompts (`str`, *optional*, defaults to ``"single"``): CLIP prompts, ``single`` or ``ensemble``.
@@ -374,6 +458,8 @@ def resolve_classifier(name: str, pretrained: bool = True, prompts: str = "singl
     name = name.strip()
     if name.startswith(CLIP_PREFIX):
         return _resolve_clip(name, pretrained, prompts, names)
+    if name.startswith(D3S_PREFIX):
+        return _resolve_extractor(name)
     return _resolve_timm(name, pretrained)
 
 

@@ -23,6 +23,7 @@ EPILOG = """examples:
   d3s spurious --data out/toy --checkpoint out/wd --baseline out/erm --pairs out/toy/pairs.json --out out/wd/spurious.json
   d3s benchmark --data d3s-splits/ --imagenet-val /data/imagenet/val --out results/   # the paper's model families
   d3s benchmark --data out/d3s-tiny --split train --models test_resnet,test_vit,clip:tiny --no-pretrained --out results-tiny/
+  d3s bgchallenge --data bg_challenge/ --checkpoint out/wd --out results/   # Table 4: the Backgrounds Challenge
   d3s diversity --data d3s/ --reference /data/imagenet/val --pairs 7500 --out diversity/
 """
 
@@ -34,6 +35,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from .labels import LabelError
     from .algorithms import HparamError
     from .benchmark import BenchmarkError
+    from .bgchallenge import BgChallengeError
     from .classifiers import ClassifierError
     from .diversity import DiversityError
     from .models import ModelError
@@ -44,7 +46,8 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from .train import TrainError
 
     return (GenerationError, LabelError, GuideSourceError, DatasetFormatError, ReviewError, ToyError, TrainError,
-            HparamError, ModelError, SpuriousError, BenchmarkError, ClassifierError, DiversityError, ProbeError)
+            HparamError, ModelError, SpuriousError, BenchmarkError, ClassifierError, DiversityError, ProbeError,
+            BgChallengeError)
 
 
 # --- generate ------------------------------------------------------------------------------------
@@ -483,7 +486,7 @@ def _register_features(sub) -> None:
 def cmd_spurious(args: argparse.Namespace) -> int:
     from .spurious import markdown_table, spurious
 
-    result = spurious(args.data, args.checkpoint, args.baseline, pairs_file=args.pairs, out=args.out, imagenet=args.imagenet,
+    result = spurious(args.data, args.checkpoint, args.baseline, pairs_file=args.pairs, out=args.out, in9=args.in9,
                       baseline_pretrained=not args.no_pretrained)
     print(markdown_table(result, args.checkpoint, args.baseline))
     if args.out:
@@ -502,7 +505,9 @@ def _register_spurious(sub) -> None:
                         "ResNet-50 with PyTorch's ImageNet weights)")
     p.add_argument("--no-pretrained", action="store_true", help="a timm --baseline gets random weights (offline tests)")
     p.add_argument("--pairs", metavar="FILE", help="JSON object fg class -> bg class (default: the paper's IN-9 pairs, SPEC sec. 4)")
-    p.add_argument("--imagenet", metavar="DIR[:SPLIT]", help="IN-9 ImageNet val: a dataset with fg (or label) ImageNet classes")
+    p.add_argument("--in9", metavar="DIR", help="IN-9's validation set for the ImageNet column: the Backgrounds Challenge folder "
+                                              "(or its original/val); 'average' is then over the paper's five columns, without it "
+                                              "'average_4' is over the four D3S columns")
     p.add_argument("--out", metavar="JSON")
     p.set_defaults(func=cmd_spurious)
 
@@ -522,10 +527,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
         raise BenchmarkError("--data and --out are required (or --list-models to see the default models).")
     config = BenchmarkConfig(data=args.data, out=args.out, models=args.models, split=args.split,
-                             imagenet_val=args.imagenet_val, pretrained=not args.no_pretrained,
-                             clip_prompts=args.clip_prompts, clip_names=args.clip_names, batch_size=args.batch_size,
-                             device=args.device, workers=args.workers, cache_dir=args.cache_dir, plots=not args.no_plots,
-                             progress=not args.quiet)
+                             imagenet_val=args.imagenet_val, **_model_run_settings(args))
     summary = run_benchmark(config, log=print)
     rows = summary["models"]
     if rows:
@@ -566,20 +568,77 @@ def _register_benchmark(sub) -> None:
     p.add_argument("--imagenet-val", metavar="DIR|ID", help="ImageNet val: ImageNet-style folder DIR/<wnid>/* or Hub id "
                                                              "[hf:]ORG/NAME[:split]; needed for the drop and the scatter plot")
     p.add_argument("--out", metavar="RESULTS", help="results folder (resumable)")
+    _add_model_run_args(p)
+    p.add_argument("--list-models", action="store_true", help="print the default models and their families, then exit")
+    p.set_defaults(func=cmd_benchmark)
+
+
+def _add_model_run_args(p: argparse.ArgumentParser) -> None:
+    """The options of d3s.benchmark.ModelRun, shared by `d3s benchmark` and `d3s bgchallenge`."""
     p.add_argument("--no-pretrained", action="store_true", help="random weights (offline smoke runs and tests)")
     p.add_argument("--clip-prompts", default="single", choices=CLIP_PROMPT_CHOICES,
                    help="single: the paper's 'a photo of a {name}.'; ensemble: OpenAI's 80 ImageNet templates (default: %(default)s)")
     p.add_argument("--clip-names", default="lemma", choices=CLIP_NAME_CHOICES,
                    help="class names of the zero-shot head: lemma (first WordNet lemma, shared names disambiguated by "
                         "their definition), definition (every class 'name, definition'), openai (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=64, help="inference batch (halved on out-of-memory) (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass, halved on out-of-memory (default: %(default)s)")
     p.add_argument("--device", default="auto", help="torch device, or auto (default: %(default)s)")
     p.add_argument("--workers", type=int, default=4, help="image decoding threads (default: %(default)s)")
     p.add_argument("--cache-dir", metavar="DIR", help="where decoded images are memory-mapped while in use (default: system temp)")
     p.add_argument("--no-plots", action="store_true", help="write results only")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--list-models", action="store_true", help="print the default models and their families, then exit")
-    p.set_defaults(func=cmd_benchmark)
+
+
+def _model_run_settings(args: argparse.Namespace) -> dict:
+    return {"pretrained": not args.no_pretrained, "clip_prompts": args.clip_prompts, "clip_names": args.clip_names,
+            "batch_size": args.batch_size, "device": args.device, "workers": args.workers, "cache_dir": args.cache_dir,
+            "plots": not args.no_plots, "progress": not args.quiet}
+
+
+# --- bgchallenge -----------------------------------------------------------------------------------
+
+def cmd_bgchallenge(args: argparse.Namespace) -> int:
+    from .bgchallenge import TABLE_MD, BgChallengeConfig, run_bgchallenge
+
+    config = BgChallengeConfig(data=args.data, out=args.out, models=args.models, checkpoints=args.checkpoint or [],
+                               adversarial_limit=args.adversarial_limit, **_model_run_settings(args))
+    summary = run_bgchallenge(config, log=print)
+    if summary["models"]:
+        with open(f"{summary['out']}/{TABLE_MD}") as f:
+            print("\n" + f.read().rstrip())
+    print(f"evaluated now: {len(summary['evaluated'])}, reused: {len(summary['skipped'])}, failed: {len(summary['failed'])}; "
+          f"results in {summary['out']}")
+    for f in summary["failed"]:
+        print(f"d3s bgchallenge: model {f['model']} failed: {f['error']}", file=sys.stderr)
+    return 1 if summary["failed"] else 0
+
+
+def _register_bgchallenge(sub) -> None:
+    p = sub.add_parser(
+        "bgchallenge", help="IN-9 accuracy on the Backgrounds Challenge variations, BG-Gap, adversarial backgrounds (Table 4)",
+        description="Evaluate classifiers on the Backgrounds Challenge (Xiao et al.; the paper's appendix G, Table 4): IN-9 "
+                    "accuracy on each variation, the BG-Gap (Mixed-Same - Mixed-Rand) and the adversarial-backgrounds accuracy "
+                    "(the share of foregrounds that no only_bg_t background, with the foreground pasted on it through its "
+                    "mask, turns into a wrong answer). A prediction over the 1000 ImageNet classes counts as the IN-9 class "
+                    "of its top-1 class, as the challenge does; a top-1 class outside IN-9 is wrong. Results go to "
+                    "RESULTS/bgchallenge/ (per model, table.md/csv, summary.json, accuracy.png); rerunning evaluates only "
+                    "the models not done yet. Cost: the adversarial search composites up to 4,050 x 4,050 images per model "
+                    "and stops per foreground at the first background that fools it, so a robust model costs the most "
+                    "(--adversarial-limit samples it).")
+    p.add_argument("--data", required=True, metavar="DIR",
+                   help="the challenge folder: DIR/<variation>/val/<00_dog..08_fish>/*.JPEG for original, only_fg, no_fg, "
+                        "only_bg_b, only_bg_t, mixed_same, mixed_rand, mixed_next, and DIR/fg_mask/val/<class>/*.npy")
+    p.add_argument("--models", default="resnet50.tv_in1k", metavar="LIST",
+                   help="comma-separated timm names, clip:<arch>/<pretrained>, d3s:<checkpoint>, 'default' (the benchmark's "
+                        "list), or '' for none (default: %(default)s, PyTorch's ResNet-50 weights: the challenge's and the paper's baseline)")
+    p.add_argument("--checkpoint", action="append", metavar="EXTRACTOR",
+                   help="a d3s extractor (`d3s train --out` folder or Hub id), scored through its fg head on z_fg (the paper's "
+                        "w_fg^T z_fg); repeat for several")
+    p.add_argument("--out", required=True, metavar="RESULTS", help="results folder (resumable); written to RESULTS/bgchallenge/")
+    p.add_argument("--adversarial-limit", type=int, metavar="N",
+                   help="search adversarial backgrounds for the first N foregrounds of each class only (default: all 450; 0: no search)")
+    _add_model_run_args(p)
+    p.set_defaults(func=cmd_bgchallenge)
 
 
 # --- diversity -------------------------------------------------------------------------------------
@@ -626,7 +685,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"d3s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for register in (_register_labels, _register_generate, _register_templates, _register_regenerate, _register_score,
-                     _register_review, _register_split, _register_benchmark, _register_diversity, _register_toy,
+                     _register_review, _register_split, _register_benchmark, _register_bgchallenge, _register_diversity, _register_toy,
                      _register_train, _register_probe, _register_features, _register_spurious):
         register(sub)
     return parser

@@ -315,7 +315,7 @@ def _metrics_tables(probe: dict | None, spurious: dict | None) -> str:
                      f"{rows}\n\nChance: fg {chance.get('fg', float('nan')):.3f}, bg {chance.get('bg', float('nan')):.3f}. "
                      "fg_from_bg and bg_from_fg measure leakage: the closer to chance, the better.")
     if spurious:
-        cols = [c for c in ("corr_fg", "anticorr_fg", "corr_bg", "anticorr_bg", "imagenet_fg", "average", "worst")
+        cols = [c for c in ("corr_fg", "anticorr_fg", "corr_bg", "anticorr_bg", "imagenet_fg", "average", "average_4", "worst")
                 if c in spurious.get("correct", {})]
         rows = "\n".join(f"| {name} | " + " | ".join(f"{spurious[name][c]:.3f}" for c in cols) + " |"
                          for name in ("correct", "all", "baseline") if name in spurious)

@@ -4,7 +4,8 @@
   models trained on more than ImageNet-1k (paper figures 4 and 9);
 - :func:`accuracy_scatter`: D3S top-1 against ImageNet top-1, ``y = x`` dashed and the line of best
   fit computed without the CLIP models (figure 10);
-- :func:`background_heatmap`: D3S top-1 per background (rows) and model (columns).
+- :func:`background_heatmap`: D3S top-1 per background (rows) and model (columns);
+- :func:`bgchallenge_bars`: IN-9 accuracy per Backgrounds Challenge variation and model (`d3s bgchallenge`).
 
 Each function returns ``{"path", "title", ...}``; the title is also stored in the PNG's ``Title``
 text chunk, so what a file shows can be checked without looking at it. :func:`draw_all` draws the
@@ -22,13 +23,14 @@ import numpy as np
 DROP_TITLE = "Drop in top-1 accuracy from ImageNet to D3S"
 SCATTER_TITLE = "Top-1 on D3S vs ImageNet (best fit excludes CLIP)"
 HEATMAP_TITLE = "D3S top-1 accuracy per background and model"
+BGCHALLENGE_TITLE = "Backgrounds Challenge: IN-9 accuracy per variation"
 PLOTS_JSON = "plots.json"
 FILES = {"drop": "accuracy_drop.png", "scatter": "d3s_vs_imagenet.png", "heatmap": "background_heatmap.png"}
 
 _FAMILY_COLOURS = {
     "supervised CNN": "#4c72b0", "transformer": "#dd8452", "adversarially trained": "#c44e52",
     "semi-supervised": "#55a868", "semi-weakly supervised": "#8172b3", "self-supervised fine-tuned": "#937860",
-    "CLIP zero-shot": "#da8bc3",
+    "CLIP zero-shot": "#da8bc3", "d3s extractor (fg head)": "#17becf",
 }
 
 
@@ -140,6 +142,29 @@ def background_heatmap(rows: list[dict], backgrounds: list[str], path: str | Pat
     _save(fig, Path(path), HEATMAP_TITLE)
     return {"path": str(path), "title": HEATMAP_TITLE, "models": models, "backgrounds": backgrounds,
             "values": [[None if np.isnan(v) else float(v) for v in row] for row in grid]}
+
+
+def bgchallenge_bars(rows: list[dict], path: str | Path) -> dict:
+    """Grouped bars: for each variation (and the adversarial backgrounds) one bar per model, IN-9 accuracy (%)."""
+    from .bgchallenge import TITLES, VARIATIONS
+
+    columns = [*VARIATIONS, "adversarial"]
+    width = 0.8 / max(1, len(rows))
+    fig = _figure(max(7.0, 1.0 * len(columns) + 0.2 * len(rows) * len(columns)), 4.5)
+    ax = fig.add_subplot()
+    values = [[None if r[c] is None else 100 * r[c] for c in columns] for r in rows]
+    for j, (r, vals) in enumerate(zip(rows, values)):
+        xs = [i + (j - (len(rows) - 1) / 2) * width for i in range(len(columns))]
+        ax.bar(xs, [np.nan if v is None else v for v in vals], width, color=f"C{j % 10}", edgecolor="black", linewidth=0.5,
+               label=r["model"])
+    ax.set_xticks(range(len(columns)), [TITLES[c] for c in columns], rotation=30, ha="right", fontsize=8)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("IN-9 accuracy (%)")
+    ax.set_title(BGCHALLENGE_TITLE)
+    ax.legend(fontsize=7, loc="best")
+    _save(fig, Path(path), BGCHALLENGE_TITLE)
+    return {"path": str(path), "title": BGCHALLENGE_TITLE, "models": [r["model"] for r in rows], "columns": columns,
+            "values": values}
 
 
 def draw_all(out: str | Path, summary: dict) -> dict:

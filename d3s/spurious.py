@@ -1,10 +1,13 @@
 """The spurious-correlation experiment (paper, section 6, Table 3).
 
-A pairs file maps fg classes to bg classes. ``corr`` keeps the images of exactly those pairs,
-``anticorr`` the images of the same fg and bg classes in any other combination. Linear heads for
-fg and bg are trained on corr (train split), where the two labels are perfectly correlated, and
-tested on corr and anticorr (validation split): a head that leans on the other factor fails on
-anticorr. Three feature sets:
+A pairs file maps fg classes to bg classes. ``corr`` keeps the images of exactly those pairs;
+``anticorr`` every other image of the paired fg classes: on another paired background, or on a
+background in no pair (``indoors`` for the IN-9 pairs: SPEC section 4's "all other D3S images of IN-9
+classes"). Linear heads for fg and bg are trained on corr (train split), where the two labels are
+perfectly correlated, and tested on corr and anticorr (validation split): a head that leans on the
+other factor fails on anticorr. The fg columns score every anticorr image; the bg head only knows
+the paired backgrounds, so the anticorr bg column scores the anticorr images on a paired background.
+Three feature sets:
 
 - ``correct``: fg head on z_fg, bg head on z_bg (the intended use of a disentangled extractor);
 - ``all``: both heads on all features of the same extractor (the ablation);
@@ -12,9 +15,13 @@ anticorr. Three feature sets:
   or a timm model name: its penultimate features).
 
 For D3S the default pairs are SPEC section 4's nine IN-9 pairs, the fg labels (ImageNet classes)
-mapped to their IN-9 class; ImageNet classes outside IN-9 are left out. ``average`` is the mean of
-the columns (not weighted by size), ``worst`` the lowest accuracy of either head on any single
-(fg, bg) group of the validation images (corr and anticorr): the DomainBed/WILDS worst group.
+mapped to their IN-9 class; ImageNet classes outside IN-9 are left out. The ImageNet column is IN-9's
+own validation set, as the paper's: the Backgrounds Challenge's ``original/val`` (450 images per
+class, ``in9=``), the images of the paired classes, scored by the fg head trained on corr.
+``average`` is the mean of the five columns, as the paper's (not weighted by size); without IN-9
+data the mean of the four D3S columns is ``average_4``, so the two are never confused. ``worst`` is
+the lowest accuracy of either head on any single (fg, bg) group of the validation images (corr and
+anticorr): the DomainBed/WILDS worst group. ``counts`` gives the images behind each column.
 """
 
 from __future__ import annotations
@@ -39,7 +46,9 @@ IN9_PAIRS: dict[str, str] = {
 }
 COLUMNS = ("corr_fg", "anticorr_fg", "corr_bg", "anticorr_bg", "imagenet_fg")
 TITLES = {"corr_fg": "Correlated fg", "anticorr_fg": "Anti-correlated fg", "corr_bg": "Correlated bg",
-          "anticorr_bg": "Anti-correlated bg", "imagenet_fg": "ImageNet fg"}
+          "anticorr_bg": "Anti-correlated bg", "imagenet_fg": "ImageNet fg (IN-9 val)", "average": "Average (5 columns)",
+          "average_4": "Average (4 columns: no ImageNet)", "worst": "Worst group"}
+SETS = ("correct", "all", "baseline")
 
 
 class SpuriousError(ValueError):
@@ -123,15 +132,32 @@ def _features(model, ds, size, device, fg_column="fg") -> tuple[torch.Tensor, to
     return extract(model, table, device=device, progress=True), table.fg, table.bg
 
 
+def _in9_dataset(path: str):
+    """IN-9's validation images (the challenge's original/val) as a dataset: ``image`` and ``fg`` (IN-9 index)."""
+    import datasets
+
+    from .bgchallenge import open_in9_val
+
+    images = open_in9_val(path)
+    return datasets.Dataset.from_dict({"image": images.read(0, len(images)), "fg": images.fg.tolist()}).cast_column(
+        "image", datasets.Image())
+
+
 def spurious(data: str, checkpoint: str, baseline: str, pairs_file: str | None = None, out: str | None = None,
-             imagenet: str | None = None, baseline_pretrained: bool = True, l2: float = 1e-4) -> dict:
-    """Run the experiment; returns ``{"correct": {...}, "all": {...}, "baseline": {...}}``."""
+             in9: str | None = None, baseline_pretrained: bool = True, l2: float = 1e-4) -> dict:
+    """Run the experiment; returns ``{"correct": {...}, "all": {...}, "baseline": {...}, "counts": {...}}``.
+
+    ``in9``: the Backgrounds Challenge folder (or its ``original/val``) for the ImageNet column.
+    """
     from .data import label_info, load_split
     from .models import load_extractor
     from .probes import fit_probe
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     pairs = load_pairs(pairs_file)
+    if in9 and not all(k in IN9_CLASSES for k in pairs):
+        raise SpuriousError(f"--in9 scores the fg head on IN-9 classes, but the pairs name other fg classes "
+                            f"({', '.join(map(repr, list(pairs)[:3]))}); use pairs of IN-9 classes (the default).")
     model = load_extractor(checkpoint).to(device)
     splits = {s: load_split(data, s) for s in ("train", "validation")}
     info = label_info(splits["train"], f"{data} (train)")
@@ -144,54 +170,60 @@ def spurious(data: str, checkpoint: str, baseline: str, pairs_file: str | None =
         base = TimmFeatures(baseline, baseline_pretrained).to(device)
         base_size = base.image_size
 
-    # features and coarse labels of both splits: fg/bg are pair indices, -1 outside the experiment
+    # features and coarse labels of both splits: fg/bg are pair indices, -1 outside the pairs
     feats: dict[str, dict[str, torch.Tensor]] = {}
     for s, ds in splits.items():
         z, fg, bg = _features(model, ds, model.image_size, device)
         zb, _, _ = _features(base, ds, base_size, device)
         z_fg, z_bg = model.split(z)
-        feats[s] = {"z_fg": z_fg, "z_bg": z_bg, "all": z, "baseline": zb, "fg": fg_map[fg], "bg": bg_map[bg]}
+        feats[s] = {"z_fg": z_fg, "z_bg": z_bg, "all": z, "baseline": zb, "fg": fg_map[fg], "bg": bg_map[bg], "bg_label": bg}
     tr, va = feats["train"], feats["validation"]
-    inside_tr = (tr["fg"] >= 0) & (tr["bg"] >= 0)
-    corr_tr = inside_tr & (tr["fg"] == tr["bg"])
-    inside_va = (va["fg"] >= 0) & (va["bg"] >= 0)
-    corr_va, anti_va = inside_va & (va["fg"] == va["bg"]), inside_va & (va["fg"] != va["bg"])
-    if corr_tr.sum() < 2 or corr_va.sum() == 0 or anti_va.sum() == 0:
+    corr_tr = (tr["fg"] >= 0) & (tr["fg"] == tr["bg"])
+    member = va["fg"] >= 0  # the images of the paired fg classes
+    corr_va = member & (va["fg"] == va["bg"])
+    anti_fg = member & ~corr_va  # any other background, unpaired ones (indoors) included
+    anti_bg = anti_fg & (va["bg"] >= 0)  # the bg head can only answer with a paired background
+    if corr_tr.sum() < 2 or corr_va.sum() == 0 or anti_bg.sum() == 0:
         raise SpuriousError(f"the pairs leave too few images: {int(corr_tr.sum())} corr train, {int(corr_va.sum())} corr validation, "
-                            f"{int(anti_va.sum())} anticorr validation.")
+                            f"{int(anti_bg.sum())} anticorr validation on paired backgrounds.")
+    counts = {"corr": int(corr_va.sum()), "anticorr_fg": int(anti_fg.sum()), "anticorr_bg": int(anti_bg.sum())}
 
     im = None
-    if imagenet:
-        ids = load_split(imagenet.split(":")[0], imagenet.split(":")[1] if ":" in imagenet else "validation", need_bg=False)
-        im_info = label_info(ids, imagenet, need_bg=False)
-        im_map, _ = coarse_fg_map(pairs, im_info.fg_names, info.bg_names)
-        col = "fg" if "fg" in ids.column_names else "label"
-        z_im, fg_im, _ = _features(model, ids, model.image_size, device, fg_column=col)
-        zb_im, _, _ = _features(base, ids, base_size, device, fg_column=col)
-        keep = im_map[fg_im] >= 0
-        im = {"z_fg": model.split(z_im)[0][keep], "all": z_im[keep], "baseline": zb_im[keep], "fg": im_map[fg_im][keep]}
+    if in9:
+        ids = _in9_dataset(in9)
+        in9_to_pair = torch.tensor([list(pairs).index(c) if c in pairs else -1 for c in IN9_CLASSES])
+        keep = in9_to_pair[torch.tensor(ids["fg"])] >= 0
+        if not keep.any():
+            raise SpuriousError(f"--in9 {in9} holds no image of the paired classes ({', '.join(pairs)}).")
+        z_im, fg_im, _ = _features(model, ids, model.image_size, device)
+        zb_im, _, _ = _features(base, ids, base_size, device)
+        im = {"z_fg": model.split(z_im)[0][keep], "all": z_im[keep], "baseline": zb_im[keep], "fg": in9_to_pair[fg_im][keep]}
+        counts["imagenet_fg"] = int(keep.sum())
 
     sets = {"correct": ("z_fg", "z_bg"), "all": ("all", "all"), "baseline": ("baseline", "baseline")}
     result: dict = {}
-    groups = sorted({(int(f), int(b)) for f, b in zip(va["fg"][inside_va], va["bg"][inside_va])})
+    groups = sorted({(int(f), int(b)) for f, b in zip(va["fg"][member], va["bg_label"][member])})
     for name, (fg_feat, bg_feat) in sets.items():
         head_fg = fit_probe(tr[fg_feat][corr_tr], tr["fg"][corr_tr], l2=l2, device=device)
         head_bg = fit_probe(tr[bg_feat][corr_tr], tr["bg"][corr_tr], l2=l2, device=device)
         r = {
             "corr_fg": head_fg.accuracy(va[fg_feat][corr_va], va["fg"][corr_va]),
-            "anticorr_fg": head_fg.accuracy(va[fg_feat][anti_va], va["fg"][anti_va]),
+            "anticorr_fg": head_fg.accuracy(va[fg_feat][anti_fg], va["fg"][anti_fg]),
             "corr_bg": head_bg.accuracy(va[bg_feat][corr_va], va["bg"][corr_va]),
-            "anticorr_bg": head_bg.accuracy(va[bg_feat][anti_va], va["bg"][anti_va]),
+            "anticorr_bg": head_bg.accuracy(va[bg_feat][anti_bg], va["bg"][anti_bg]),
         }
         if im is not None:
             r["imagenet_fg"] = head_fg.accuracy(im[fg_feat], im["fg"])
-        r["average"] = sum(r.values()) / len(r)
+        r["average" if im is not None else "average_4"] = sum(r.values()) / len(r)
         worst = 1.0
         for f, b in groups:
-            rows = (va["fg"] == f) & (va["bg"] == b)
-            worst = min(worst, head_fg.accuracy(va[fg_feat][rows], va["fg"][rows]), head_bg.accuracy(va[bg_feat][rows], va["bg"][rows]))
+            rows = member & (va["fg"] == f) & (va["bg_label"] == b)
+            worst = min(worst, head_fg.accuracy(va[fg_feat][rows], va["fg"][rows]))
+            if bg_map[b] >= 0:
+                worst = min(worst, head_bg.accuracy(va[bg_feat][rows], va["bg"][rows]))
         r["worst"] = worst
         result[name] = r
+    result["counts"] = counts
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(result, indent=2) + "\n")
@@ -200,9 +232,16 @@ def spurious(data: str, checkpoint: str, baseline: str, pairs_file: str | None =
 
 
 def markdown_table(result: dict, checkpoint: str = "", baseline: str = "") -> str:
-    cols = [c for c in COLUMNS if c in next(iter(result.values()))] + ["average", "worst"]
+    first = result["correct"]
+    cols = [c for c in (*COLUMNS, "average", "average_4") if c in first] + ["worst"]
     names = {"correct": f"Wass. Dis. - Correct ({checkpoint})", "all": f"Wass. Dis. - All ({checkpoint})", "baseline": f"Baseline ({baseline})"}
-    head = "| Model | " + " | ".join(TITLES.get(c, c.capitalize()) for c in cols) + " |"
+    head = "| Model | " + " | ".join(TITLES[c] for c in cols) + " |"
     sep = "|---|" + "---:|" * len(cols)
-    rows = [f"| {names[k]} | " + " | ".join(f"{100 * v[c]:.2f}%" for c in cols) + " |" for k, v in result.items()]
-    return "\n".join([head, sep, *rows])
+    rows = [f"| {names[k]} | " + " | ".join(f"{100 * result[k][c]:.2f}%" for c in cols) + " |" for k in SETS if k in result]
+    lines = [head, sep, *rows]
+    n = result.get("counts")
+    if n:
+        im = f", ImageNet fg (IN-9 val) {n['imagenet_fg']}" if "imagenet_fg" in n else ", no ImageNet column (--in9 adds it)"
+        lines += ["", f"Images: corr {n['corr']}, anticorr fg {n['anticorr_fg']} (any other background, unpaired ones included), "
+                      f"anticorr bg {n['anticorr_bg']} (paired backgrounds only){im}."]
+    return "\n".join(lines)

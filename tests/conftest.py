@@ -251,3 +251,65 @@ def awkward_uploads(root: Path) -> dict[str, tuple[Path, str | None]]:
     out["exif-rotated"] = (root / "rotated.jpg", None)
     out["20000x20000"] = (huge_png_header(root / "huge.png"), "megapixels are accepted")
     return out
+
+
+# --- the Backgrounds Challenge layout, with known answers ------------------------------------------------
+
+# Six colours, each an axis direction around CLIP's mean colour (123, 117, 104), named by what a mean-colour
+# reader answers (tests/test_bgchallenge.py builds such readers from a timm model, a CLIP model and a d3s
+# extractor): the IN-9 class of that ImageNet class, or 'tabby' (281), which is outside IN-9.
+BG_COLOURS = {"dog": (233, 117, 104), "bird": (123, 227, 104), "vehicle": (123, 117, 214), "reptile": (13, 117, 104),
+              "tabby": (123, 7, 104), "insect": (123, 117, 0)}
+BG_READS_AS = {"dog": 207, "bird": 10, "vehicle": 407, "reptile": 33, "tabby": 281, "insect": 300}
+# Per IN-9 class (00_dog .. 08_fish): the foreground's colour, how many quarters of the image (from the top) it
+# covers, and the colour of its own background. The colour covering 3 quarters decides what a reader answers.
+BG_DESIGN = (("dog", 3, "bird"), ("bird", 3, "dog"), ("vehicle", 1, "vehicle"), ("reptile", 1, "reptile"),
+             ("tabby", 3, "tabby"), ("insect", 1, "insect"), ("dog", 3, "vehicle"), ("bird", 1, "bird"), ("vehicle", 3, "reptile"))
+BG_MIXED_RAND = (5, 8, 6, 0, 2, 3, 7, 1, 4)  # class k's foreground on class BG_MIXED_RAND[k]'s background
+BG_MIXED_SAME = {5: "tabby"}  # mixed_same: another background of the class; the insect's reads as tabby
+# What a colour reader gets right, per class, hence the accuracies 5/9, 2/9, 3/9, 3/9, 3/9, 4/9, 3/9, 2/9,
+# BG-Gap 1/9 and 2/9 of the foregrounds safe from every only_bg_t background (the other 7 fall to the first one).
+BG_EXPECTED = {"original": (1, 1, 1, 1, 0, 1, 0, 0, 0), "only_fg": (1, 1, 0, 0, 0, 0, 0, 0, 0), "no_fg": (0, 0, 1, 1, 0, 1, 0, 0, 0),
+               "only_bg_b": (0, 0, 1, 1, 0, 1, 0, 0, 0), "only_bg_t": (0, 0, 1, 1, 0, 1, 0, 0, 0),
+               "mixed_same": (1, 1, 1, 1, 0, 0, 0, 0, 0), "mixed_rand": (1, 1, 1, 0, 0, 0, 0, 0, 0),
+               "mixed_next": (1, 1, 0, 0, 0, 0, 0, 0, 0)}
+BG_EXPECTED_SAFE = (1, 1, 0, 0, 0, 0, 0, 0, 0)
+
+
+def write_bgchallenge(root: Path, size: int = 32, masks: bool = True) -> Path:
+    """A Backgrounds Challenge folder in the published layout, one image per class and variation (see BG_DESIGN)."""
+    from d3s.bgchallenge import CLASS_FOLDERS
+
+    def image(top: str, quarters: int, bottom: str) -> Image.Image:
+        a = np.empty((size, size, 3), np.uint8)
+        a[:] = BG_COLOURS[bottom]
+        a[: quarters * size // 4] = BG_COLOURS[top]
+        return Image.fromarray(a)
+
+    variations = {}
+    for k, (fg, q, bg) in enumerate(BG_DESIGN):
+        variations.setdefault("original", []).append(image(fg, q, bg))
+        variations.setdefault("only_fg", []).append(image(fg, q, "tabby"))  # 'black' reads as tabby: wrong
+        variations.setdefault("no_fg", []).append(image("tabby", q, bg))
+        variations.setdefault("only_bg_b", []).append(image("tabby", 1, bg))
+        variations.setdefault("only_bg_t", []).append(image(bg, 4, bg))
+        variations.setdefault("mixed_same", []).append(image(fg, q, BG_MIXED_SAME.get(k, bg)))
+        variations.setdefault("mixed_rand", []).append(image(fg, q, BG_DESIGN[BG_MIXED_RAND[k]][2]))
+        variations.setdefault("mixed_next", []).append(image(fg, q, BG_DESIGN[(k + 1) % 9][2]))
+    for name, images in variations.items():
+        for k, im in enumerate(images):
+            folder = root / name / "val" / CLASS_FOLDERS[k]
+            folder.mkdir(parents=True, exist_ok=True)
+            im.save(folder / f"n{k:08d}_1.JPEG", quality=100, subsampling=0)
+    for k, (_, q, _) in enumerate(BG_DESIGN if masks else ()):
+        folder = root / "fg_mask" / "val" / CLASS_FOLDERS[k]
+        folder.mkdir(parents=True, exist_ok=True)
+        mask = np.zeros((size, size), np.uint8)
+        mask[: q * size // 4] = 1
+        np.save(folder / f"n{k:08d}_1.npy", mask)
+    return root
+
+
+@pytest.fixture(scope="session")
+def bg_challenge(tmp_path_factory) -> Path:
+    return write_bgchallenge(tmp_path_factory.mktemp("bgchallenge") / "bg_challenge")

@@ -8,7 +8,7 @@ from d3s.models import DisentangledExtractor
 from d3s.probes import fit_probe, run_probes
 from d3s.spurious import IN9_PAIRS, SpuriousError, coarse_fg_map, load_pairs
 
-from conftest import fg_only_copy, run_cli
+from conftest import run_cli
 
 
 def test_probe_reads_small_scale_information():
@@ -137,22 +137,61 @@ def test_features_export(tiny_toy, tmp_path):
     assert f["z_fg"].shape == (27, 225) and f["z_bg"].shape == (27, 31) and f["fg"].shape == f["bg"].shape == (27,)
 
 
-def test_spurious_with_imagenet_column_and_a_timm_baseline(tiny_toy, tmp_path):
-    """--imagenet adds the ImageNet fg column; here it is the toy's own validation images without bg labels,
-    so the fg head's accuracy there must be the count-weighted mean of its corr and anticorr accuracies."""
+def test_spurious_with_a_timm_baseline_on_the_toy(tiny_toy, tmp_path, capsys):
+    """Without IN-9 data there is no ImageNet column: the mean of the four D3S columns is 'average_4', and the table
+    says so; --in9 with pairs that are not IN-9 classes is refused in one line."""
     ck = _checkpoint(tmp_path / "ck", ["circle", "square", "triangle"], ["h-stripes", "v-stripes", "checker"])
-    val_fg_only = fg_only_copy(tiny_toy, tmp_path / "val_fg_only", split="validation")
     out = tmp_path / "spurious.json"
     r = run_cli("spurious", "--data", str(tiny_toy), "--checkpoint", str(ck), "--baseline", "test_resnet", "--no-pretrained",
-                "--pairs", str(tiny_toy / "pairs.json"), "--imagenet", f"{val_fg_only}:validation", "--out", str(out))
+                "--pairs", str(tiny_toy / "pairs.json"), "--out", str(out))
     assert r.returncode == 0, r.stderr[-2000:]
     result = json.loads(out.read_text())
-    pairs = json.loads((tiny_toy / "pairs.json").read_text())
-    assert len(pairs) == 3  # every toy class is in a pair: 9 corr and 18 anticorr validation images
+    assert len(json.loads((tiny_toy / "pairs.json").read_text())) == 3  # every toy class is in a pair
+    assert result["counts"] == {"corr": 9, "anticorr_fg": 18, "anticorr_bg": 18}
     for name in ("correct", "all", "baseline"):
         c = result[name]
-        assert c["imagenet_fg"] == pytest.approx((c["corr_fg"] + 2 * c["anticorr_fg"]) / 3, abs=1e-6)
-        cols = [c[k] for k in ("corr_fg", "anticorr_fg", "corr_bg", "anticorr_bg", "imagenet_fg")]
-        assert c["average"] == pytest.approx(sum(cols) / 5) and c["worst"] <= min(cols[:4]) + 1e-9
+        cols = [c[k] for k in ("corr_fg", "anticorr_fg", "corr_bg", "anticorr_bg")]
+        assert "average" not in c and "imagenet_fg" not in c
+        assert c["average_4"] == pytest.approx(sum(cols) / 4) and c["worst"] <= min(cols) + 1e-9
     table = out.with_suffix(".md").read_text()
-    assert "ImageNet fg" in table and "Baseline (test_resnet)" in table
+    assert "Average (4 columns: no ImageNet)" in table and "Baseline (test_resnet)" in table and "--in9 adds it" in table
+    from d3s import cli
+
+    assert cli.main(["spurious", "--data", str(tiny_toy), "--checkpoint", str(ck), "--baseline", str(ck),
+                     "--pairs", str(tiny_toy / "pairs.json"), "--in9", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("d3s spurious: error:") and "use pairs of IN-9 classes" in err[0]
+
+
+def test_table3_protocol_indoors_in_anticorr_and_in9_val_as_the_imagenet_column(tmp_path, capsys):
+    """Issue 11 acceptance 3. Data: tench (fish), golden retriever (dog) and tabby (no IN-9 class) on all ten
+    backgrounds; the IN-9 pairs put fish on grass and dog in a forest. D3S_anticorr holds every other image of
+    fish and dog (9 backgrounds each, 'indoors' included); the bg head knows only paired backgrounds, so the
+    anticorr bg column scores 8 each. The ImageNet column is the challenge's original/val: one image of each of
+    the nine IN-9 classes (the default pairs pair all nine)."""
+    from d3s import cli
+    from d3s.labels import imagenet_classes
+    from d3s.prompts import BACKGROUNDS
+    from d3s.spurious import spurious
+
+    from conftest import write_bgchallenge, write_d3s_split
+
+    data = tmp_path / "d3s"
+    write_d3s_split(data, "train", per_cell=2, size=16, decoy_bg=None)
+    write_d3s_split(data, "validation", size=16, decoy_bg=None)
+    torch.manual_seed(0)
+    ck = tmp_path / "ck"
+    DisentangledExtractor("test_resnet", [c.name for c in imagenet_classes()], list(BACKGROUNDS), image_size=16).save_pretrained(ck)
+    challenge = write_bgchallenge(tmp_path / "bg", size=16, masks=False)
+
+    r = spurious(str(data), str(ck), str(ck), in9=str(challenge))
+    assert r["counts"] == {"corr": 2, "anticorr_fg": 18, "anticorr_bg": 16, "imagenet_fg": 9}  # 18 - 16: the indoors rows
+    for name in ("correct", "all", "baseline"):
+        cols = [r[name][k] for k in ("corr_fg", "anticorr_fg", "corr_bg", "anticorr_bg", "imagenet_fg")]
+        assert r[name]["average"] == pytest.approx(sum(cols) / 5) and "average_4" not in r[name]
+    # the command, with the original/val folder itself
+    assert cli.main(["spurious", "--data", str(data), "--checkpoint", str(ck), "--baseline", str(ck),
+                     "--in9", str(challenge / "original" / "val"), "--out", str(tmp_path / "s.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "ImageNet fg (IN-9 val)" in printed and "Average (5 columns)" in printed and "ImageNet fg (IN-9 val) 9." in printed
+    assert json.loads((tmp_path / "s.json").read_text())["correct"] == pytest.approx(r["correct"])

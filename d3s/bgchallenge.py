@@ -1,0 +1,426 @@
+"""The Backgrounds Challenge (Xiao et al., "Noise or Signal"; the paper's appendix G, Table 4).
+
+The challenge's published layout (IN-9: 9 classes, 450 images per class in each variation)::
+
+    DIR/<variation>/val/<class folder>/*.JPEG     variations: original, only_fg, no_fg, only_bg_b,
+                                                  only_bg_t, mixed_same, mixed_rand, mixed_next
+    DIR/fg_mask/val/<class folder>/<name>.npy     2-D 0/1 foreground mask of original/val/<class folder>/<name>.JPEG
+
+with the class folders ``00_dog`` ... ``08_fish`` in IN-9 order. A run reads as the steps of
+:func:`run_bgchallenge`:
+
+1. check the layout and the model names before any image is decoded;
+2. :func:`d3s.benchmark.run_models`: a model whose result matches this folder and these settings is
+   skipped; the others are grouped by preprocessing, and per group every variation (and the masks)
+   is decoded once, shared by the group's models;
+3. per model: the IN-9 accuracy on each variation, the BG-Gap (mixed_same - mixed_rand), and the
+   adversarial-backgrounds accuracy (:func:`adversarial_search`), written to ``models/<model>.json``;
+4. the table (``table.md``, ``table.csv``, ``summary.json``) and the plot, over every result there.
+
+Predictions over the 1000 ImageNet classes map to IN-9 as the challenge maps them: the IN-9
+superclass of the top-1 class (SPEC section 5); a top-1 class outside IN-9 counts as wrong. The
+challenge's images are 224 px centre crops that it feeds to its models as they are; here each model
+gets them at its own input size, interpolation and normalisation, with no further crop, so a 224 px
+model sees exactly the challenge's pixels.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import io
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import __version__
+from .benchmark import (ImageSet, ModelRun, _csv, _write_atomic, check_config, collect_results, decode, on_device,
+                        predict_top5, resolve_device, result_paths, run_models)
+from .classifiers import D3S_PREFIX, ClassifierSpec, parse_model_list, resolve_classifiers
+from .guides import IMAGE_EXTENSIONS
+from .labels import IN9_CLASSES, imagenet_to_in9
+
+VARIATIONS = ("original", "only_fg", "no_fg", "only_bg_b", "only_bg_t", "mixed_same", "mixed_rand", "mixed_next")
+TITLES = {"original": "Original", "only_fg": "Only-FG", "no_fg": "No-FG", "only_bg_b": "Only-BG-B", "only_bg_t": "Only-BG-T",
+          "mixed_same": "Mixed-Same", "mixed_rand": "Mixed-Rand", "mixed_next": "Mixed-Next", "bg_gap": "BG-Gap",
+          "adversarial": "Adversarial"}
+MASKS = "fg_mask"
+CANDIDATES = "only_bg_t"  # the challenge's candidate backgrounds
+CLASS_FOLDERS = tuple(f"{k:02d}_{name}" for k, name in enumerate(IN9_CLASSES))
+SUBDIR = "bgchallenge"  # inside --out, beside `d3s benchmark`'s results
+SUMMARY_JSON, TABLE_CSV, TABLE_MD, PLOT = "summary.json", "table.csv", "table.md", "accuracy.png"
+COLUMNS = ("model", "family", "kind", *VARIATIONS, "bg_gap", "adversarial", "adversarial_n")
+DEFAULT_MODELS = "resnet50.tv_in1k"  # the paper's and the challenge's baseline: PyTorch's ResNet-50 weights
+
+
+class BgChallengeError(ValueError):
+    """A folder not in the Backgrounds Challenge layout, or a bad setting; raised before any model runs."""
+
+
+# --- 1. the layout ---------------------------------------------------------------------------------
+
+def _norm(name: str) -> str:
+    return re.sub(r"[\s_]+", " ", name.strip().lower())
+
+
+def _class_folders(folder: Path) -> list[Path]:
+    """The 9 class folders of a ``<variation>/val`` folder, checked against IN-9's order."""
+    found = sorted(p for p in folder.iterdir() if p.is_dir())
+    if [_norm(p.name) for p in found] != [_norm(n) for n in CLASS_FOLDERS]:
+        shown = ", ".join(p.name for p in found[:12]) or "none"
+        raise BgChallengeError(f"{folder} has the class folders [{shown}]; expected the 9 IN-9 folders "
+                               f"{', '.join(CLASS_FOLDERS)}, in that order.")
+    return found
+
+
+@dataclass
+class Challenge:
+    """A challenge folder, read and checked: each variation's images with IN-9 labels, and the masks searched."""
+
+    root: Path
+    variations: dict[str, ImageSet]
+    files: dict[str, list[str]]  # per variation, each row's path relative to root
+    masks: ImageSet | None = None  # the foregrounds of the adversarial search (None: no search)
+    mask_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # their rows in `original`
+    fingerprint: dict = field(default_factory=dict)
+
+
+def _digest(root: Path, files: list[Path]) -> str:
+    return hashlib.sha1("|".join(f"{f.relative_to(root)}:{f.stat().st_size}" for f in files).encode()).hexdigest()[:16]
+
+
+def read_variation(folder: str | Path, name: str, root: str | Path | None = None) -> tuple[ImageSet, list[str]]:
+    """One variation's ``val`` folder: an :class:`ImageSet` whose labels are IN-9 indices (0..8), and the files."""
+    folder = Path(folder)
+    root = Path(root) if root else folder
+    files, labels = [], []
+    for k, cls in enumerate(_class_folders(folder)):
+        images = sorted(f for f in cls.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+        files += images
+        labels += [k] * len(images)
+    if not files:
+        raise BgChallengeError(f"{folder} holds no images; expected {folder}/<class folder>/*.JPEG.")
+    paths = [str(f) for f in files]
+    images = ImageSet(name, str(folder), np.asarray(labels, dtype=np.int64), lambda a, b: paths[a:b],
+                      fingerprint={"rows": len(files), "content": _digest(root, files)})
+    return images, [str(f.relative_to(root)) for f in files]
+
+
+def _mask_png(path: str) -> bytes:
+    """A mask as the challenge turns it into an image: 0/1 -> black/white (decoded like the images after)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray((np.load(path, allow_pickle=False) > 0).astype(np.uint8) * 255).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _read_masks(root: Path, original: ImageSet, original_files: list[str], limit: int | None) -> tuple[ImageSet, np.ndarray]:
+    """``fg_mask/val``: each mask with the row of its image in ``original`` (the first ``limit`` per class)."""
+    from PIL import Image
+
+    folder = root / MASKS / "val"
+    row_of = {(int(lab), Path(f).stem): r for r, (lab, f) in enumerate(zip(original.fg, original_files))}
+    paths, rows, digest = [], [], []
+    for k, cls in enumerate(_class_folders(folder)):
+        for m in sorted(f for f in cls.iterdir() if f.suffix == ".npy")[:limit]:
+            row = row_of.get((k, m.stem))
+            if row is None:
+                raise BgChallengeError(f"mask {m} has no image original/val/{CLASS_FOLDERS[k]}/{m.stem}.JPEG.")
+            try:
+                shape = np.load(m, mmap_mode="r", allow_pickle=False).shape
+            except ValueError as err:
+                raise BgChallengeError(f"mask {m} is not a numpy array file: {err}") from None
+            with Image.open(root / original_files[row]) as im:
+                size = im.size[::-1]
+            if shape != size:
+                raise BgChallengeError(f"mask {m} is {shape}, its image {original_files[row]} is {size[0]}x{size[1]}: "
+                                       "a mask must be a 2-D array of the image's height and width.")
+            paths.append(str(m))
+            rows.append(row)
+            digest.append(m)
+    if not paths:
+        raise BgChallengeError(f"{folder} holds no masks; expected {folder}/<class folder>/<name>.npy.")
+    masks = ImageSet(MASKS, str(folder), original.fg[rows], lambda a, b: [_mask_png(p) for p in paths[a:b]],
+                     fingerprint={"rows": len(paths), "content": _digest(root, digest)})
+    return masks, np.asarray(rows, dtype=np.int64)
+
+
+def open_challenge(root: str | Path, adversarial_limit: int | None = None) -> Challenge:
+    """Read and check a challenge folder; ``adversarial_limit`` masks per class (None: all, 0: no search)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise BgChallengeError(f"--data {root} is not a folder; give the Backgrounds Challenge folder "
+                               f"(with {', '.join(VARIATIONS)} and {MASKS}).")
+    needed = list(VARIATIONS) + ([MASKS] if adversarial_limit != 0 else [])
+    missing = [v for v in needed if not (root / v / "val").is_dir()]
+    if missing:
+        raise BgChallengeError(f"{root} is not in the Backgrounds Challenge layout: {', '.join(f'{v}/val' for v in missing)} "
+                               f"missing (expected DIR/<variation>/val/<class folder>/*.JPEG for {', '.join(VARIATIONS)}, "
+                               f"and {MASKS}/val/<class folder>/*.npy).")
+    variations, files = {}, {}
+    for v in VARIATIONS:
+        variations[v], files[v] = read_variation(root / v / "val", v, root)
+    ch = Challenge(root, variations, files)
+    if adversarial_limit != 0:
+        ch.masks, ch.mask_rows = _read_masks(root, variations["original"], files["original"], adversarial_limit)
+    ch.fingerprint = {"source": os.path.abspath(root), **{v: s.fingerprint for v, s in variations.items()},
+                      MASKS: ch.masks.fingerprint if ch.masks else None}
+    return ch
+
+
+def open_in9_val(path: str | Path) -> ImageSet:
+    """IN-9's validation images: a challenge folder's ``original/val`` (or that folder given directly)."""
+    p = Path(path)
+    folder = next((f for f in (p / "original" / "val", p / "val") if f.is_dir()), p)
+    if not folder.is_dir():
+        raise BgChallengeError(f"--in9 {path} is not a folder; give the Backgrounds Challenge folder or its original/val.")
+    return read_variation(folder, "in9")[0]
+
+
+# --- 2. IN-9 answers -------------------------------------------------------------------------------
+
+def in9_of_imagenet() -> np.ndarray:
+    """The challenge's rule as a table: ImageNet index -> its IN-9 superclass, or -1 (then the answer is wrong)."""
+    table = np.full(1000, -1, dtype=np.int64)
+    for index, k in imagenet_to_in9().items():
+        table[index] = k
+    return table
+
+
+def _per_class(hit: np.ndarray, labels: np.ndarray) -> dict:
+    return {IN9_CLASSES[k]: float(hit[labels == k].mean()) for k in sorted(set(labels.tolist()))}
+
+
+def in9_accuracy(pred: np.ndarray, labels: np.ndarray) -> dict:
+    hit = pred == labels
+    return {"n": int(len(labels)), "top1": float(hit.mean()), "per_class": _per_class(hit, labels)}
+
+
+# --- 3. adversarial backgrounds --------------------------------------------------------------------
+
+def adversarial_search(logits_of: Callable, fgs: np.ndarray, alphas: np.ndarray, labels: np.ndarray, bgs: np.ndarray,
+                       batch_size: int = 64, device="cpu", progress: bool = False, desc: str | None = None) -> dict:
+    """Which foregrounds some background turns into a wrong IN-9 answer (the challenge's adversarial backgrounds).
+
+    Args:
+        logits_of (`Callable`): the model, as :func:`d3s.benchmark.on_device` returns it.
+        fgs (`np.ndarray`): the images ``(F, 3, H, W)`` uint8; alphas (`np.ndarray`): their masks ``(F, 1, H, W)``
+            uint8 (0..255, decoded like the images); labels (`np.ndarray`): their IN-9 classes ``(F,)``.
+        bgs (`np.ndarray`): the candidate backgrounds ``(B, 3, H, W)`` uint8.
+        batch_size (`int`, defaults to 64): composites per forward pass (halved on out-of-memory).
+
+    A composite is ``bg * (1 - a) + fg * a`` in float. Per foreground the search stops at the first
+    background that fools the model. Foregrounds are searched ``batch_size`` at a time: each step every
+    foreground of the pool tries its next ``batch_size // pool`` backgrounds, so batches stay full as
+    foregrounds leave. Backgrounds are tried in order of how many foregrounds they have fooled so far:
+    whether some background fools a foreground does not depend on the order; the cost does.
+
+    Returns ``{"fooled_by": (F,) row of the first background that fooled it, or -1; "tried": (F,)
+    backgrounds tried up to that one; "composites": how many were evaluated}``.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    device = torch.device(device)
+    fg_t, a_t, bg_t = (torch.as_tensor(np.ascontiguousarray(a)).to(device) for a in (fgs, alphas, bgs))
+    lab_t = torch.as_tensor(labels).to(device)
+    table = torch.as_tensor(in9_of_imagenet()).to(device)
+    fooled_by, tried = np.full(len(fgs), -1, dtype=np.int64), np.zeros(len(fgs), dtype=np.int64)
+    fooled = np.zeros(len(bgs), dtype=np.int64)  # per background: foregrounds it fooled
+    pending, active = collections.deque(range(len(fgs))), {}  # active: foreground -> backgrounds still to try
+    composites = 0
+    bar = tqdm(total=len(fgs), unit="fg", desc=desc, disable=not progress)
+    with torch.inference_mode():
+        while pending or active:
+            while pending and len(active) < batch_size:
+                active[pending.popleft()] = np.argsort(-fooled, kind="stable")
+            step = list(active.items())[:batch_size]
+            k = max(1, batch_size // len(step))
+            fi = np.concatenate([np.full(len(order[:k]), i) for i, order in step])
+            bj = np.concatenate([order[:k] for _, order in step])
+            try:
+                fi_t, bj_t = torch.as_tensor(fi, device=device), torch.as_tensor(bj, device=device)
+                a = a_t[fi_t].float() / 255
+                x = bg_t[bj_t].float() * (1 - a) + fg_t[fi_t].float() * a
+                wrong = (table[logits_of(x).argmax(dim=1)] != lab_t[fi_t]).cpu().numpy()
+            except torch.OutOfMemoryError:
+                if batch_size == 1:
+                    raise
+                batch_size //= 2
+                torch.cuda.empty_cache()
+                continue
+            composites += len(bj)
+            start = 0
+            for i, order in step:
+                js = order[:k]
+                w = wrong[start : start + len(js)]
+                start += len(js)
+                fooled[js[w]] += 1
+                first = int(np.argmax(w)) if w.any() else -1
+                tried[i] += first + 1 if first >= 0 else len(js)
+                if first >= 0 or len(order) == len(js):  # fooled, or every background tried: done
+                    fooled_by[i] = js[first] if first >= 0 else -1
+                    del active[i]
+                    bar.update(1)
+                else:
+                    active[i] = order[len(js) :]
+    bar.close()
+    return {"fooled_by": fooled_by, "tried": tried, "composites": int(composites)}
+
+
+# --- 4. a model's result ---------------------------------------------------------------------------
+
+@dataclass
+class BgChallengeConfig(ModelRun):
+    """Settings of a Backgrounds Challenge run, and those of :class:`d3s.benchmark.ModelRun`.
+
+    Args:
+        data (`str`): the challenge folder (see the module docstring).
+        out (`str`): results folder; results go to ``out/bgchallenge/`` (beside `d3s benchmark`'s), reused on reruns.
+        models (`str` or `list`, defaults to ``"resnet50.tv_in1k"``): names of the benchmark registry
+            (timm, ``clip:<arch>/<pretrained>``, ``d3s:<checkpoint>``), comma-separated; empty for none.
+        checkpoints (`list[str]`): d3s extractors (``d3s train --out`` folders or Hub ids), evaluated through their fg head.
+        adversarial_limit (`int`, *optional*): foregrounds per class searched for adversarial backgrounds
+            (default all 450; 0 skips the search, the costly part).
+    """
+
+    data: str
+    out: str
+    models: str | list[str] = DEFAULT_MODELS
+    checkpoints: list[str] = field(default_factory=list)
+    adversarial_limit: int | None = None
+
+
+def evaluate_model(spec: ClassifierSpec, shared_arrays: Callable[[], dict], ch: Challenge, data: dict,
+                   c: BgChallengeConfig, device) -> dict:
+    """Build one model, score it on every variation and search adversarial backgrounds; its result record."""
+    t0 = time.perf_counter()
+    clf = spec.build(str(device))  # first: a model that cannot be built costs no decoding
+    arrays = shared_arrays()
+    table = in9_of_imagenet()
+    variations = {}
+    for v, images in ch.variations.items():
+        top5 = predict_top5(clf.model, spec.data_config, arrays[v], c.batch_size, device, f"{spec.name} on {v}", c.progress)
+        variations[v] = in9_accuracy(table[top5[:, 0]], images.fg)
+    adversarial = None
+    if ch.masks is not None:
+        rows, labels = ch.mask_rows, ch.masks.fg
+        found = adversarial_search(on_device(clf.model, spec.data_config, device), arrays["original"][rows],
+                                   arrays[MASKS][:, :1], labels, arrays[CANDIDATES], c.batch_size, device, c.progress,
+                                   f"{spec.name}: adversarial backgrounds")
+        safe = found["fooled_by"] < 0
+        bg_files = ch.files[CANDIDATES]
+        adversarial = {
+            "n": int(len(rows)), "accuracy": float(safe.mean()), "vulnerable": int((~safe).sum()),
+            "candidates": len(bg_files), "composites": found["composites"], "per_class": _per_class(safe, labels),
+            "foregrounds": [{"image": ch.files["original"][r], "fooled_by": bg_files[j] if j >= 0 else None, "tried": int(t)}
+                            for r, j, t in zip(rows.tolist(), found["fooled_by"].tolist(), found["tried"].tolist())],
+        }
+    del clf
+    return {"model": spec.name, "kind": spec.kind, "family": spec.family, "extra_data": spec.extra_data,
+            "identity": spec.identity(), "data": data, "variations": variations,
+            "bg_gap": variations["mixed_same"]["top1"] - variations["mixed_rand"]["top1"], "adversarial": adversarial,
+            "seconds": round(time.perf_counter() - t0, 3), "device": str(device), "d3s_version": __version__}
+
+
+def write_result(out: Path, result: dict) -> Path:
+    path = result_paths(out, result["model"])[0]
+    _write_atomic(path, json.dumps(result, indent=1))
+    return path
+
+
+def describe(result: dict) -> str:
+    v, adv = result["variations"], result["adversarial"]
+    tail = f", adversarial {100 * adv['accuracy']:.1f}% ({adv['composites']} composites)" if adv else ""
+    return (f"{result['model']}: original {100 * v['original']['top1']:.1f}%, mixed_same {100 * v['mixed_same']['top1']:.1f}%, "
+            f"mixed_rand {100 * v['mixed_rand']['top1']:.1f}%, BG-Gap {100 * result['bg_gap']:.1f} points{tail}")
+
+
+# --- 5. the table and the plot ---------------------------------------------------------------------
+
+def summary_row(result: dict) -> dict:
+    adv = result["adversarial"]
+    return {"model": result["model"], "family": result["family"], "kind": result["kind"],
+            **{v: result["variations"][v]["top1"] for v in VARIATIONS}, "bg_gap": result["bg_gap"],
+            "adversarial": adv["accuracy"] if adv else None, "adversarial_n": adv["n"] if adv else None}
+
+
+def markdown_table(rows: list[dict]) -> str:
+    cols = [*VARIATIONS, "bg_gap", "adversarial"]
+    lines = ["| Model | " + " | ".join(TITLES[c] for c in cols) + " |", "|---|" + "---:|" * len(cols)]
+    for r in rows:
+        cells = ["-" if r[c] is None else f"{100 * r[c]:.1f}" for c in cols]
+        lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
+    n = {r["adversarial_n"] for r in rows if r["adversarial_n"] is not None}
+    lines += ["", "IN-9 accuracy (%) per variation: the model's top-1 ImageNet class mapped to its IN-9 class (a class "
+                  "outside IN-9 is wrong). BG-Gap: Mixed-Same - Mixed-Rand (points). Adversarial: foregrounds that no "
+                  f"{CANDIDATES} background fools (of {', '.join(map(str, sorted(n))) or 'no'} foregrounds)."]
+    return "\n".join(lines)
+
+
+def write_summary(out: Path, data: dict, failed: list[dict]) -> dict:
+    rows = [summary_row(r) for r in collect_results(out, data)]
+    summary = {"d3s_version": __version__, "data": data, "models": rows, "failed": failed}
+    _write_atomic(out / SUMMARY_JSON, json.dumps(summary, indent=1))
+    _write_atomic(out / TABLE_CSV, _csv(rows, COLUMNS))
+    _write_atomic(out / TABLE_MD, markdown_table(rows) + "\n")
+    return summary
+
+
+def read_summary(results: str | Path) -> dict | None:
+    """The challenge's summary in a results folder (``RESULTS/bgchallenge/summary.json``), or None."""
+    try:
+        return json.loads((Path(results) / SUBDIR / SUMMARY_JSON).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# --- the run ---------------------------------------------------------------------------------------
+
+def run_bgchallenge(c: BgChallengeConfig, specs: list[ClassifierSpec] | None = None, log: Callable[[str], None] = print) -> dict:
+    """Evaluate the models (or the given ``specs``) on the challenge; write results, table and plot.
+
+    Returns the summary dict with ``evaluated``, ``skipped`` and ``failed`` lists and ``out`` (the folder written).
+    """
+    # 1. inputs, all checked before any decoding
+    check_config(c)
+    if c.adversarial_limit is not None and c.adversarial_limit < 0:
+        raise BgChallengeError(f"--adversarial-limit must be 0 (no search) or more, got {c.adversarial_limit}.")
+    if specs is None:
+        names = (parse_model_list(c.models) if c.models else []) + [D3S_PREFIX + p for p in c.checkpoints]
+        if not names:
+            raise BgChallengeError("No model given: pass --models (timm names, clip:<arch>/<pretrained>) and/or --checkpoint.")
+        specs = resolve_classifiers(names, pretrained=c.pretrained, prompts=c.clip_prompts, names=c.clip_names)
+    specs = [replace(s, data_config={**s.data_config, "crop_pct": 1.0}) for s in specs]  # the images are crops already
+    ch = open_challenge(c.data, c.adversarial_limit)
+    data = {"bgchallenge": ch.fingerprint, "adversarial_limit": c.adversarial_limit}
+    out = Path(c.out) / SUBDIR
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(c.device)
+
+    # 2-3. shared decoding per preprocessing setting, then each model
+    def decode_group(data_config: dict, tmp: Path) -> dict:
+        arrays = {v: decode(images, data_config, tmp / f"{v}.npy", c.workers, c.progress) for v, images in ch.variations.items()}
+        if ch.masks is not None:
+            arrays[MASKS] = decode(ch.masks, data_config, tmp / f"{MASKS}.npy", c.workers, c.progress)
+        return arrays
+
+    evaluated, skipped, failed = run_models(
+        specs, out, data, decode_group, lambda spec, arrays: evaluate_model(spec, arrays, ch, data, c, device),
+        write_result, describe, device, log, c.cache_dir)
+
+    # 4. table and plot over every result in the folder for this data
+    summary = write_summary(out, data, failed)
+    if c.plots and summary["models"]:
+        from .plots import bgchallenge_bars
+
+        summary["plot"] = bgchallenge_bars(summary["models"], out / PLOT)
+    summary.update(evaluated=evaluated, skipped=skipped, out=str(out))
+    return summary
