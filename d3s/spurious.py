@@ -110,10 +110,10 @@ class TimmFeatures(torch.nn.Module):
 
     def __init__(self, name: str, pretrained: bool):
         super().__init__()
-        import timm
+        from .offline_weights import create_timm_model
 
         try:
-            self.net = timm.create_model(name, pretrained=pretrained, num_classes=0)
+            self.net = create_timm_model(name, pretrained=pretrained, num_classes=0)
         except RuntimeError as err:
             raise SpuriousError(f"--baseline {name!r} is neither a d3s checkpoint folder nor a timm model ({err}).") from None
         cfg = self.net.pretrained_cfg or {}

@@ -206,6 +206,31 @@ def colour_photos(tmp_path_factory) -> Path:
     return write_colour_photos(tmp_path_factory.mktemp("colour_photos"))
 
 
+# --- real photos -------------------------------------------------------------------------------------------
+
+# Photos that ship with installed packages (matplotlib; scikit-image, pinned in requirements.txt for them), with
+# the ImageNet-1k classes that are right for each. With EfficientNet-Lite0's real weights (plain timm), the right
+# class is in the top-5 of all five.
+REAL_PHOTOS = {
+    "grace_hopper": ("matplotlib", "sample_data/grace_hopper.jpg", {652}),  # military uniform
+    "chelsea": ("skimage", "chelsea.png", {281, 282, 285}),  # tabby, tiger cat, Egyptian cat
+    "coffee": ("skimage", "coffee.png", {967, 968}),  # espresso, cup
+    "rocket": ("skimage", "rocket.jpg", {657, 744, 812}),  # missile, projectile, space shuttle
+    "motorcycle_left": ("skimage", "motorcycle_left.png", {665, 670}),  # moped, motor scooter
+}
+
+
+def real_photo(name: str) -> Path:
+    package, relative, _ = REAL_PHOTOS[name]
+    if package == "matplotlib":
+        import matplotlib
+
+        return Path(matplotlib.get_data_path()) / relative
+    import skimage
+
+    return Path(skimage.data_dir) / relative
+
+
 # --- awkward uploads -------------------------------------------------------------------------------------
 
 def huge_png_header(path: Path, side: int = 20000) -> Path:

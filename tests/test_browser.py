@@ -48,17 +48,18 @@ def test_generate_tab(page):
     page.screenshot(path=str(SHOTS / "generate.png"), full_page=True)
 
 
-def test_predict_tab(page, tmp_path):
-    from PIL import Image
+def test_predict_tab(page):
+    """A photo of a cat: offline, the standard classifier runs on real ImageNet weights (EfficientNet-Lite0)."""
+    from conftest import real_photo
 
-    photo = tmp_path / "photo.png"
-    Image.new("RGB", (120, 90), (30, 150, 60)).save(photo)
     page.get_by_role("tab", name="Predict").click()
-    page.locator("#predict-photo input[type=file]").set_input_files(str(photo))
+    page.locator("#predict-photo input[type=file]").set_input_files(str(real_photo("chelsea")))
     page.click("#predict-button")
     page.wait_for_selector("#predict-preview img")
     page.wait_for_function("document.querySelector('#predict-bg')?.innerText.includes('in snow')")
-    assert page.locator("#predict-fg").inner_text().strip() and page.locator("#predict-ref").inner_text().strip()
+    page.wait_for_function("document.querySelector('#predict-ref')?.innerText.includes('tiger cat')")
+    assert page.locator("#predict-fg").inner_text().strip()
+    assert "tf_efficientnet_lite0.pypi_in1k" in page.inner_text("#model-banner")
     page.screenshot(path=str(SHOTS / "predict.png"), full_page=True)
 
 
