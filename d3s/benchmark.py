@@ -351,9 +351,9 @@ def resolve_device(device: str = "auto"):
     return torch.device(device)
 
 
-def predict_top5(model, data_config: dict, images: np.ndarray, batch_size: int = 64, device="cpu",
-                 desc: str | None = None, progress: bool = False) -> np.ndarray:
-    """Top-5 class indices ``(N, 5)`` for uint8 images ``(N, 3, H, W)``.
+def run_batches(model, data_config: dict, images: np.ndarray, on_batch: Callable, batch_size: int = 64, device="cpu",
+                desc: str | None = None, progress: bool = False) -> None:
+    """Run ``model`` on uint8 images ``(N, 3, H, W)`` in batches, calling ``on_batch(start, stop, output)``.
 
     Normalisation with the model's own mean/std happens on the device. On CUDA the model runs
     channels-last under bf16 (fp16 where bf16 is unsupported) autocast, and an out-of-memory batch
@@ -371,7 +371,6 @@ def predict_top5(model, data_config: dict, images: np.ndarray, batch_size: int =
     mean = torch.tensor(data_config["mean"], device=device).view(1, 3, 1, 1) * 255
     std = torch.tensor(data_config["std"], device=device).view(1, 3, 1, 1) * 255
     n = len(images)
-    out = np.empty((n, 5), dtype=np.int64)
     bar = tqdm(total=n, unit="img", desc=desc, disable=not progress)
     start = 0
     with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype, enabled=cuda):
@@ -383,7 +382,7 @@ def predict_top5(model, data_config: dict, images: np.ndarray, batch_size: int =
                 x = x.float().sub_(mean).div_(std)
                 if cuda:
                     x = x.contiguous(memory_format=torch.channels_last)
-                logits = model(x)
+                output = model(x)
             except torch.OutOfMemoryError:
                 if batch_size == 1:
                     raise
@@ -391,10 +390,21 @@ def predict_top5(model, data_config: dict, images: np.ndarray, batch_size: int =
                 if cuda:
                     torch.cuda.empty_cache()
                 continue
-            out[start:stop] = logits.float().topk(5, dim=1).indices.cpu().numpy()
+            on_batch(start, stop, output)
             bar.update(stop - start)
             start = stop
     bar.close()
+
+
+def predict_top5(model, data_config: dict, images: np.ndarray, batch_size: int = 64, device="cpu",
+                 desc: str | None = None, progress: bool = False) -> np.ndarray:
+    """Top-5 class indices ``(N, 5)`` for uint8 images ``(N, 3, H, W)`` (batched as :func:`run_batches`)."""
+    out = np.empty((len(images), 5), dtype=np.int64)
+
+    def keep(start: int, stop: int, logits) -> None:
+        out[start:stop] = logits.float().topk(5, dim=1).indices.cpu().numpy()
+
+    run_batches(model, data_config, images, keep, batch_size, device, desc, progress)
     return out
 
 

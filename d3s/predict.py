@@ -1,7 +1,8 @@
 """Predictions on one photo: the disentangled fg and bg heads beside a standard ImageNet classifier.
 
 Used by the app's Predict tab. Models are real when they can be had (an extractor checkpoint folder or
-Hub id; a timm classifier with pretrained weights) and tiny random-weight models of the same classes
+Hub id, of either kind: a checkpoint trained on frozen features is joined to its backbone; a timm
+classifier with pretrained weights) and tiny random-weight models of the same classes
 otherwise, which :func:`load_predictors` says in its ``note``.
 """
 
@@ -29,8 +30,12 @@ class Predictors:
     note: str
 
 
-def load_predictors(extractor: str | None = None, classifier: str = DEFAULT_CLASSIFIER) -> Predictors:
-    """Load the extractor and the reference classifier; fall back to tiny random models, saying why."""
+def load_predictors(extractor: str | None = None, classifier: str = DEFAULT_CLASSIFIER, backbone: str | None = None) -> Predictors:
+    """Load the extractor and the reference classifier; fall back to tiny random models, saying why.
+
+    ``backbone`` is for an extractor trained on frozen features: the backbone that made them (default:
+    the one it records), e.g. ``local-dir:DIR``.
+    """
     import timm
     from timm.data import create_transform, resolve_data_config
 
@@ -42,7 +47,7 @@ def load_predictors(extractor: str | None = None, classifier: str = DEFAULT_CLAS
     model = None
     if extractor:
         try:
-            model = load_extractor(extractor)
+            model = load_extractor(extractor, backbone)
         except ModelError as err:
             notes.append(f"extractor: {err}")
     else:
@@ -73,7 +78,11 @@ def predict(p: Predictors, image: Image.Image, k: int = 5) -> tuple[dict, dict, 
     from .labels import imagenet_classes
 
     m = p.extractor
-    x = torch.from_numpy(np.array(center_crop_resize(image, m.image_size))).permute(2, 0, 1)[None]
+    transform = m.input_transform()  # the preprocessing a frozen-features checkpoint's features were made with
+    if transform is not None:
+        x = torch.from_numpy(np.asarray(transform(image.convert("RGB"))))[None]
+    else:
+        x = torch.from_numpy(np.array(center_crop_resize(image, m.image_size))).permute(2, 0, 1)[None]
     _, fg_logits, bg_logits = m(x, with_heads=True)
     fg = _top(fg_logits.softmax(-1)[0], m.fg_names, k)
     bg = _top(bg_logits.softmax(-1)[0], m.bg_names, len(m.bg_names))

@@ -9,7 +9,8 @@ anticorr. Three feature sets:
 - ``correct``: fg head on z_fg, bg head on z_bg (the intended use of a disentangled extractor);
 - ``all``: both heads on all features of the same extractor (the ablation);
 - ``baseline``: both heads on the features of a baseline (a ``d3s train`` checkpoint, e.g. ERM,
-  or a timm model name: its penultimate features).
+  or a timm model name: its penultimate features; on a features dataset, ``features``: the
+  dataset's own features, i.e. the frozen backbone's penultimate features).
 
 For D3S the default pairs are SPEC section 4's nine IN-9 pairs, the fg labels (ImageNet classes)
 mapped to their IN-9 class; ImageNet classes outside IN-9 are left out. ``average`` is the mean of
@@ -38,6 +39,7 @@ IN9_PAIRS: dict[str, str] = {
     "fish": "on grass",
 }
 COLUMNS = ("corr_fg", "anticorr_fg", "corr_bg", "anticorr_bg", "imagenet_fg")
+RAW_FEATURES = "features"  # --baseline on a features dataset: its own features
 TITLES = {"corr_fg": "Correlated fg", "anticorr_fg": "Anti-correlated fg", "corr_bg": "Correlated bg",
           "anticorr_bg": "Anti-correlated bg", "imagenet_fg": "ImageNet fg"}
 
@@ -116,39 +118,61 @@ class TimmFeatures(torch.nn.Module):
         return self.net((images.float() / 255.0 - self.mean) / self.std)
 
 
-def _features(model, ds, size, device, fg_column="fg") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    from .data import ImageTable, extract
+class RawFeatures(torch.nn.Module):
+    """A features dataset's own features, unchanged: the ``baseline`` there (``--baseline features``)."""
 
-    table = ImageTable(ds, size, fg_column=fg_column)
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features.float()
+
+
+def _features(model, ds, device, fg_column="fg") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    from .data import extract, table_for
+    from .probes import check_feature_dim
+
+    table = table_for(ds, model, fg_column=fg_column)
+    if hasattr(model, "feature_dim"):
+        check_feature_dim(model, table, "the data")
     return extract(model, table, device=device, progress=True), table.fg, table.bg
 
 
+def _baseline(baseline: str, data: str, frozen: bool, pretrained: bool) -> torch.nn.Module:
+    """The baseline's feature extractor: a d3s checkpoint, a timm model, or (features data) the raw features."""
+    from .probes import load_for_data
+
+    if Path(baseline).exists():
+        return load_for_data(baseline, data)
+    if frozen:
+        if baseline != RAW_FEATURES:
+            raise SpuriousError(f"on a features dataset the --baseline is a checkpoint trained on such features, or "
+                                f"{RAW_FEATURES!r} (the dataset's own features); got {baseline!r}.")
+        return RawFeatures()
+    return TimmFeatures(baseline, pretrained)
+
+
 def spurious(data: str, checkpoint: str, baseline: str, pairs_file: str | None = None, out: str | None = None,
-             imagenet: str | None = None, baseline_pretrained: bool = True, l2: float = 1e-4) -> dict:
-    """Run the experiment; returns ``{"correct": {...}, "all": {...}, "baseline": {...}}``."""
-    from .data import label_info, load_split
-    from .models import load_extractor
-    from .probes import fit_probe
+             imagenet: str | None = None, baseline_pretrained: bool = True, l2: float = 1e-4, backbone: str | None = None) -> dict:
+    """Run the experiment; returns ``{"correct": {...}, "all": {...}, "baseline": {...}}``.
+
+    ``backbone`` joins a frozen-features checkpoint to that backbone on image data (default: the recorded one).
+    """
+    from .data import is_features, label_info, load_split
+    from .probes import fit_probe, load_for_data
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     pairs = load_pairs(pairs_file)
-    model = load_extractor(checkpoint).to(device)
+    model = load_for_data(checkpoint, data, "train", backbone).to(device)
     splits = {s: load_split(data, s) for s in ("train", "validation")}
     info = label_info(splits["train"], f"{data} (train)")
     model.check_labels(info.fg_names, info.bg_names, where=data)
     fg_map, bg_map = coarse_fg_map(pairs, info.fg_names, info.bg_names)
-    if Path(baseline).exists():
-        base = load_extractor(baseline).to(device)
-        base_size = base.image_size
-    else:
-        base = TimmFeatures(baseline, baseline_pretrained).to(device)
-        base_size = base.image_size
+    frozen = is_features(splits["train"])
+    base = _baseline(baseline, data, frozen, baseline_pretrained).to(device)
 
     # features and coarse labels of both splits: fg/bg are pair indices, -1 outside the experiment
     feats: dict[str, dict[str, torch.Tensor]] = {}
     for s, ds in splits.items():
-        z, fg, bg = _features(model, ds, model.image_size, device)
-        zb, _, _ = _features(base, ds, base_size, device)
+        z, fg, bg = _features(model, ds, device)
+        zb, _, _ = _features(base, ds, device)
         z_fg, z_bg = model.split(z)
         feats[s] = {"z_fg": z_fg, "z_bg": z_bg, "all": z, "baseline": zb, "fg": fg_map[fg], "bg": bg_map[bg]}
     tr, va = feats["train"], feats["validation"]
@@ -163,11 +187,14 @@ def spurious(data: str, checkpoint: str, baseline: str, pairs_file: str | None =
     im = None
     if imagenet:
         ids = load_split(imagenet.split(":")[0], imagenet.split(":")[1] if ":" in imagenet else "validation", need_bg=False)
+        if is_features(ids) != frozen:
+            raise SpuriousError(f"--imagenet {imagenet} holds {'features' if is_features(ids) else 'images'} and --data "
+                                f"{data} {'features' if frozen else 'images'}; give both of one kind.")
         im_info = label_info(ids, imagenet, need_bg=False)
         im_map, _ = coarse_fg_map(pairs, im_info.fg_names, info.bg_names)
         col = "fg" if "fg" in ids.column_names else "label"
-        z_im, fg_im, _ = _features(model, ids, model.image_size, device, fg_column=col)
-        zb_im, _, _ = _features(base, ids, base_size, device, fg_column=col)
+        z_im, fg_im, _ = _features(model, ids, device, fg_column=col)
+        zb_im, _, _ = _features(base, ids, device, fg_column=col)
         keep = im_map[fg_im] >= 0
         im = {"z_fg": model.split(z_im)[0][keep], "all": z_im[keep], "baseline": zb_im[keep], "fg": im_map[fg_im][keep]}
 
