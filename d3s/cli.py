@@ -437,8 +437,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
     summary = embed(config)
     if summary["rank"] == 0:
         rows = ", ".join(f"{name} {n}" for name, n in summary["rows"].items())
-        print(f"done: {rows} rows of {args.backbone} features in {args.out} "
-              f"({summary['embedded']} embedded now, {summary['already_done']} were already there)")
+        now = sum(summary["rows"].values()) - summary["already_done"]  # by all processes
+        print(f"{'done' if summary['done'] else 'not done'}: {rows} rows of {args.backbone} features in {args.out} "
+              f"({now} embedded now, {summary['already_done']} were already there)")
     return 0
 
 

@@ -76,6 +76,11 @@ def is_features(ds) -> bool:
     return FEATURES in ds.column_names
 
 
+def features_column(ds):
+    """The ``features`` column as Arrow (rows in the split's order, a selection's indices applied)."""
+    return ds.with_format("arrow", columns=[FEATURES])[:][FEATURES]
+
+
 def feature_dim(ds, where: str) -> int:
     """The length of every row of the ``features`` column; refuses a column that is not a list of
     numbers, or rows of different lengths or with missing values."""
@@ -91,7 +96,7 @@ def feature_dim(ds, where: str) -> int:
                                  f"got {feat}.")
     if getattr(feat, "length", -1) > 0:
         return int(feat.length)
-    column = ds.data.column(FEATURES)
+    column = features_column(ds)
     if len(column) == 0:
         raise DatasetFormatError(f"{where} has no rows.")
     lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
@@ -204,9 +209,9 @@ class FeatureTable:
 
         self.ds = ds
         self.fg, self.bg = _labels(ds, fg_column)
-        column = ds.data.column(FEATURES)  # Arrow: no trip through Python lists
-        flat = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-        self.x = torch.from_numpy(np.ascontiguousarray(flat.reshape(len(column), -1)))
+        column = features_column(ds)  # Arrow: no trip through Python lists
+        flat = pc.list_flatten(column).to_numpy(zero_copy_only=False)
+        self.x = torch.from_numpy(np.array(flat.reshape(len(column), -1), dtype=np.float32))  # a copy: Arrow's is read-only
 
     @property
     def dim(self) -> int:

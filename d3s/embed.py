@@ -100,9 +100,12 @@ def read_embed_info(data: str) -> dict | None:
 
 def open_splits(data: str) -> dict:
     """Every split of the image dataset ``data``, checked (labels, an ``image`` column)."""
+    import datasets
+
     from .data import is_features, load_split
     from .dataset import DatasetFormatError, load_raw
 
+    datasets.disable_progress_bars()  # "Generating split" bars would bury our own output and errors
     try:
         names = list(load_raw(data).keys())
     except (ValueError, FileNotFoundError) as err:

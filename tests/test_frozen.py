@@ -133,6 +133,24 @@ def test_training_on_features_keeps_neck_and_heads_and_the_backbone_name(frozen,
     assert set(probe["validation"]) == {"fg_from_fg", "bg_from_bg", "fg_from_bg", "bg_from_fg"}
 
 
+def test_fg_only_features_mix_into_training_as_fg_only_images_do(embedded, tmp_path):
+    """--extra-data with fg-only features (ImageNet embedded by the same backbone): its rows come without a bg label."""
+    from d3s.data import FeatureTable, SeededBatches, load_split
+    from d3s.train import TrainConfig, train
+
+    fg_only = tmp_path / "fg_only"
+    load_split(str(embedded), "train").remove_columns(["bg"]).to_parquet(str(fg_only / "data" / "train-00000000-00000071.parquet"))
+    extra = FeatureTable(load_split(str(fg_only), "train", need_bg=False))
+    batches = SeededBatches(FeatureTable(load_split(str(embedded), "train")), 16, 0, 1.0, extra, 8)
+    batches.steps = range(1)
+    b = batches[0]
+    assert b["images"].shape == (24, 96) and b["images"].dtype == torch.float32
+    assert (b["bg"][:16] >= 0).all() and (b["bg"][16:] == -1).all()
+    summary = train(TrainConfig(data=str(embedded), out=str(tmp_path / "run"), iters=3, batch_size=16, progress=False,
+                                extra_data=str(fg_only), extra_batch_size=8, neck="linear", hparams={"warmup_iters": 1}))
+    assert summary["done"] and json.loads((tmp_path / "run" / "config.json").read_text())["neck"] == "linear"
+
+
 def test_frozen_checkpoint_gives_the_same_z_from_features_and_from_images(frozen, embedded, tiny_toy, backbone, tmp_path):
     from d3s.probes import export_features
 
