@@ -190,7 +190,7 @@ def decode_chunk(chunk: Chunk, ds, data_config: dict, workers: int) -> np.ndarra
 
     cells = ds.select_columns(["image"]).cast_column("image", datasets.Image(decode=False))[chunk.start:chunk.stop]["image"]
     items = [c["bytes"] if c.get("bytes") is not None else c["path"] for c in cells]
-    images = ImageSet(chunk.split, "", np.arange(len(items)), lambda a, b: items[a:b])
+    images = ImageSet(chunk.split, "", np.arange(len(items)), lambda a, b: items[a:b])  # labels are not needed to decode
     return decode(images, data_config, workers=workers)
 
 
@@ -201,7 +201,7 @@ def chunk_table(chunk: Chunk, ds, schema, features: np.ndarray):
     from .data import fg_column
 
     part = ds.select_columns([c for c in ("item_id", fg_column(ds), "bg") if c in ds.column_names])[chunk.start:chunk.stop]
-    n, dim = features.shape
+    dim = features.shape[1]
     values = {
         KEY: pa.array(np.arange(chunk.start, chunk.stop), pa.int64()),
         "item_id": pa.array(part.get("item_id", []), pa.int64()),
@@ -249,8 +249,10 @@ def embed(config: EmbedConfig, stop_after: int | None = None) -> dict:
         remove_partial_files(out)
     barrier()
 
-    # 3. this process's chunks
-    todo = remaining_chunks(out, splits, config.shard_size)
+    # 3. this process's chunks: the main process looks first (it sets unreadable shards aside), then the others
+    todo = remaining_chunks(out, splits, config.shard_size) if rank == 0 else None
+    barrier()
+    todo = todo if todo is not None else remaining_chunks(out, splits, config.shard_size)
     barrier()  # every process has read the same folder before any writes to it
     already = sum(len(ds) for ds in splits.values()) - sum(c.stop - c.start for c in todo)
     mine = todo[rank::world][:stop_after]
