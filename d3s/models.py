@@ -70,8 +70,10 @@ def create_backbone(name: str, pretrained: bool = False, classifier: bool = Fals
     kwargs = {**(args or {}), **({} if classifier else {"num_classes": 0})}
     try:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
-    except RuntimeError as err:  # timm: "Unknown model (...)"
-        raise ModelError(f"unknown timm backbone {name!r}: {_first_line(err)}") from None
+    except RuntimeError as err:  # timm: "Unknown model (...)", "No pretrained weights exist for ..."
+        if "Unknown model" in str(err):
+            raise ModelError(f"unknown timm backbone {name!r}: {_first_line(err)}") from None
+        raise ModelError(f"cannot load the weights of backbone {name!r}: {_first_line(err)}") from None
     except (OSError, ValueError) as err:  # weights not downloadable (offline), bad Hub id
         raise ModelError(f"cannot load the weights of backbone {name!r}: {_first_line(err)}") from None
 
