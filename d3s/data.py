@@ -1,9 +1,14 @@
-"""Images and labels of a d3s dataset, as tensors for training and feature extraction.
+"""Images (or precomputed features) and labels of a d3s dataset, as tensors for training and feature extraction.
 
 Batches are a pure function of (seed, step): the row order of each epoch is a seeded permutation
 and each batch's augmentation draws from a generator seeded by the step. So a resumed run sees
 exactly the batches the uninterrupted run would have seen, and several processes can each take
 their slice of the same global batch.
+
+A *features dataset* (``d3s embed``, ``d3s toy --kind features``) has a ``features`` column (a
+fixed-length list of numbers per row: a frozen backbone's features) instead of ``image``; its
+:class:`FeatureTable` has :class:`ImageTable`'s interface, so batching, resume and several processes
+work the same on both.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from PIL import Image
 from .dataset import DatasetFormatError
 
 PRELOAD_LIMIT_BYTES = 1 << 30  # decode the whole split into memory when it fits in this
+FEATURES = "features"  # the column of a features dataset
 
 
 @dataclass
@@ -31,17 +37,14 @@ def label_info(ds, where: str, need_bg: bool = True) -> LabelInfo:
     import datasets
 
     fg = ds.features.get("fg") or (ds.features.get("label") if not need_bg else None)
+    needs = "'image' (or 'features'), 'fg' and 'bg'"
     if not isinstance(fg, datasets.ClassLabel):
-        raise DatasetFormatError(
-            f"{where} has no 'fg' ClassLabel column (columns: {', '.join(ds.column_names)}); d3s needs 'image', 'fg' and 'bg'."
-        )
+        raise DatasetFormatError(f"{where} has no 'fg' ClassLabel column (columns: {', '.join(ds.column_names)}); d3s needs {needs}.")
     bg = ds.features.get("bg")
     if need_bg and not isinstance(bg, datasets.ClassLabel):
-        raise DatasetFormatError(
-            f"{where} has no 'bg' ClassLabel column (columns: {', '.join(ds.column_names)}); d3s needs 'image', 'fg' and 'bg'."
-        )
-    if "image" not in ds.column_names:
-        raise DatasetFormatError(f"{where} has no 'image' column (columns: {', '.join(ds.column_names)}).")
+        raise DatasetFormatError(f"{where} has no 'bg' ClassLabel column (columns: {', '.join(ds.column_names)}); d3s needs {needs}.")
+    if "image" not in ds.column_names and FEATURES not in ds.column_names:
+        raise DatasetFormatError(f"{where} has no 'image' or 'features' column (columns: {', '.join(ds.column_names)}).")
     return LabelInfo(list(fg.names), list(bg.names) if isinstance(bg, datasets.ClassLabel) else None)
 
 
@@ -60,7 +63,48 @@ def load_split(root: str, split: str, need_bg: bool = True):
             raise
         raise DatasetFormatError(f"cannot load split {split!r} of {root}: {str(err).splitlines()[0]}") from None
     label_info(ds, f"{root} ({split})", need_bg=need_bg)
+    if is_features(ds):
+        feature_dim(ds, f"{root} ({split})")
     return ds
+
+
+def is_features(ds) -> bool:
+    """Whether a split holds precomputed features (a ``features`` column) rather than images."""
+    return FEATURES in ds.column_names
+
+
+def features_column(ds):
+    """The ``features`` column as Arrow (rows in the split's order, a selection's indices applied)."""
+    return ds.with_format("arrow", columns=[FEATURES])[:][FEATURES]
+
+
+def feature_dim(ds, where: str) -> int:
+    """The length of every row of the ``features`` column; refuses a column that is not a list of
+    numbers, or rows of different lengths or with missing values."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    feat = ds.features[FEATURES]
+    inner = getattr(feat, "feature", None)
+    if not isinstance(feat, (datasets.List, datasets.LargeList)) or not isinstance(inner, datasets.Value) or not (
+            pa.types.is_integer(inner.pa_type) or pa.types.is_floating(inner.pa_type)):
+        raise DatasetFormatError(f"{where}: the 'features' column must hold a list of numbers per row (float32), "
+                                 f"got {feat}.")
+    if getattr(feat, "length", -1) > 0:
+        return int(feat.length)
+    column = features_column(ds)
+    if len(column) == 0:
+        raise DatasetFormatError(f"{where} has no rows.")
+    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+    if (lengths != lengths[0]).any() or column.null_count:
+        other = int(np.flatnonzero(lengths != lengths[0])[0]) if (lengths != lengths[0]).any() else None
+        detail = f"row 0 has {lengths[0]}, row {other} has {lengths[other]}" if other is not None else "some rows are missing"
+        raise DatasetFormatError(f"{where}: the rows of the 'features' column differ in length ({detail}); "
+                                 "every row needs the same number of features.")
+    if pc.list_flatten(column).null_count:
+        raise DatasetFormatError(f"{where}: the 'features' column has missing values.")
+    return int(lengths[0])
 
 
 def _to_rgb_array(img: Image.Image, size: int, box=None) -> np.ndarray:
@@ -89,6 +133,17 @@ def random_resized_box(w: int, h: int, rng: np.random.Generator, scale=(0.35, 1.
     return ((w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2)
 
 
+def _labels(ds, fg_column: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fg, bg) label tensors of a split; bg is -1 on fg-only data."""
+    fg = torch.tensor(ds[fg_column], dtype=torch.long)
+    return fg, torch.tensor(ds["bg"], dtype=torch.long) if "bg" in ds.column_names else torch.full_like(fg, -1)
+
+
+def fg_column(ds) -> str:
+    """``fg``, or ``label`` for ImageNet-style fg-only data."""
+    return "fg" if "fg" in ds.column_names else "label"
+
+
 class ImageTable:
     """The images and labels of one split, decoded on demand (or all at once when small).
 
@@ -96,12 +151,13 @@ class ImageTable:
         ds (`datasets.Dataset`): a split with ``image`` and ``fg`` (and ``bg``) columns.
         size (`int`): the side images are resized to.
         fg_column (`str`, defaults to ``"fg"``): ``label`` for ImageNet-style fg-only data.
+        transform (`callable`, *optional*): PIL image -> uint8 ``(3, H, W)`` array for un-augmented
+            batches (a model's own preprocessing); defaults to centre crop and resize to ``size``.
     """
 
-    def __init__(self, ds, size: int, fg_column: str = "fg", preload_limit: int = PRELOAD_LIMIT_BYTES):
-        self.ds, self.size = ds, size
-        self.fg = torch.tensor(ds[fg_column], dtype=torch.long)
-        self.bg = torch.tensor(ds["bg"], dtype=torch.long) if "bg" in ds.column_names else torch.full_like(self.fg, -1)
+    def __init__(self, ds, size: int, fg_column: str = "fg", preload_limit: int = PRELOAD_LIMIT_BYTES, transform=None):
+        self.ds, self.size, self.transform = ds, size, transform
+        self.fg, self.bg = _labels(ds, fg_column)
         self._raw: list[Image.Image] | None = None
         w, h = ds[0]["image"].size if len(ds) else (0, 0)
         if len(ds) * w * h * 3 <= preload_limit:  # the decoded originals fit in memory: decode once
@@ -119,6 +175,8 @@ class ImageTable:
 
     def batch(self, idx: Sequence[int], seeds: Sequence | None = None, crop_scale: float = 1.0) -> torch.Tensor:
         """uint8 (N, 3, size, size) images; with ``seeds`` (one per image), random resized crop and horizontal flip."""
+        if seeds is None and self.transform is not None:
+            return torch.from_numpy(np.stack([self.transform(im.convert("RGB")) for im in self._images(idx)]))
         arrays = []
         for k, im in enumerate(self._images(idx)):
             if seeds is None:
@@ -133,13 +191,53 @@ class ImageTable:
         return torch.from_numpy(np.ascontiguousarray(np.stack(arrays))).permute(0, 3, 1, 2).contiguous()
 
 
+class FeatureTable:
+    """The precomputed features and labels of one split, in memory as float32: :class:`ImageTable`'s
+    interface for a features dataset (no decoding, no augmentation).
+
+    Args:
+        ds (`datasets.Dataset`): a split with ``features`` and ``fg`` (and ``bg``) columns, checked
+            by :func:`load_split`.
+        fg_column (`str`, defaults to ``"fg"``): ``label`` for ImageNet-style fg-only data.
+    """
+
+    def __init__(self, ds, fg_column: str = "fg"):
+        import pyarrow.compute as pc
+
+        self.ds = ds
+        self.fg, self.bg = _labels(ds, fg_column)
+        column = features_column(ds)  # Arrow: no trip through Python lists
+        flat = pc.list_flatten(column).to_numpy(zero_copy_only=False)
+        self.x = torch.from_numpy(np.array(flat.reshape(len(column), -1), dtype=np.float32))  # a copy: Arrow's is read-only
+
+    @property
+    def dim(self) -> int:
+        return self.x.shape[1]
+
+    def __len__(self) -> int:
+        return len(self.fg)
+
+    def batch(self, idx: Sequence[int], seeds: Sequence | None = None, crop_scale: float = 1.0) -> torch.Tensor:
+        """float32 (N, D) features of rows ``idx`` (``seeds`` and ``crop_scale`` do not apply to features)."""
+        return self.x[torch.as_tensor(np.asarray(idx, dtype=np.int64))]
+
+
+def table_for(ds, model=None, size: int | None = None, fg_column: str = "fg"):
+    """The table a model reads a split through: a :class:`FeatureTable` for a features dataset, else an
+    :class:`ImageTable` at the model's input size, with its own preprocessing when it records one."""
+    if is_features(ds):
+        return FeatureTable(ds, fg_column)
+    transform = model.input_transform() if hasattr(model, "input_transform") else None
+    return ImageTable(ds, size or model.image_size, fg_column=fg_column, transform=transform)
+
+
 class SeededBatches(torch.utils.data.Dataset):
     """Item ``step`` is the training batch of that step: a pure function of (seed, step).
 
     Give it to a ``DataLoader(batch_size=None)`` with workers to decode ahead of the model.
     """
 
-    def __init__(self, table: ImageTable, batch_size: int, seed: int, crop_scale: float, extra: ImageTable | None = None,
+    def __init__(self, table: ImageTable | FeatureTable, batch_size: int, seed: int, crop_scale: float, extra=None,
                  extra_batch_size: int = 0, rank: int = 0, world: int = 1):
         if len(table) < batch_size:
             raise DatasetFormatError(f"the train split has {len(table)} rows, fewer than --batch-size {batch_size}.")
@@ -176,7 +274,7 @@ class SeededBatches(torch.utils.data.Dataset):
 
 
 @torch.no_grad()
-def extract(model, table: ImageTable, batch_size: int = 256, device: str | torch.device = "cpu", progress: bool = False) -> torch.Tensor:
+def extract(model, table: ImageTable | FeatureTable, batch_size: int = 256, device: str | torch.device = "cpu", progress: bool = False) -> torch.Tensor:
     """All features z (N, D) of a table, model in eval mode, float32 on the CPU."""
     from tqdm.auto import tqdm
 

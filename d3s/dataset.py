@@ -55,11 +55,18 @@ def write_shard(root: str | Path, split: str, rows: Sequence[dict], features: da
     """
     if not rows:
         raise ValueError("write_shard needs at least one row")
-    ids = [int(r[key]) for r in rows]
-    path = Path(root) / DATA_DIR / shard_name(split, min(ids), max(ids))
-    path.parent.mkdir(parents=True, exist_ok=True)
     encoded = [features.encode_example(r) for r in rows]
-    table = pa.Table.from_pylist(encoded, schema=features.arrow_schema)
+    return write_table(root, split, pa.Table.from_pylist(encoded, schema=features.arrow_schema), key)
+
+
+def write_table(root: str | Path, split: str, table: pa.Table, key: str = "item_id") -> Path:
+    """Write an Arrow table (schema from ``features.arrow_schema``) as one parquet shard, atomically.
+
+    For columns too large to go through Python rows (precomputed features); named like :func:`write_shard`.
+    """
+    ids = table.column(key).to_numpy()
+    path = Path(root) / DATA_DIR / shard_name(split, int(ids.min()), int(ids.max()))
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     pq.write_table(table, tmp)
     with open(tmp, "rb") as f:  # the rename below must not reach the disk before the data does

@@ -280,13 +280,13 @@ def _short(value) -> str:
     return text if len(text) < 80 else text[:77] + "..."
 
 
-def finished_items(out: str | Path, split: str) -> set[int]:
-    """Item ids already in readable shards; an unreadable shard is set aside (its items are redone)."""
+def finished_items(out: str | Path, split: str, key: str = "item_id") -> set[int]:
+    """Keys already in readable shards; an unreadable shard is set aside (its items are redone)."""
     paths = shard_paths(out, split)
-    ids, bad = read_column(paths, "item_id")
+    ids, bad = read_column(paths, key)
     for p in bad:
         p.rename(p.with_suffix(".parquet.unreadable"))
-        print(f"warning: shard {p.name} is unreadable; moved aside, its images will be generated again")
+        print(f"warning: shard {p.name} is unreadable; moved aside, its rows will be made again")
     return set(ids)
 
 
@@ -386,7 +386,7 @@ def make_rows(plan: Plan, prepared: PreparedBatch, images: list, flags: list) ->
 
 # --- the run ----------------------------------------------------------------------------------------
 
-def _distributed_state():
+def distributed_state():
     """(process index, process count, barrier, device) under ``accelerate launch`` / torchrun; plain values otherwise.
 
     torch.distributed is used directly (gloo on CPU, nccl on GPUs): generation only needs ranks and
@@ -418,7 +418,7 @@ def generate(c: GenerationConfig, dry_run: bool = False, pipe=None, progress: bo
         return {"planned": len(plan.items), "generated": 0}
 
     check_output(plan)  # every process checks before any waits, so a refusal never leaves one hanging
-    rank, world, barrier, device = _distributed_state()
+    rank, world, barrier, device = distributed_state()
     if rank == 0:
         create_output(plan)
         remove_partial_files(c.out)

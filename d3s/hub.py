@@ -282,23 +282,39 @@ def cleanup(path: Path, temporary: bool) -> None:
 
 # --- checkpoints ----------------------------------------------------------------------------------------
 
-def timm_backbone(model) -> "torch.nn.Module":
+def timm_backbone(model) -> "torch.nn.Module | None":
     """The extractor as a plain timm classifier: its backbone, with the fg head as ``fc`` over all features
-    (zero weights on z_bg), so it predicts exactly what the extractor's fg head predicts."""
+    (zero weights on z_bg), so it predicts exactly what the extractor's fg head predicts.
+
+    An extractor from a frozen-features checkpoint has a neck: a linear one folds into ``fc``
+    (``W_fg A_fg x + W_fg a_fg + b``); an MLP neck cannot be held by timm's linear classifier, and
+    then there is no timm-format copy (None).
+    """
     import torch
 
     from .offline_weights import create_timm_model
 
-    net = create_timm_model(model.backbone_name, pretrained=False, num_classes=len(model.fg_names))
+    affine = None if isinstance(model.neck, torch.nn.Identity) else model.neck.as_affine()
+    if affine is None and not isinstance(model.neck, torch.nn.Identity):
+        return None
+    net = create_timm_model(model.backbone_name, pretrained=False, num_classes=len(model.fg_names), **(model.backbone_args or {}))
     state = {k: v for k, v in model.backbone.state_dict().items()}
     head = net.get_classifier()
     prefix = next(name for name, module in net.named_modules() if module is head)
-    weight = torch.zeros(len(model.fg_names), model.num_features)
-    weight[:, : model.fg_dim] = model.fg_head.weight.detach()
-    state[f"{prefix}.weight"], state[f"{prefix}.bias"] = weight, model.fg_head.bias.detach().clone()
+    w_fg, b_fg = model.fg_head.weight.detach(), model.fg_head.bias.detach()
+    if affine is None:  # z is the backbone's features: the fg head reads the first fg_dim of them
+        weight = torch.zeros(len(model.fg_names), model.backbone.num_features)
+        weight[:, : model.fg_dim] = w_fg
+        bias = b_fg.clone()
+    else:
+        a, c = affine
+        weight, bias = w_fg @ a[: model.fg_dim], w_fg @ c[: model.fg_dim] + b_fg
+    state[f"{prefix}.weight"], state[f"{prefix}.bias"] = weight, bias
     net.load_state_dict(state, strict=True)
     net.pretrained_cfg = {**(net.pretrained_cfg or {}), "mean": tuple(model.mean), "std": tuple(model.std),
                           "input_size": (3, model.image_size, model.image_size), "num_classes": len(model.fg_names)}
+    if model.preprocessing:  # a frozen checkpoint's: resize and crop as its features were made
+        net.pretrained_cfg.update({k: model.preprocessing[k] for k in ("interpolation", "crop_pct", "crop_mode")})
     return net.eval()
 
 
@@ -326,17 +342,23 @@ def _metrics_tables(probe: dict | None, spurious: dict | None) -> str:
 
 
 def stage_checkpoint(checkpoint: str | Path, out: str | Path, repo_id: str, probe_json: str | Path | None = None,
-                     spurious_json: str | Path | None = None) -> dict:
+                     spurious_json: str | Path | None = None, backbone: str | None = None) -> dict:
     """Write the model repository for ``repo_id`` into ``out``: the extractor (``PyTorchModelHubMixin``:
     ``model.safetensors`` + ``config.json``), a model card with its probe and spurious results, and the
     backbone in timm's format under ``timm/`` (``timm.create_model("local-dir:OUT/timm", pretrained=True)``;
-    published also as ``<repo-id>-timm`` for ``hf-hub:``). Fails before writing anything on bad input."""
-    from .models import ModelError, load_extractor
+    published also as ``<repo-id>-timm`` for ``hf-hub:``). Fails before writing anything on bad input.
+
+    A checkpoint trained on frozen features is published as the full image extractor: its backbone (the
+    recorded one, or ``backbone``) with the trained neck and heads. With an MLP neck there is no timm
+    format copy (see :func:`timm_backbone`); the card says so.
+    """
+    from .models import ModelError, checkpoint_config, is_frozen, load_extractor
 
     _check_repo_id(repo_id)
     checkpoint, out = Path(checkpoint), Path(out)
     try:
-        model = load_extractor(str(checkpoint))
+        model = load_extractor(str(checkpoint), backbone)
+        frozen = is_frozen(checkpoint_config(str(checkpoint)))
     except ModelError as err:
         raise PublishError(str(err)) from err
     probe_path = Path(probe_json) if probe_json else checkpoint / "probe.json"
@@ -356,18 +378,42 @@ def stage_checkpoint(checkpoint: str | Path, out: str | Path, repo_id: str, prob
         shutil.copy(spurious_path, out / "spurious.json")
     from timm.models import save_for_hf
 
-    save_for_hf(timm_backbone(model), str(out / "timm"), model_config={"label_names": list(model.fg_names)},
-                safe_serialization=True)
-    (out / "README.md").write_text(checkpoint_card(repo_id, model, probe, spurious))
-    return {"repo_id": repo_id, "folder": str(out), "timm_repo_id": f"{repo_id}-timm",
+    net = timm_backbone(model)
+    if net is not None:
+        save_for_hf(net, str(out / "timm"), model_config={"label_names": list(model.fg_names)}, safe_serialization=True)
+    (out / "README.md").write_text(checkpoint_card(repo_id, model, probe, spurious, frozen=frozen, has_timm=net is not None))
+    return {"repo_id": repo_id, "folder": str(out), "timm_repo_id": f"{repo_id}-timm" if net is not None else None,
             "summary": f"staged {model.backbone_name} extractor ({len(model.fg_names)} fg / {len(model.bg_names)} bg classes) "
                        f"with {'probe and spurious' if spurious else 'probe'} results in {out}"}
 
 
-def checkpoint_card(repo_id: str, model, probe: dict, spurious: dict | None) -> str:
-    meta = {"library_name": "d3s", "license": "mit", "tags": ["d3s", "disentanglement", "image-classification", "timm"],
+def checkpoint_card(repo_id: str, model, probe: dict, spurious: dict | None, frozen: bool = False, has_timm: bool = True) -> str:
+    meta = {"library_name": "d3s", "license": "mit", "tags": ["d3s", "disentanglement", "image-classification"] + (["timm"] if has_timm else []),
             "pipeline_tag": "image-classification"}
     import yaml
+
+    if frozen:
+        kind = "an affine map" if model.neck.as_affine() is not None else "an MLP (affine map plus one hidden GELU layer)"
+        how = (f"Trained on the frozen features of `{model.backbone_name}` (`d3s embed`, then `d3s train` on them): the backbone's "
+               f"weights are its pretrained ones, unchanged; a neck ({kind}) maps its {model.backbone.num_features} features to z, "
+               f"split into z_fg ({model.fg_dim}) and z_bg ({model.bg_dim}), with a {len(model.fg_names)}-class foreground head on "
+               f"z_fg and a {len(model.bg_names)}-class background head on z_bg (backgrounds: {', '.join(model.bg_names)}). "
+               "Prepare images with the backbone's own preprocessing, the one the features were made with: "
+               "`model.input_transform()(pil_image)` gives the uint8 input.")
+    else:
+        how = (f"Trained with d3s (Wasserstein disentanglement, after *Invariant Learning via Diffusion Dreamed Distribution Shifts*): "
+               f"the backbone's {model.num_features} features are split into z_fg ({model.fg_dim}) and z_bg ({model.bg_dim}), with a "
+               f"{len(model.fg_names)}-class foreground head on z_fg and a {len(model.bg_names)}-class background head on z_bg "
+               f"(backgrounds: {', '.join(model.bg_names)}).")
+    if has_timm:
+        timm_use = f"""
+import timm                                     # the backbone with the fg head, in timm's format
+net = timm.create_model("hf-hub:{repo_id}-timm", pretrained=True)"""
+        timm_note = ""
+    else:
+        timm_use = ""
+        timm_note = ("\nNo timm-format copy: the foreground head sits on a nonlinear (MLP) neck, which timm's linear classifier "
+                     "cannot hold. Load it with d3s as above.\n")
 
     return f"""---
 {yaml.safe_dump(meta, sort_keys=False).strip()}
@@ -375,20 +421,14 @@ def checkpoint_card(repo_id: str, model, probe: dict, spurious: dict | None) -> 
 
 # {repo_id.split('/')[-1]}: a foreground/background disentangled `{model.backbone_name}`
 
-Trained with d3s (Wasserstein disentanglement, after *Invariant Learning via Diffusion Dreamed Distribution Shifts*):
-the backbone's {model.num_features} features are split into z_fg ({model.fg_dim}) and z_bg ({model.bg_dim}), with a
-{len(model.fg_names)}-class foreground head on z_fg and a {len(model.bg_names)}-class background head on z_bg
-(backgrounds: {", ".join(model.bg_names)}).
+{how}
 
 ```python
 from d3s.models import DisentangledExtractor
 model = DisentangledExtractor.from_pretrained("{repo_id}")
-z_fg, z_bg = model.features(images)            # uint8 or [0, 1] images, (N, 3, {model.image_size}, {model.image_size})
-
-import timm                                     # the backbone with the fg head, in timm's format
-net = timm.create_model("hf-hub:{repo_id}-timm", pretrained=True)
+z_fg, z_bg = model.features(images)            # uint8 or [0, 1] images, (N, 3, {model.image_size}, {model.image_size}){timm_use}
 ```
-
+{timm_note}
 ## Results
 
 {_metrics_tables(probe, spurious)}

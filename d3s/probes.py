@@ -239,6 +239,16 @@ def format_table(result: dict) -> str:
 
 # --- feature extraction for a checkpoint and a dataset -----------------------------------------------
 
+def load_for_data(checkpoint: str, data: str, split: str = "train", backbone: str | None = None):
+    """The checkpoint as the model that reads ``data``: for a features dataset, the neck and heads of a
+    frozen-features checkpoint; for images, the image extractor of either kind (a frozen one is joined
+    to its backbone, or to ``backbone``)."""
+    from .data import is_features, load_split
+    from .models import load_disentangler, load_extractor
+
+    return load_disentangler(checkpoint) if is_features(load_split(data, split)) else load_extractor(checkpoint, backbone)
+
+
 def split_features(model, data: str, split: str, batch_size: int = 256, device: str | None = None,
                    need_bg: bool = True) -> dict[str, torch.Tensor]:
     """``{"z_fg", "z_bg", "fg", "bg"}`` of one split, after checking the checkpoint matches the data.
@@ -246,7 +256,7 @@ def split_features(model, data: str, split: str, batch_size: int = 256, device: 
     With ``need_bg=False`` a split without bg labels (ImageNet: ``fg`` or ``label`` only) is read too,
     its ``bg`` all -1; its fg classes must be the checkpoint's (or their first ones).
     """
-    from .data import ImageTable, extract, label_info, load_split
+    from .data import extract, label_info, load_split, table_for
     from .models import ModelError
 
     ds = load_split(data, split, need_bg=need_bg)
@@ -257,25 +267,34 @@ def split_features(model, data: str, split: str, batch_size: int = 256, device: 
         raise ModelError(f"the fg classes of {data} ({split}) are not the checkpoint's {len(model.fg_names)} fg classes.")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
-    table = ImageTable(ds, model.image_size, fg_column="fg" if "fg" in ds.column_names else "label")
+    table = table_for(ds, model, fg_column="fg" if "fg" in ds.column_names else "label")
+    check_feature_dim(model, table, f"{data} ({split})")
     z = extract(model, table, batch_size=batch_size, device=device, progress=True)
     z_fg, z_bg = model.split(z)
     return {"z_fg": z_fg, "z_bg": z_bg, "fg": table.fg, "bg": table.bg}
 
 
+def check_feature_dim(model, table, where: str) -> None:
+    """Refuse features of another size than the model's neck takes (they come from another backbone)."""
+    from .models import ModelError
+
+    if hasattr(table, "dim") and table.dim != model.feature_dim:
+        raise ModelError(f"{where} has {table.dim} features per row, but the checkpoint's neck takes {model.feature_dim} "
+                         f"(the features of {model.backbone_name or 'another backbone'}).")
+
+
 def probe(data: str, checkpoint: str, out: str | None = None, train_split: str = "train", eval_split: str = "validation",
           l2: float = 1e-4, batch_size: int = 256, kinds: tuple[str, ...] = ("linear",), imagenet: str | None = None,
-          imagenet_split: str = "validation") -> dict:
+          imagenet_split: str = "validation", backbone: str | None = None) -> dict:
     """``d3s probe``: fit the four probes of each kind on ``train_split`` and report on ``eval_split``.
 
     ``imagenet`` (a dataset with fg labels only) adds Table 2's ImageNet rows: the fg probes fitted on
     ``train_split`` scored on its ``imagenet_split``. An ``eval_split`` without bg labels gets the fg probes only.
+    ``backbone`` joins a frozen-features checkpoint to that backbone on image data (default: the recorded one).
     """
-    from .models import load_extractor
-
     for kind in kinds:
         probe_kinds(kind)  # refuse an unknown kind before any feature is computed
-    model = load_extractor(checkpoint)
+    model = load_for_data(checkpoint, data, train_split, backbone)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     train = split_features(model, data, train_split, batch_size, device)
     evals = {eval_split: split_features(model, data, eval_split, batch_size, device, need_bg=False)}
@@ -288,11 +307,10 @@ def probe(data: str, checkpoint: str, out: str | None = None, train_split: str =
     return result
 
 
-def export_features(data: str, checkpoint: str, split: str, out: str, batch_size: int = 256) -> dict[str, np.ndarray]:
+def export_features(data: str, checkpoint: str, split: str, out: str, batch_size: int = 256,
+                    backbone: str | None = None) -> dict[str, np.ndarray]:
     """``d3s features``: write ``z_fg``, ``z_bg``, ``fg``, ``bg`` of a split to an ``.npz`` file."""
-    from .models import load_extractor
-
-    model = load_extractor(checkpoint)
+    model = load_for_data(checkpoint, data, split, backbone)
     feats = split_features(model, data, split, batch_size)
     arrays = {k: v.numpy() for k, v in feats.items()}
     Path(out).parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,8 @@ Three feature sets:
 - ``correct``: fg head on z_fg, bg head on z_bg (the intended use of a disentangled extractor);
 - ``all``: both heads on all features of the same extractor (the ablation);
 - ``baseline``: both heads on the features of a baseline (a ``d3s train`` checkpoint, e.g. ERM,
-  or a timm model name: its penultimate features).
+  or a timm model name: its penultimate features; on a features dataset, ``features``: the
+  dataset's own features, i.e. the frozen backbone's penultimate features).
 
 For D3S the default pairs are SPEC section 4's nine IN-9 pairs, the fg labels (ImageNet classes)
 mapped to their IN-9 class; ImageNet classes outside IN-9 are left out. The ImageNet column is IN-9's
@@ -45,6 +46,7 @@ IN9_PAIRS: dict[str, str] = {
     "fish": "on grass",
 }
 COLUMNS = ("corr_fg", "anticorr_fg", "corr_bg", "anticorr_bg", "imagenet_fg")
+RAW_FEATURES = "features"  # --baseline on a features dataset: its own features
 TITLES = {"corr_fg": "Correlated fg", "anticorr_fg": "Anti-correlated fg", "corr_bg": "Correlated bg",
           "anticorr_bg": "Anti-correlated bg", "imagenet_fg": "ImageNet fg (IN-9 val)", "average": "Average (5 columns)",
           "average_4": "Average (4 columns: no ImageNet)", "worst": "Worst group"}
@@ -125,10 +127,20 @@ class TimmFeatures(torch.nn.Module):
         return self.net((images.float() / 255.0 - self.mean) / self.std)
 
 
-def _features(model, ds, size, device, fg_column="fg") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    from .data import ImageTable, extract
+class RawFeatures(torch.nn.Module):
+    """A features dataset's own features, unchanged: the ``baseline`` there (``--baseline features``)."""
 
-    table = ImageTable(ds, size, fg_column=fg_column)
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features.float()
+
+
+def _features(model, ds, device, fg_column="fg") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    from .data import extract, table_for
+    from .probes import check_feature_dim
+
+    table = table_for(ds, model, fg_column=fg_column)
+    if hasattr(model, "feature_dim"):
+        check_feature_dim(model, table, "the data")
     return extract(model, table, device=device, progress=True), table.fg, table.bg
 
 
@@ -143,38 +155,48 @@ def _in9_dataset(path: str):
         "image", datasets.Image())
 
 
+def _baseline(baseline: str, data: str, frozen: bool, pretrained: bool) -> torch.nn.Module:
+    """The baseline's feature extractor: a d3s checkpoint, a timm model, or (features data) the raw features."""
+    from .probes import load_for_data
+
+    if Path(baseline).exists():
+        return load_for_data(baseline, data)
+    if frozen:
+        if baseline != RAW_FEATURES:
+            raise SpuriousError(f"on a features dataset the --baseline is a checkpoint trained on such features, or "
+                                f"{RAW_FEATURES!r} (the dataset's own features); got {baseline!r}.")
+        return RawFeatures()
+    return TimmFeatures(baseline, pretrained)
+
+
 def spurious(data: str, checkpoint: str, baseline: str, pairs_file: str | None = None, out: str | None = None,
-             in9: str | None = None, baseline_pretrained: bool = True, l2: float = 1e-4) -> dict:
+             in9: str | None = None, baseline_pretrained: bool = True, l2: float = 1e-4, backbone: str | None = None) -> dict:
     """Run the experiment; returns ``{"correct": {...}, "all": {...}, "baseline": {...}, "counts": {...}}``.
 
     ``in9``: the Backgrounds Challenge folder (or its ``original/val``) for the ImageNet column.
+    ``backbone`` joins a frozen-features checkpoint to that backbone on image data (default: the recorded one).
     """
-    from .data import label_info, load_split
-    from .models import load_extractor
-    from .probes import fit_probe
+    from .data import is_features, label_info, load_split
+    from .probes import fit_probe, load_for_data
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     pairs = load_pairs(pairs_file)
     if in9 and not all(k in IN9_CLASSES for k in pairs):
         raise SpuriousError(f"--in9 scores the fg head on IN-9 classes, but the pairs name other fg classes "
                             f"({', '.join(map(repr, list(pairs)[:3]))}); use pairs of IN-9 classes (the default).")
-    model = load_extractor(checkpoint).to(device)
+    model = load_for_data(checkpoint, data, "train", backbone).to(device)
     splits = {s: load_split(data, s) for s in ("train", "validation")}
     info = label_info(splits["train"], f"{data} (train)")
     model.check_labels(info.fg_names, info.bg_names, where=data)
     fg_map, bg_map = coarse_fg_map(pairs, info.fg_names, info.bg_names)
-    if Path(baseline).exists():
-        base = load_extractor(baseline).to(device)
-        base_size = base.image_size
-    else:
-        base = TimmFeatures(baseline, baseline_pretrained).to(device)
-        base_size = base.image_size
+    frozen = is_features(splits["train"])
+    base = _baseline(baseline, data, frozen, baseline_pretrained).to(device)
 
     # features and coarse labels of both splits: fg/bg are pair indices, -1 outside the pairs
     feats: dict[str, dict[str, torch.Tensor]] = {}
     for s, ds in splits.items():
-        z, fg, bg = _features(model, ds, model.image_size, device)
-        zb, _, _ = _features(base, ds, base_size, device)
+        z, fg, bg = _features(model, ds, device)
+        zb, _, _ = _features(base, ds, device)
         z_fg, z_bg = model.split(z)
         feats[s] = {"z_fg": z_fg, "z_bg": z_bg, "all": z, "baseline": zb, "fg": fg_map[fg], "bg": bg_map[bg], "bg_label": bg}
     tr, va = feats["train"], feats["validation"]
@@ -190,13 +212,16 @@ def spurious(data: str, checkpoint: str, baseline: str, pairs_file: str | None =
 
     im = None
     if in9:
+        if frozen:
+            raise SpuriousError(f"--in9 holds images and --data {data} features; run the experiment on the images "
+                                "(the frozen checkpoint joins its backbone there) for the ImageNet column.")
         ids = _in9_dataset(in9)
         in9_to_pair = torch.tensor([list(pairs).index(c) if c in pairs else -1 for c in IN9_CLASSES])
         keep = in9_to_pair[torch.tensor(ids["fg"])] >= 0
         if not keep.any():
             raise SpuriousError(f"--in9 {in9} holds no image of the paired classes ({', '.join(pairs)}).")
-        z_im, fg_im, _ = _features(model, ids, model.image_size, device)
-        zb_im, _, _ = _features(base, ids, base_size, device)
+        z_im, fg_im, _ = _features(model, ids, device)
+        zb_im, _, _ = _features(base, ids, device)
         im = {"z_fg": model.split(z_im)[0][keep], "all": z_im[keep], "baseline": zb_im[keep], "fg": in9_to_pair[fg_im][keep]}
         counts["imagenet_fg"] = int(keep.sum())
 

@@ -3,7 +3,7 @@
 The loop reads top to bottom: check inputs -> data -> model and method -> resume -> steps ->
 save. A run leaves in ``--out``:
 
-- ``model.safetensors`` + ``config.json``: the extractor (``DisentangledExtractor.from_pretrained``);
+- ``model.safetensors`` + ``config.json``: the extractor (``d3s.models.load_extractor``);
 - ``run.json``: versions, arguments and hyper-parameters;
 - ``train_log.jsonl``: one JSON line of losses every ``--log-every`` steps (plot it with any tool);
 - ``checkpoint.pt``: model, critics, optimizers and step, every ``--checkpoint-every`` steps; a
@@ -13,6 +13,12 @@ save. A run leaves in ``--out``:
 Batches and every random draw of a step are functions of (seed, step), so a resumed run is
 bit-for-bit the uninterrupted one on the same machine. ``accelerate launch -m d3s train ...``
 splits each batch across processes (DDP); mixed precision (bf16) is used on CUDA.
+
+On a features dataset (a ``features`` column, e.g. from ``d3s embed``) only the disentangling part
+trains: a :class:`~d3s.models.FeatureDisentangler` (neck from the frozen backbone's features to z, and
+the heads), with the critics, on batches of features instead of images (no decoding, no augmentation).
+Its checkpoint records the backbone that made the features, so ``load_extractor`` rebuilds the image
+extractor from it.
 """
 
 from __future__ import annotations
@@ -42,12 +48,16 @@ class TrainConfig:
     """Settings of ``d3s train`` (each default is what the command line uses).
 
     Args:
-        data (`str`): dataset folder (or Hub id) with ``image``, ``fg``, ``bg`` and a ``train`` split.
+        data (`str`): dataset folder (or Hub id) with ``image`` (or ``features``), ``fg``, ``bg`` and a ``train`` split.
         out (`str`): output folder (see the module docstring).
         method (`str`, defaults to ``"wasserstein"``): ``wasserstein``, ``erm``, ``groupdro`` or ``irm``.
         backbone (`str`, defaults to ``"resnet50.tv_in1k"``): any timm model name; the default is the paper's
-            ResNet-50 with PyTorch's ImageNet weights (timm's plain ``resnet50`` is ``resnet50.a1_in1k``).
+            ResNet-50 with PyTorch's ImageNet weights (timm's plain ``resnet50`` is ``resnet50.a1_in1k``). Image
+            data only: a features dataset records its own backbone.
         pretrained (`bool`, defaults to True): start the backbone from timm's ImageNet weights.
+        neck (`str`, *optional*): features data only: ``linear`` or ``mlp`` map from the features to
+            z (defaults to ``d3s.models.DEFAULT_NECK``).
+        neck_hidden (`int`, *optional*): hidden width of an ``mlp`` neck (defaults to the feature size).
         iters (`int`, defaults to 2000): model updates.
         batch_size (`int`, defaults to 64): rows of the dataset per step (global, over all processes).
         image_size (`int`, *optional*): input side; defaults to the data's image side, capped at 224.
@@ -73,6 +83,8 @@ class TrainConfig:
     image_size: int | None = None
     fg_dim: int | None = None
     bg_dim: int | None = None
+    neck: str | None = None
+    neck_hidden: int | None = None
     extra_data: str | None = None
     extra_batch_size: int = 0
     crop_scale: float = 0.35
@@ -95,6 +107,12 @@ class TrainConfig:
             raise TrainError("--checkpoint-every and --log-every must be at least 1.")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise TrainError(f"--mixed-precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}.")
+        from .models import NECKS
+
+        if self.neck is not None and self.neck not in NECKS:
+            raise TrainError(f"--neck must be one of {', '.join(NECKS)}, got {self.neck!r}.")
+        if self.neck_hidden is not None and self.neck_hidden < 1:
+            raise TrainError(f"--neck-hidden must be at least 1, got {self.neck_hidden}.")
 
     def identity(self) -> dict[str, Any]:
         """The settings a resumed run must share with the run it continues."""
@@ -182,8 +200,7 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from .algorithms import METHODS, build
-    from .data import ImageTable, SeededBatches, label_info, load_split
-    from .models import DisentangledExtractor
+    from .data import SeededBatches, fg_column, is_features, label_info, load_split, table_for
 
     # 1. check inputs
     config.check()
@@ -193,8 +210,9 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
     if run_file.exists():
         previous = json.loads(run_file.read_text())["config"]
         mine = json.loads(json.dumps(config.identity()))
-        if previous != mine:
-            diff = sorted(k for k in mine if previous.get(k) != mine[k])
+        defaults = json.loads(json.dumps(asdict(TrainConfig(data="", out=""))))  # a run from before a setting existed had its default
+        diff = sorted(k for k in mine if previous.get(k, defaults.get(k)) != mine[k])
+        if diff:
             raise TrainError(f"{out} holds a run with other settings ({', '.join(diff)} differ); use another --out or the same settings to resume.")
 
     # 2. data
@@ -206,7 +224,13 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
         extra_info = label_info(extra_ds, f"{config.extra_data} (train)", need_bg=False)
         if extra_info.fg_names != info.fg_names[: len(extra_info.fg_names)]:
             raise TrainError(f"the fg classes of --extra-data {config.extra_data} are not the first classes of {config.data}'s fg labels.")
-    image_size = config.image_size or min(224, max(ds[0]["image"].size))
+    frozen = is_features(ds)
+    if extra_ds is not None and is_features(extra_ds) != frozen:
+        kinds = ("features", "images") if frozen else ("images", "features")
+        raise TrainError(f"--data {config.data} holds {kinds[0]} but --extra-data {config.extra_data} holds {kinds[1]}; give both of one kind.")
+    if config.neck is not None and not frozen:
+        raise TrainError(f"--neck applies to features datasets (from `d3s embed`); {config.data} holds images, whose backbone is trained.")
+    image_size = None if frozen else config.image_size or min(224, max(ds[0]["image"].size))
 
     # 3. model and method
     # The baselines never use the bg head: DDP must be told, or it waits for gradients that never come.
@@ -217,8 +241,7 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
         cpu=not torch.cuda.is_available(),
     )
     torch.manual_seed(config.seed)  # the initial weights
-    model = DisentangledExtractor.create(config.backbone, info.fg_names, info.bg_names, pretrained=config.pretrained,
-                                         fg_dim=config.fg_dim, bg_dim=config.bg_dim, image_size=image_size)
+    model = _build_model(config, ds, extra_ds, info, image_size)
     algorithm = build(config.method, model, hparams)
     algorithm.to(accelerator.device)
     algorithm.prepare(accelerator)
@@ -232,23 +255,30 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
     if accelerator.is_main_process:
         run = {"config": config.identity(), "hparams": hparams, "versions": _versions(), "image_size": image_size,
                "fg_dim": model.fg_dim, "bg_dim": model.bg_dim, "processes": accelerator.num_processes}
+        if frozen:
+            run.update(feature_dim=model.feature_dim, neck=model.neck_kind, backbone=model.backbone_name)
         if start == 0:
             run_file.write_text(json.dumps(run, indent=2, default=list) + "\n")
-        print(f"d3s train: {config.method} on {config.backbone} ({'pretrained' if config.pretrained else 'random init'}), "
-              f"z_fg {model.fg_dim} / z_bg {model.bg_dim}, {len(info.fg_names)} fg x {len(info.bg_names)} bg classes, "
-              f"{len(ds)} train images at {image_size}px" + (f", resuming at step {start}" if start else ""))
+        if frozen:
+            what = (f"{config.method} on frozen features ({model.feature_dim} from {model.backbone_name or 'an unrecorded backbone'}), "
+                    f"{model.neck_kind} neck")
+        else:
+            what = f"{config.method} on {config.backbone} ({'pretrained' if config.pretrained else 'random init'})"
+        print(f"d3s train: {what}, z_fg {model.fg_dim} / z_bg {model.bg_dim}, {len(info.fg_names)} fg x {len(info.bg_names)} bg classes, "
+              f"{len(ds)} train {'rows' if frozen else f'images at {image_size}px'}" + (f", resuming at step {start}" if start else ""))
         print("hparams: " + json.dumps(hparams, default=list))
 
     # 5. steps
-    table = ImageTable(ds, image_size)
-    extra = ImageTable(extra_ds, image_size, fg_column="fg" if "fg" in extra_ds.column_names else "label") if extra_ds else None
+    table = table_for(ds, size=image_size)
+    extra = table_for(extra_ds, size=image_size, fg_column=fg_column(extra_ds)) if extra_ds else None
     world, rank = accelerator.num_processes, accelerator.process_index
     batches = SeededBatches(table, config.batch_size, config.seed, config.crop_scale, extra,
                             config.extra_batch_size or (config.batch_size if extra else 0), rank, world)
     end = config.iters if stop_after is None else min(config.iters, start + stop_after)
     batches.steps = range(start, end)
-    loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=config.workers,
-                                         persistent_workers=False, prefetch_factor=4 if config.workers else None)
+    workers = 0 if frozen else config.workers  # a batch of features is an index into memory: nothing to do ahead
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=workers,
+                                         persistent_workers=False, prefetch_factor=4 if workers else None)
     log_f = open(out / LOG, "a") if accelerator.is_main_process else None
     bar = tqdm(total=config.iters, initial=start, desc=config.method, disable=not (config.progress and accelerator.is_main_process),
                dynamic_ncols=True)
@@ -291,17 +321,37 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
     return {**summary, "main_process": accelerator.is_main_process}
 
 
+def _build_model(config: TrainConfig, ds, extra_ds, info, image_size: int | None):
+    """The model to train: an image extractor, or for a features dataset the neck and heads, recording the
+    backbone that made the features (the dataset's ``d3s_embed.json``)."""
+    from .data import feature_dim, is_features
+    from .embed import read_embed_info
+    from .models import DEFAULT_NECK, DisentangledExtractor, FeatureDisentangler
+
+    if not is_features(ds):
+        return DisentangledExtractor.create(config.backbone, info.fg_names, info.bg_names, pretrained=config.pretrained,
+                                            fg_dim=config.fg_dim, bg_dim=config.bg_dim, image_size=image_size)
+    dim = feature_dim(ds, f"{config.data} (train)")
+    if extra_ds is not None and feature_dim(extra_ds, config.extra_data) != dim:
+        raise TrainError(f"--extra-data {config.extra_data} has {feature_dim(extra_ds, config.extra_data)} features per row, "
+                         f"{config.data} has {dim}: they come from different backbones.")
+    embed = read_embed_info(config.data) or {}
+    return FeatureDisentangler(dim, info.fg_names, info.bg_names, fg_dim=config.fg_dim, bg_dim=config.bg_dim,
+                               neck=config.neck or DEFAULT_NECK, neck_hidden=config.neck_hidden, backbone=embed.get("backbone"),
+                               pretrained=embed.get("pretrained", True), preprocessing=embed.get("preprocessing"))
+
+
 @torch.no_grad()
 def evaluate_heads(model, data: str, device) -> dict[str, float]:
     """Accuracy of the model's own fg and bg heads on the ``validation`` split, if there is one."""
-    from .data import ImageTable, extract, load_split
+    from .data import extract, load_split, table_for
     from .dataset import DatasetFormatError
 
     try:
         ds = load_split(data, "validation")
     except DatasetFormatError:
         return {}
-    table = ImageTable(ds, model.image_size)
+    table = table_for(ds, model)
     z = extract(model, table, device=device).to(device)
     z_fg, z_bg = model.split(z)
     fg_acc = (model.fg_head(z_fg).argmax(1).cpu() == table.fg).float().mean().item()

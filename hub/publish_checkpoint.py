@@ -8,6 +8,10 @@ safetensors + config) with a model card of its probe (Table 2) and spurious-corr
 from ``probe.json`` / ``spurious.json`` in the checkpoint folder; ``ORG/NAME-timm`` holds the backbone with the
 foreground head in timm's format (``timm.create_model("hf-hub:ORG/NAME-timm", pretrained=True)``; locally
 ``local-dir:staged/timm``). The token comes from HF_TOKEN or `huggingface-cli login`.
+
+A checkpoint trained on frozen features (`d3s embed` + `d3s train`) is published as the full extractor: the
+backbone that made its features (pretrained weights, or ``--backbone``) with its neck and heads. With an MLP neck
+there is no ``-timm`` repository (timm's linear classifier cannot hold it); the card says so.
 """
 
 from __future__ import annotations
@@ -28,10 +32,16 @@ def main(argv=None) -> int:
     parser.add_argument("--dry-run", metavar="DIR", help="write the repository folder here and upload nothing")
     parser.add_argument("--probe", metavar="FILE", help="probe results (default: CHECKPOINT/probe.json)")
     parser.add_argument("--spurious", metavar="FILE", help="spurious results (default: CHECKPOINT/spurious.json)")
+    parser.add_argument("--backbone", metavar="NAME", help="a checkpoint trained on frozen features: the backbone that made "
+                                                           "them, e.g. local-dir:DIR (default: the one it records)")
     args = parser.parse_args(argv)
-    return publish(lambda folder: stage_checkpoint(args.checkpoint, folder, args.repo_id, args.probe, args.spurious),
-                   args.dry_run, lambda folder, report: [(folder, args.repo_id, "model"),
-                                                         (Path(folder) / "timm", report["timm_repo_id"], "model")])
+
+    def uploads(folder, report):
+        timm_repo = [(Path(folder) / "timm", report["timm_repo_id"], "model")] if report["timm_repo_id"] else []
+        return [(folder, args.repo_id, "model"), *timm_repo]
+
+    return publish(lambda folder: stage_checkpoint(args.checkpoint, folder, args.repo_id, args.probe, args.spurious, args.backbone),
+                   args.dry_run, uploads)
 
 
 if __name__ == "__main__":
