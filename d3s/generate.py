@@ -201,9 +201,9 @@ def make_plan(c: GenerationConfig, photos: PhotoSource | None = None,
         recipe = load_recipe(c.recipe)
         concepts = parse_foregrounds(c.foregrounds)
         shifts = recipe.parse_shifts(c.backgrounds)
-        photos = photos or photo_source(c.photos)
+        photos = photo_source(c.photos) if photos is None else photos
         photos.check(concepts)
-        templates = templates or template_source(c.templates)
+        templates = template_source(c.templates) if templates is None else templates
         templates.check(recipe, shifts)
     except (LabelError, GuideSourceError) as err:
         raise GenerationError(str(err)) from err

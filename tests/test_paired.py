@@ -309,7 +309,8 @@ def test_counterfactual_plot_and_benchmark_tab(paired_results):
     *_, table, _, flip_plot = app.load_benchmark(str(out))
     assert table["consistency"].tolist() == [50.0] and table["all_backgrounds_top1"].tolist() == [33.33]
     assert isinstance(flip_plot, gr.BarPlot) and flip_plot.visible
-    assert sorted(flip_plot.value["data"], key=lambda r: r[1])  # the plot holds the per-background rates
+    data = [dict(zip(flip_plot.value["columns"], r)) for r in flip_plot.value["data"]]
+    assert [round(r["flip_rate"], 2) for r in data] == [round(100 * n / 6, 2) for n in EXPECTED_FLIPS]  # in %
 
 
 # --- 3. the app: /generate_all through gradio_client ---------------------------------------------------
