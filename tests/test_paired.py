@@ -1,6 +1,6 @@
 """Counterfactual D3S (issue 12, parts 1-3): paired generation, its benchmark scores, the app's Across-backgrounds tab.
 
-The paired run is acceptance 1's (3 classes x 10 backgrounds x 2) at 64 px with one denoising step; the
+The paired run is acceptance 1's (3 classes x 10 backgrounds x 2) at 32 px with one denoising step; the
 benchmark scores are checked against a classifier whose answer on every image is scripted in advance.
 """
 
@@ -22,12 +22,12 @@ from d3s.prompts import BACKGROUNDS, slug
 
 CLASSES = (0, 207, 281)
 PAIRED_ARGS = ["generate", "--model", "tiny", "--paired", "--foregrounds", "0,207,281", "--backgrounds", "all",
-               "--per-pair", "2", "--size", "64", "--steps", "2", "--shard-size", "8"]
+               "--per-pair", "2", "--size", "32", "--steps", "2", "--shard-size", "8"]
 
 
 def paired_config(out, photo_dir, paired: bool = True) -> GenerationConfig:
     """PAIRED_ARGS as a config (the default batch of 8 cuts the groups of 10)."""
-    return GenerationConfig(foregrounds="0,207,281", out=str(out), per_pair=2, model="tiny", size=64, steps=2,
+    return GenerationConfig(foregrounds="0,207,281", out=str(out), per_pair=2, model="tiny", size=32, steps=2,
                             shard_size=8, photos=str(photo_dir), paired=paired)
 
 # The committed code before paired runs existed, on conftest's tiny_run settings and photo folder
@@ -169,7 +169,7 @@ def test_across_backgrounds_is_the_datasets_group(paired_rows, photo_dir, pipe):
     from d3s.live import generate_across
 
     steps = []
-    r = generate_across(pipe, "tabby", 0, photos=FolderPhotos(photo_dir), size=64, steps=2, batch_size=8,
+    r = generate_across(pipe, "tabby", 0, photos=FolderPhotos(photo_dir), size=32, steps=2, batch_size=8,
                         callback=lambda i, n: steps.append((i, n)))
     group = [row for row in paired_rows if row["group"] == 4]  # tabby, k = 0
     assert r.backgrounds == list(BACKGROUNDS) and r.seed == group[0]["seed"]
@@ -179,7 +179,7 @@ def test_across_backgrounds_is_the_datasets_group(paired_rows, photo_dir, pipe):
     assert steps == [(1, 2), (2, 2)]  # two batches (8 + 2 backgrounds) of one step each
     # an uploaded photo stands in for the ImageNet photo, at one position on every background
     upload = Image.new("RGB", (30, 20), (250, 10, 10))
-    r = generate_across(pipe, "tabby", 0, photo=upload, size=64, steps=2)
+    r = generate_across(pipe, "tabby", 0, photo=upload, size=32, steps=2)
     assert {(c.photo, c.paste_box) for c in r.choices} == {("upload", r.choices[0].paste_box)}
     x0, y0, x1, y1 = r.choices[0].paste_box
     assert all(tuple(np.asarray(g)[(y0 + y1) // 2, (x0 + x1) // 2]) == (250, 10, 10) for g in r.guides)
@@ -253,7 +253,7 @@ def paired_results(tmp_path_factory, paired_run):
     from d3s.benchmark import BenchmarkConfig, run_benchmark
     from d3s.classifiers import ClassifierSpec
 
-    config = {"input_size": (3, 64, 64), "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "center",
+    config = {"input_size": (3, 32, 32), "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "center",
               "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
     images = bm.open_d3s(paired_run)
     transform = bm.eval_transform(config)
@@ -332,6 +332,35 @@ def test_generate_all_api_streams_progress_and_captions_every_background(app_ser
         updates.append(job.communicator.updates.get_nowait())
     progress = [u.progress_data[0] for u in updates if getattr(u, "progress_data", None)]
     denoise = [p for p in progress if p.desc == "denoising on 10 backgrounds"]
-    assert denoise and all(p.length == 9 for p in denoise)  # 10 steps x 0.9 on the tiny preset
+    assert denoise and all(p.length == 3 for p in denoise)  # 4 steps x 0.9 on the tiny preset
     with pytest.raises(Exception, match="Unknown ImageNet class 'tabbby'"):
         client.predict("tabbby", 0, None, 0, 0, api_name="/generate_all")
+
+
+def test_across_tab_marks_and_frames_the_flips(pipe, monkeypatch):
+    """With scripted answers: the standard classifier leaves its majority in snow, the fg head on a road."""
+    from types import SimpleNamespace
+
+    import app
+
+    calls = iter(range(10))
+
+    def scripted_predict(p, image, k=5):
+        i = next(calls)  # one call per background, in order
+        standard = "snowplow" if BACKGROUNDS[i] == "in snow" else "tabby"
+        fg_head = "tiger cat" if BACKGROUNDS[i] == "on a road" else "tabby"
+        return {fg_head: 0.9}, {}, {standard: 0.8}
+
+    monkeypatch.setattr(app, "predict", scripted_predict)
+    models = app.Models(pipe, "tiny", True, "", SimpleNamespace(classifier_name="scripted"))
+    gallery, summary, table = app.make_across_fn(models)("tabby (281)", 1, None, 64, 2, progress=lambda *a, **k: None)
+    captions = [c for _, c in gallery]
+    assert captions[7] == "in snow: standard snowplow (FLIP) | fg head tabby"
+    assert captions[1] == "on a road: standard tabby | fg head tiger cat (FLIP)"
+    assert sum("(FLIP)" in c for c in captions) == 2
+    corner = [image.getpixel((0, 0)) for image, _ in gallery]
+    assert corner[7] == app.FLIP_COLOUR and corner[1] == app.FG_FLIP_COLOUR
+    assert {corner[i] for i in range(10) if i not in (1, 7)} == {app.NO_FLIP_COLOUR}
+    assert "majority answer *tabby*; changes on 1 of 10 backgrounds (in snow)" in summary
+    assert "changes on 1 of 10 backgrounds (on a road)" in summary
+    assert table["standard flips"].tolist() == [i == 7 for i in range(10)]
