@@ -168,7 +168,8 @@ def counterfactual_plot(rows: list[dict], backgrounds: list[str], path: str | Pa
     models = [r["model"] for r in rows]
     grid = _grid(rows, backgrounds, "flip_rate")
     fig = _figure(max(9.0, 1.4 * len(models) + 6), 0.4 * len(backgrounds) + 3)
-    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, max(1.0, 0.3 * len(models))]})
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, max(1.0, 0.3 * len(models))],
+                                                        "wspace": 0.45})  # room for the background names
     series = [("consistency", "consistent on every background", "#4c72b0"),
               ("all_backgrounds_top1", "correct on every background", "#55a868"), ("d3s_top1", "top-1 (any image)", "#c8c8c8")]
     width = 0.8 / len(series)
