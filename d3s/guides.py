@@ -272,14 +272,31 @@ class GuideChoice:
 
 
 def choose(rng: np.random.Generator, photo_refs: Sequence[str], template_refs: Sequence[str], size: int,
-           fg_scale: float = DEFAULT_FG_SCALE) -> GuideChoice:
-    """Draw photo, template and paste position, in that fixed order, from an image's own generator."""
+           fg_scale: float = DEFAULT_FG_SCALE, template_rng: np.random.Generator | None = None) -> GuideChoice:
+    """Draw photo, template and paste position, in that fixed order, from an image's own generator.
+
+    With ``template_rng`` the template is drawn from it instead, so photo and position depend on ``rng``
+    alone (see :func:`choose_paired`).
+    """
     photo = photo_refs[int(rng.integers(len(photo_refs)))] if photo_refs else ""
-    template = template_refs[int(rng.integers(len(template_refs)))]
+    template = template_refs[int((template_rng or rng).integers(len(template_refs)))]
     fg = fg_size(size, fg_scale)
     x0, y0 = (int(v) for v in rng.integers(0, size - fg + 1, size=2))
     box = (x0, y0, x0 + fg, y0 + fg) if photo else (0, 0, 0, 0)
     return GuideChoice(photo, template, box)
+
+
+def choose_paired(seed: int, shift: str, photo_refs: Sequence[str], template_refs: Sequence[str], size: int,
+                  fg_scale: float = DEFAULT_FG_SCALE) -> GuideChoice:
+    """One image of a paired group: photo and paste position from the group's ``seed`` (the same on every
+    background), the template from a stream of its own per (seed, background).
+
+    The template's draw is kept apart because the number of templates may differ between backgrounds,
+    and drawing from a range of another size could move the paste position.
+    """
+    tag = int.from_bytes(hashlib.sha256(f"template:{shift}".encode()).digest()[:8], "little")
+    return choose(np.random.default_rng(seed), photo_refs, template_refs, size, fg_scale,
+                  template_rng=np.random.default_rng([seed, tag]))
 
 
 def fg_size(size: int, fg_scale: float = DEFAULT_FG_SCALE) -> int:

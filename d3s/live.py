@@ -1,8 +1,10 @@
-"""Live generation for the app and notebooks: one image from a foreground, a background and a seed.
+"""Live generation for the app and notebooks: one image from a foreground, a background and a seed
+(:func:`generate_one`), or one object on every background (:func:`generate_across`).
 
 The same steps as a dataset row (guide drawn from the seed, recipe prompt, one generator per image),
 with optional user uploads standing in for the ImageNet photo and the background template.
-Uploaded files are decoded defensively: size and pixel caps, EXIF rotation, any mode to RGB.
+:func:`generate_across` runs the very code of ``d3s generate --paired`` (plan, guides, batched denoising)
+for one class. Uploaded files are decoded defensively: size and pixel caps, EXIF rotation, any mode to RGB.
 """
 
 from __future__ import annotations
@@ -100,3 +102,64 @@ def generate_one(pipe, foreground: str, background: str, seed: int = 0, *, photo
     out = pipe(prompt=prompt, image=guide, strength=strength, num_inference_steps=steps, guidance_scale=guidance,
                eta=0.0, generator=torch.Generator("cpu").manual_seed(seed), callback_on_step_end=on_step)
     return LiveResult(guide=guide, image=out.images[0], prompt=prompt, choice=choice)
+
+
+class UploadedPhoto(PhotoSource):
+    """A user's photo standing in for the ImageNet photos of the class; its reference is ``upload``."""
+
+    description = "upload"
+
+    def __init__(self, image: Image.Image):
+        self.image = image
+
+    def refs(self, concept) -> list[str]:
+        return ["upload"]
+
+    def open(self, ref: str) -> Image.Image:
+        return self.image
+
+
+@dataclass
+class AcrossResult:
+    """One object on several backgrounds: per background its guide, image and prompt, in the recipe's order."""
+
+    backgrounds: list[str]
+    guides: list[Image.Image]
+    images: list[Image.Image]
+    prompts: list[str]
+    choices: list[GuideChoice]  # photo and paste box shared; the template is the background's
+    seed: int  # the group's noise seed (as the ``seed`` column of ``d3s generate --paired --seed S``)
+
+
+def generate_across(pipe, foreground: str, seed: int = 0, *, photo=None, photos: PhotoSource | None = None,
+                    templates: TemplateSource | None = None, recipe: str = "backgrounds", backgrounds: str = "all",
+                    size: int = 512, steps: int = 50, strength: float = 0.9, guidance: float = 5.0, fg_scale: float = 0.4,
+                    batch_size: int = 16, callback=None) -> AcrossResult:
+    """The object of ``foreground`` dreamed on every background: group k = 0 of ``d3s generate --paired --seed seed``.
+
+    One photo (the upload ``photo``, else one drawn from ``photos``, else none), one paste position and
+    one noise seed for all backgrounds; only the template and the prompt's background differ. With the
+    same photo source, settings and batch size, the images equal the dataset's. ``callback(step, total)``
+    is called after each denoising step, counted over all batches. Raises ``LabelError``,
+    ``GenerationError`` or ``UploadError`` on bad input.
+    """
+    from .generate import GenerationConfig, denoise, make_plan, prepare_batch
+
+    resolve_concept(foreground)  # one class, not a list or 'all'
+    source = UploadedPhoto(read_upload(photo)) if photo is not None else photos
+    config = GenerationConfig(foregrounds=[foreground], out="", backgrounds=backgrounds, per_pair=1, model="live",
+                              recipe=recipe, size=size, steps=steps, strength=strength, guidance=guidance,
+                              fg_scale=fg_scale, seed=seed, batch_size=batch_size, paired=True)
+    plan, photos, templates = make_plan(config, photos=source, templates=templates)
+    batches = plan.batches()
+    per_batch = max(1, int(steps * strength))
+    guides, images, prompts, choices = [], [], [], []
+    for b, batch in enumerate(batches):
+        prepared = prepare_batch(plan, batch, photos, templates)
+        step = (lambda i, n, b=b: callback(b * per_batch + i, len(batches) * per_batch)) if callback else None
+        out, _ = denoise(pipe, prepared, config, callback=step)
+        guides += prepared.guides
+        images += out
+        prompts += prepared.prompts
+        choices += prepared.choices
+    return AcrossResult([plan.recipe.shifts[i.bg] for i in plan.items], guides, images, prompts, choices, plan.items[0].seed)

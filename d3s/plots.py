@@ -6,6 +6,8 @@
   fit computed without the CLIP models (figure 10);
 - :func:`background_heatmap`: D3S top-1 per background (rows) and model (columns);
 - :func:`bgchallenge_bars`: IN-9 accuracy per Backgrounds Challenge variation and model (`d3s bgchallenge`).
+- :func:`counterfactual_plot` (paired data only): consistency and all-backgrounds accuracy per model,
+  beside the flip rate per background and model.
 
 Each function returns ``{"path", "title", ...}``; the title is also stored in the PNG's ``Title``
 text chunk, so what a file shows can be checked without looking at it. :func:`draw_all` draws the
@@ -24,8 +26,10 @@ DROP_TITLE = "Drop in top-1 accuracy from ImageNet to D3S"
 SCATTER_TITLE = "Top-1 on D3S vs ImageNet (best fit excludes CLIP)"
 HEATMAP_TITLE = "D3S top-1 accuracy per background and model"
 BGCHALLENGE_TITLE = "Backgrounds Challenge: IN-9 accuracy per variation"
+COUNTERFACTUAL_TITLE = "Same object on every background: consistency and flip rates"
 PLOTS_JSON = "plots.json"
-FILES = {"drop": "accuracy_drop.png", "scatter": "d3s_vs_imagenet.png", "heatmap": "background_heatmap.png"}
+FILES = {"drop": "accuracy_drop.png", "scatter": "d3s_vs_imagenet.png", "heatmap": "background_heatmap.png",
+         "counterfactual": "counterfactual.png"}
 
 _FAMILY_COLOURS = {
     "supervised CNN": "#4c72b0", "transformer": "#dd8452", "adversarially trained": "#c44e52",
@@ -119,29 +123,73 @@ def accuracy_scatter(rows: list[dict], path: str | Path) -> dict:
     return {"path": str(path), "title": SCATTER_TITLE, "fit": fit, "models": [r["model"] for r in rows]}
 
 
-def background_heatmap(rows: list[dict], backgrounds: list[str], path: str | Path) -> dict:
-    """Rows: backgrounds; columns: models; cells: D3S top-1 (%) with the value written in."""
-    models = [r["model"] for r in rows]
-    grid = np.full((len(backgrounds), len(models)), np.nan)
+def _grid(rows: list[dict], backgrounds: list[str], key: str) -> np.ndarray:
+    """``rows[j][key][background]`` in percent, backgrounds x models (NaN where missing)."""
+    grid = np.full((len(backgrounds), len(rows)), np.nan)
     for j, r in enumerate(rows):
         for i, b in enumerate(backgrounds):
-            if b in r["per_background"]:
-                grid[i, j] = 100 * r["per_background"][b]
-    fig = _figure(max(5.0, 0.9 * len(models) + 3), 0.4 * len(backgrounds) + 2.5)
-    ax = fig.add_subplot()
-    im = ax.imshow(grid, cmap="viridis", vmin=0, vmax=100, aspect="auto")
+            if b in r[key]:
+                grid[i, j] = 100 * r[key][b]
+    return grid
+
+
+def _draw_grid(ax, grid: np.ndarray, models: list[str], backgrounds: list[str], cmap: str, light_below: bool):
+    """A backgrounds x models heatmap with each value written in (white on the dark end of ``cmap``)."""
+    im = ax.imshow(grid, cmap=cmap, vmin=0, vmax=100, aspect="auto")
     ax.set_xticks(range(len(models)), models, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(len(backgrounds)), backgrounds, fontsize=8)
     for i in range(len(backgrounds)):
         for j in range(len(models)):
             if not np.isnan(grid[i, j]):
-                ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=7,
-                        color="white" if grid[i, j] < 50 else "black")
+                dark = grid[i, j] < 50 if light_below else grid[i, j] >= 50
+                ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=7, color="white" if dark else "black")
+    return im
+
+
+def _values(grid: np.ndarray) -> list[list[float | None]]:
+    return [[None if np.isnan(v) else float(v) for v in row] for row in grid]
+
+
+def background_heatmap(rows: list[dict], backgrounds: list[str], path: str | Path) -> dict:
+    """Rows: backgrounds; columns: models; cells: D3S top-1 (%) with the value written in."""
+    models = [r["model"] for r in rows]
+    grid = _grid(rows, backgrounds, "per_background")
+    fig = _figure(max(5.0, 0.9 * len(models) + 3), 0.4 * len(backgrounds) + 2.5)
+    ax = fig.add_subplot()
+    im = _draw_grid(ax, grid, models, backgrounds, "viridis", light_below=True)
     fig.colorbar(im, ax=ax, label="top-1 (%)")
     ax.set_title(HEATMAP_TITLE)
     _save(fig, Path(path), HEATMAP_TITLE)
-    return {"path": str(path), "title": HEATMAP_TITLE, "models": models, "backgrounds": backgrounds,
-            "values": [[None if np.isnan(v) else float(v) for v in row] for row in grid]}
+    return {"path": str(path), "title": HEATMAP_TITLE, "models": models, "backgrounds": backgrounds, "values": _values(grid)}
+
+
+def counterfactual_plot(rows: list[dict], backgrounds: list[str], path: str | Path) -> dict:
+    """Left: consistency and all-backgrounds top-1 per model (with plain top-1 for scale); right: the flip
+    rate (%) of each background and model. ``rows`` are summary rows with counterfactual scores."""
+    rows = [r for r in rows if "consistency" in r]
+    models = [r["model"] for r in rows]
+    grid = _grid(rows, backgrounds, "flip_rate")
+    fig = _figure(max(9.0, 1.4 * len(models) + 6), 0.4 * len(backgrounds) + 3)
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, max(1.0, 0.3 * len(models))],
+                                                        "wspace": 0.45})  # room for the background names
+    series = [("consistency", "consistent on every background", "#4c72b0"),
+              ("all_backgrounds_top1", "correct on every background", "#55a868"), ("d3s_top1", "top-1 (any image)", "#c8c8c8")]
+    width = 0.8 / len(series)
+    for k, (key, label, colour) in enumerate(series):
+        left.barh(np.arange(len(models)) + (k - 1) * width, [100 * r[key] for r in rows], height=width, color=colour,
+                  edgecolor="black", linewidth=0.5, label=label)
+    left.set_yticks(range(len(models)), models, fontsize=8)
+    left.invert_yaxis()
+    left.set_xlim(0, 100)
+    left.set_xlabel("% of groups (top-1: of images)")
+    left.legend(fontsize=7, loc="lower right")
+    im = _draw_grid(right, grid, models, backgrounds, "Reds", light_below=False)
+    fig.colorbar(im, ax=right, label="flip rate (%): top-1 differs from the group's majority")
+    fig.suptitle(COUNTERFACTUAL_TITLE)
+    _save(fig, Path(path), COUNTERFACTUAL_TITLE)
+    return {"path": str(path), "title": COUNTERFACTUAL_TITLE, "models": models, "backgrounds": backgrounds,
+            "consistency": [r["consistency"] for r in rows], "all_backgrounds_top1": [r["all_backgrounds_top1"] for r in rows],
+            "flip_rates": _values(grid)}
 
 
 def bgchallenge_bars(rows: list[dict], path: str | Path) -> dict:
@@ -179,12 +227,18 @@ def draw_all(out: str | Path, summary: dict) -> dict:
     else:
         drawn["skipped"] = "accuracy drop and D3S-vs-ImageNet plots need --imagenet-val"
     drawn["heatmap"] = background_heatmap(rows, summary["backgrounds"], out / FILES["heatmap"])
+    paired = [r for r in rows if "consistency" in r]
+    if paired:
+        drawn["counterfactual"] = counterfactual_plot(paired, summary["backgrounds"], out / FILES["counterfactual"])
     records = {
         "titles": {k: v["title"] for k, v in drawn.items() if isinstance(v, dict)},
         "models": [{k: r[k] for k in ("model", "family", "kind", "extra_data", "d3s_top1", "d3s_top5", "imagenet_top1",
                                       "imagenet_top5", "drop_top1", "worst_background")} for r in rows],
         "per_background": [{"model": r["model"], "background": b, "top1": v} for r in rows for b, v in r["per_background"].items()],
         "fit": drawn.get("scatter", {}).get("fit"),
+        "counterfactual": [{k: r[k] for k in ("model", "consistency", "all_backgrounds_top1", "d3s_top1", "groups",
+                                              "most_flips_background")} for r in paired],
+        "flip_rates": [{"model": r["model"], "background": b, "flip_rate": v} for r in paired for b, v in r["flip_rate"].items()],
     }
     (out / PLOTS_JSON).write_text(json.dumps(records, indent=1))
     return drawn
@@ -193,9 +247,10 @@ def draw_all(out: str | Path, summary: dict) -> dict:
 def interactive_tables(out: str | Path) -> dict:
     """The plot data of a results folder as pandas tables, for the app's interactive plots.
 
-    Returns ``{"models": DataFrame (one row per model, accuracies in %), "per_background": DataFrame
-    (model, background, top1 %), "titles": {...}, "heatmap": path or None}``. Raises ``FileNotFoundError``
-    when ``out`` holds no benchmark results.
+    Returns ``{"models": DataFrame (one row per model, accuracies in %; with ``consistency`` and
+    ``all_backgrounds_top1`` in % on paired data), "per_background": DataFrame (model, background, top1 %),
+    "flip_rates": DataFrame (model, background, flip_rate %; empty unless paired), "titles": {...}, "heatmap":
+    path or None}``. Raises ``FileNotFoundError`` when ``out`` holds no benchmark results.
     """
     import pandas as pd
 
@@ -210,6 +265,12 @@ def interactive_tables(out: str | Path) -> dict:
     per_bg = pd.DataFrame(data["per_background"])
     if len(per_bg):
         per_bg["top1"] = per_bg["top1"] * 100
+    cf = {r["model"]: r for r in data.get("counterfactual", [])}
+    if cf:
+        for col in ("consistency", "all_backgrounds_top1"):
+            models[col] = [100 * cf[m][col] if m in cf else np.nan for m in models["model"]]
+    flip_rates = pd.DataFrame(data.get("flip_rates", []), columns=["model", "background", "flip_rate"])
+    flip_rates["flip_rate"] = flip_rates["flip_rate"] * 100
     heatmap = out / FILES["heatmap"]
-    return {"models": models, "per_background": per_bg, "titles": data["titles"],
+    return {"models": models, "per_background": per_bg, "flip_rates": flip_rates, "titles": data["titles"],
             "heatmap": str(heatmap) if heatmap.is_file() else None}

@@ -362,8 +362,9 @@ def test_app_benchmark_tab_shows_a_results_folder(tiny_results, tmp_path):
     import app
 
     out, _ = tiny_results
-    drop, scatter, per_bg, heatmap, table, picker = app.load_benchmark(str(out))
+    drop, scatter, per_bg, heatmap, table, picker, flips = app.load_benchmark(str(out))
     assert isinstance(drop, gr.BarPlot) and isinstance(scatter, gr.ScatterPlot) and isinstance(per_bg, gr.BarPlot)
+    assert not flips.visible and "consistency" not in table  # unpaired data: no counterfactual scores
     assert heatmap.endswith("background_heatmap.png") and set(table["model"]) >= {"clip:tiny", "test_resnet", "test_vit"}
     assert set(picker.choices) == {(m, m) for m in table["model"]} or set(picker.choices) == set(table["model"])
     cells, gallery, note = app.show_worst_cells(str(out), picker.value)

@@ -63,6 +63,17 @@ def test_predict_tab(page):
     page.screenshot(path=str(SHOTS / "predict.png"), full_page=True)
 
 
+def test_across_backgrounds_tab(page):
+    page.get_by_role("tab", name="Across backgrounds").click()
+    page.click("#across-button")
+    page.wait_for_function("document.querySelector('#across-summary')?.innerText.includes('Disentangled fg head')")
+    page.wait_for_function("document.querySelectorAll('#across-gallery img').length >= 10")
+    assert "One tabby" in page.inner_text("#across-summary")
+    table = page.inner_text("#across-table")
+    assert "on grass" in table and "at night" in table
+    page.screenshot(path=str(SHOTS / "across.png"), full_page=True)
+
+
 def test_dataset_tab(page):
     page.get_by_role("tab", name="Dataset").click()
     page.click("#data-load")
