@@ -63,8 +63,10 @@ HPARAMS: dict[str, dict[str, Any]] = {
         "gp_weight": 10.0,  # gradient penalty (WGAN-GP)
         "critic_depth": 3,  # linear layers per critic, widths halving
         "critic_width": 512,  # widest hidden layer (ResNet-50's 1798-d z_fg: 1798 -> 512 -> 256 -> labels)
+        "critic_min_width": 16,  # narrowest hidden layer
         "warmup_iters": 200,  # cross-entropy only for the first iterations (critics already learn)
         "critic_ramp_iters": 500,  # after the warm-up, the critic weight grows linearly over this many iterations
+        "critic_scale": "none",  # "dim": critics see standardised z / sqrt(2 dim) (gaps comparable across sizes of z)
         "critic_memory": 8,  # critic steps draw minibatches from the detached features of this many earlier batches
     },
     # fg cross-entropy, worst bg group up-weighted (Sagawa et al.)
@@ -244,14 +246,15 @@ def standardize(z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
 
 
 class Critic(nn.Module):
-    """Per-label score critic ``D(z, l) = f(z)[l]``: an MLP, LeakyReLU(0.1), widths halving (at most ``max_width``)."""
+    """Per-label score critic ``D(z, l) = f(z)[l]``: an MLP, LeakyReLU(0.1), widths halving, between
+    ``min_width`` and ``max_width``."""
 
-    def __init__(self, dim: int, num_labels: int, depth: int = 3, max_width: int = 512):
+    def __init__(self, dim: int, num_labels: int, depth: int = 3, max_width: int = 512, min_width: int = 16):
         super().__init__()
         layers: list[nn.Module] = []
         width = dim
         for _ in range(depth - 1):
-            nxt = max(16, min(max_width, width // 2))
+            nxt = max(min_width, min(max_width, width // 2))
             layers += [nn.Linear(width, nxt), nn.LeakyReLU(0.1)]
             width = nxt
         layers.append(nn.Linear(width, num_labels))
@@ -315,8 +318,9 @@ class WassersteinDisentanglement(Algorithm):
     def __init__(self, model, hparams):
         super().__init__(model, hparams)
         depth, width = hparams["critic_depth"], hparams["critic_width"]
-        self.critic_fg = Critic(model.fg_dim, len(model.bg_names), depth, width)  # D_fg(z_fg, l_bg)
-        self.critic_bg = Critic(model.bg_dim, len(model.fg_names), depth, width)  # D_bg(z_bg, l_fg)
+        low = hparams["critic_min_width"]
+        self.critic_fg = Critic(model.fg_dim, len(model.bg_names), depth, width, low)  # D_fg(z_fg, l_bg)
+        self.critic_bg = Critic(model.bg_dim, len(model.fg_names), depth, width, low)  # D_bg(z_bg, l_fg)
         params = list(self.critic_fg.parameters()) + list(self.critic_bg.parameters())
         # fused: one kernel for all critic parameters (several steps per model step; 7x faster than the loop on a CPU)
         self.critic_optimizer = torch.optim.Adam(params, lr=hparams["critic_lr"], betas=tuple(map(float, hparams["betas"])), fused=True)
@@ -343,9 +347,15 @@ class WassersteinDisentanglement(Algorithm):
         """The two critic gaps on batch-standardised features; D_fg needs bg labels, so fg-only
         rows (``bg == -1``) only enter D_bg. Gradients flow into z."""
         labelled = bg >= 0
-        v_fg, bg_labelled = standardize(z_fg[labelled]), bg[labelled]
+        v_fg, bg_labelled = self.view(z_fg[labelled]), bg[labelled]
         gap_fg = self.critic_fg.gap(v_fg, bg_labelled) if len(bg_labelled) > 1 else v_fg.new_zeros(())
-        return gap_fg, self.critic_bg.gap(standardize(z_bg), fg)
+        return gap_fg, self.critic_bg.gap(self.view(z_bg), fg)
+
+    def view(self, z: torch.Tensor) -> torch.Tensor:
+        """What a critic sees: batch-standardised z, scaled by 1 / sqrt(2 dim) with ``critic_scale="dim"``, so that
+        two samples lie about 1 apart whatever the size of z (a gap is then a share of that distance)."""
+        v = standardize(z)
+        return v / math.sqrt(2 * z.shape[1]) if self.hparams["critic_scale"] == "dim" else v
 
     def ramp(self, step: int) -> float:
         """Share of the critic weight at ``step``: 0 in the warm-up, then a linear ramp to 1."""
@@ -370,8 +380,8 @@ class WassersteinDisentanglement(Algorithm):
         for _ in range(hp["critic_steps"]):
             rows = torch.randperm(len(fg), generator=generator, device=fg.device)[:batch_size]
             labelled = bg[rows] >= 0
-            v_fg, bg_labelled = standardize(z_fg[rows][labelled]), bg[rows][labelled]
-            v_bg, fg_rows = standardize(z_bg[rows]), fg[rows]
+            v_fg, bg_labelled = self.view(z_fg[rows][labelled]), bg[rows][labelled]
+            v_bg, fg_rows = self.view(z_bg[rows]), fg[rows]
             gap_bg = self.critic_bg.gap(v_bg, fg_rows)
             gp = self.critic_bg.gradient_penalty(v_bg, fg_rows, generator)
             gap_fg = v_fg.new_zeros(())

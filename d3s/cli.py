@@ -323,13 +323,29 @@ def _register_labels(sub) -> None:
 # --- toy -------------------------------------------------------------------------------------------
 
 def cmd_toy(args: argparse.Namespace) -> int:
-    from .toy import ToyConfig, unpaired, write_toy
+    from .toy import FeatureToyConfig, ToyConfig, ToyError, unpaired, write_feature_toy, write_toy
 
-    cfg = ToyConfig(out=args.out, fg_classes=args.fg_classes, bg_classes=args.bg_classes, train_per_pair=args.train_per_pair,
-                    val_per_pair=args.val_per_pair, correlation=args.correlation, size=args.size, seed=args.seed,
+    def given(**kw):  # the options set on the command line; the rest keep the kind's own defaults
+        return {k: v for k, v in kw.items() if v is not None}
+
+    counts = dict(fg_classes=args.fg_classes, bg_classes=args.bg_classes, train_per_pair=args.train_per_pair,
+                  val_per_pair=args.val_per_pair, seed=args.seed)
+    if args.kind == "features":
+        image_only = [f"--{k}" for k in ("correlation", "size", "shapes", "textures") if getattr(args, k) is not None]
+        if image_only:
+            raise ToyError(f"--kind features does not take {', '.join(image_only)} (options of --kind images); it takes --dim "
+                           "and the class counts.")
+        fcfg = FeatureToyConfig(out=args.out, **given(**counts, dim=args.dim))
+        rows = write_feature_toy(fcfg)
+        print(f"wrote {rows['train']} train and {rows['validation']} validation rows of {fcfg.dim} features "
+              f"({fcfg.fg_classes} fg x {fcfg.bg_classes} bg classes, mixed nonlinearly) to {args.out}")
+        return 0
+    if args.dim is not None:
+        raise ToyError("--dim applies to --kind features.")
+    cfg = ToyConfig(out=args.out, **given(**counts, correlation=args.correlation, size=args.size),
                     shapes=args.shapes.split(",") if args.shapes else None, textures=args.textures.split(",") if args.textures else None)
-    counts = write_toy(cfg)
-    print(f"wrote {counts['train']} train and {counts['validation']} validation images "
+    rows = write_toy(cfg)
+    print(f"wrote {rows['train']} train and {rows['validation']} validation images "
           f"({cfg.fg_classes} shapes x {cfg.bg_classes} textures, {cfg.size}px, correlation {cfg.correlation}) to {args.out}; "
           f"pairs in {args.out}/pairs.json")
     if unpaired(cfg):
@@ -339,24 +355,29 @@ def cmd_toy(args: argparse.Namespace) -> int:
 
 
 def _register_toy(sub) -> None:
-    from .toy import SHAPES, TEXTURES
+    from .toy import SHAPES, TEXTURES, FeatureToyConfig as F
     from .toy import ToyConfig as T
 
-    p = sub.add_parser("toy", help="write a procedural fg/bg dataset with known factors (shapes on textures)",
-                       description="Write a small dataset in the project's format: a known shape (fg) on a known texture (bg), "
-                                   "colours and positions random, at a chosen fg-bg correlation. Trains on a CPU in minutes.")
+    p = sub.add_parser("toy", help="write a dataset with known factors: shapes on textures, or features at the paper's sizes",
+                       description="Write a small dataset in the project's format with known fg and bg factors. "
+                                   "--kind images: a known shape (fg) on a known texture (bg), colours and positions random, at a "
+                                   "chosen fg-bg correlation; trains on a CPU in minutes. --kind features: precomputed 'backbone "
+                                   "features' at the paper's sizes (2048 features, 1000 fg x 10 bg classes), fg and bg codes mixed "
+                                   "by a fixed random ReLU network; trains only the disentangling part (`d3s train` on it).")
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--fg-classes", type=int, default=T.fg_classes, help="number of shapes (default: %(default)s)")
-    p.add_argument("--bg-classes", type=int, default=T.bg_classes, help="number of textures (default: %(default)s)")
-    p.add_argument("--train-per-pair", type=int, default=T.train_per_pair, help="train images per (fg, bg) pair (default: %(default)s)")
-    p.add_argument("--val-per-pair", type=int, default=T.val_per_pair, help="validation images per pair (default: %(default)s)")
-    p.add_argument("--correlation", type=float, default=T.correlation,
-                   help="train split: probability that fg i sits on its paired bg i (pairs.json, one to one; shapes beyond the "
-                        "number of textures are unpaired) rather than a random one (default: %(default)s = independent)")
-    p.add_argument("--size", type=int, default=T.size, help="image side in pixels (default: %(default)s)")
-    p.add_argument("--shapes", metavar="NAMES", help=f"comma-separated shapes instead of the first --fg-classes: any of {', '.join(SHAPES)}")
-    p.add_argument("--textures", metavar="NAMES", help=f"comma-separated textures instead of the first --bg-classes: any of {', '.join(TEXTURES)}")
-    p.add_argument("--seed", type=int, default=T.seed)
+    p.add_argument("--kind", choices=("images", "features"), default="images", help="(default: %(default)s)")
+    p.add_argument("--fg-classes", type=int, help=f"number of shapes / fg classes (default: {T.fg_classes}; features: {F.fg_classes})")
+    p.add_argument("--bg-classes", type=int, help=f"number of textures / bg classes (default: {T.bg_classes}; features: {F.bg_classes})")
+    p.add_argument("--train-per-pair", type=int, help=f"train rows per (fg, bg) pair (default: {T.train_per_pair}; features: {F.train_per_pair})")
+    p.add_argument("--val-per-pair", type=int, help=f"validation rows per pair (default: {T.val_per_pair}; features: {F.val_per_pair})")
+    p.add_argument("--correlation", type=float,
+                   help="images: train split: probability that fg i sits on its paired bg i (pairs.json, one to one; shapes beyond "
+                        "the number of textures are unpaired) rather than a random one (default: 0 = independent)")
+    p.add_argument("--size", type=int, help=f"images: side in pixels (default: {T.size})")
+    p.add_argument("--shapes", metavar="NAMES", help=f"images: comma-separated shapes instead of the first --fg-classes: any of {', '.join(SHAPES)}")
+    p.add_argument("--textures", metavar="NAMES", help=f"images: comma-separated textures instead of the first --bg-classes: any of {', '.join(TEXTURES)}")
+    p.add_argument("--dim", type=int, help=f"features: features per row (default: {F.dim}, ResNet-50's)")
+    p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_toy)
 
 

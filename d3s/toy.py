@@ -242,3 +242,130 @@ Validation: {counts['validation']} images, every pair equally often. Settings: `
 """
     write_card(out, features, body)
     return counts
+
+
+# --- known factors at the paper's dimensions: a features dataset -----------------------------------------
+
+@dataclass
+class FeatureToyConfig:
+    """Settings of ``d3s toy --kind features``: precomputed "backbone features" with known factors.
+
+    Each row's features are a fixed random two-layer ReLU network applied to three latent parts: a fg
+    code (its class's prototype plus noise), a bg code (likewise) and a nuisance code (noise only). Like
+    real backbone features they are non-negative and wide, and they mix fg and bg nonlinearly: no
+    linear map separates the two, so a model must learn what to keep where. The defaults are the
+    paper's sizes (2048 features, split 1798 / 250; 1000 fg classes, 10 bg classes).
+
+    Args:
+        out (`str`): output folder (the project's dataset format, a ``features`` column).
+        fg_classes (`int`, defaults to 1000), bg_classes (`int`, defaults to 10): label counts.
+        dim (`int`, defaults to 2048): features per row.
+        train_per_pair (`int`, defaults to 2), val_per_pair (`int`, defaults to 1): rows per (fg, bg) pair.
+        fg_latent (`int`, defaults to 64), bg_latent (`int`, defaults to 16), nuisance (`int`, defaults to 32):
+            sizes of the latent codes.
+        hidden (`int`, defaults to 512): width of the mixing network's hidden layer.
+        fg_noise (`float`, defaults to 1.0), bg_noise (`float`, defaults to 0.6): within-class spread of the fg
+            and bg codes (the prototypes have unit variance): a linear probe on all features then reads fg at
+            about 0.94 and bg at about 0.98.
+        seed (`int`, defaults to 0): everything is a function of it.
+    """
+
+    out: str
+    fg_classes: int = 1000
+    bg_classes: int = 10
+    dim: int = 2048
+    train_per_pair: int = 2
+    val_per_pair: int = 1
+    fg_latent: int = 64
+    bg_latent: int = 16
+    nuisance: int = 32
+    hidden: int = 512
+    fg_noise: float = 1.0
+    bg_noise: float = 0.6
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.fg_classes < 2 or self.bg_classes < 2:
+            raise ToyError(f"--fg-classes and --bg-classes must be at least 2, got {self.fg_classes} and {self.bg_classes}.")
+        if self.dim < 4 or min(self.fg_latent, self.bg_latent, self.hidden) < 1 or self.nuisance < 0:
+            raise ToyError("--dim must be at least 4 and the latent and hidden sizes positive.")
+        if self.train_per_pair < 1 or self.val_per_pair < 1:
+            raise ToyError("--train-per-pair and --val-per-pair must be at least 1.")
+        if min(self.fg_noise, self.bg_noise) < 0:
+            raise ToyError(f"--fg-noise and --bg-noise must be non-negative, got {self.fg_noise} and {self.bg_noise}.")
+
+
+def mix_features(cfg: FeatureToyConfig, fg: np.ndarray, bg: np.ndarray, rng: np.random.Generator,
+                 params: dict[str, np.ndarray]) -> np.ndarray:
+    """float32 features (N, dim) of rows with labels ``fg``, ``bg``; fresh noise from ``rng``."""
+    n = len(fg)
+    u = np.concatenate([
+        params["fg_proto"][fg] + cfg.fg_noise * rng.standard_normal((n, cfg.fg_latent)),
+        params["bg_proto"][bg] + cfg.bg_noise * rng.standard_normal((n, cfg.bg_latent)),
+        rng.standard_normal((n, cfg.nuisance)),
+    ], axis=1)
+    h = np.maximum(u @ params["w1"] + params["b1"], 0)
+    return np.maximum(h @ params["w2"] + params["b2"], 0).astype(np.float32)
+
+
+def mixing_params(cfg: FeatureToyConfig) -> dict[str, np.ndarray]:
+    """The class prototypes and the fixed random mixing network (a function of the seed)."""
+    rng = np.random.default_rng([cfg.seed, 99])
+    width = cfg.fg_latent + cfg.bg_latent + cfg.nuisance
+    return {
+        "fg_proto": rng.standard_normal((cfg.fg_classes, cfg.fg_latent)),
+        "bg_proto": rng.standard_normal((cfg.bg_classes, cfg.bg_latent)),
+        "w1": rng.standard_normal((width, cfg.hidden)) / math.sqrt(width),
+        "b1": 0.1 * rng.standard_normal(cfg.hidden),
+        "w2": rng.standard_normal((cfg.hidden, cfg.dim)) * math.sqrt(2 / cfg.hidden),
+        "b2": 0.1 * rng.standard_normal(cfg.dim) - 0.2,
+    }
+
+
+def write_feature_toy(cfg: FeatureToyConfig, shard_size: int = 4096) -> dict[str, int]:
+    """Write the features toy to ``cfg.out``; returns the number of rows per split."""
+    import datasets
+    import pyarrow as pa
+
+    from .dataset import label_features, write_card, write_table
+
+    cfg.check()
+    out = Path(cfg.out)
+    fg_names = [f"fg{i:0{len(str(cfg.fg_classes - 1))}d}" for i in range(cfg.fg_classes)]
+    bg_names = [f"bg{j:0{len(str(cfg.bg_classes - 1))}d}" for j in range(cfg.bg_classes)]
+    features = datasets.Features({
+        "item_id": datasets.Value("int64"),
+        "features": datasets.List(datasets.Value("float32"), length=cfg.dim),
+        **label_features(fg_names, bg_names),
+    })
+    params = mixing_params(cfg)
+    counts: dict[str, int] = {}
+    item_id = 0
+    for split_index, (split, per_pair) in enumerate((("train", cfg.train_per_pair), ("validation", cfg.val_per_pair))):
+        rng = np.random.default_rng([cfg.seed, split_index])
+        fg = np.repeat(np.arange(cfg.fg_classes), cfg.bg_classes * per_pair)
+        bg = np.tile(np.repeat(np.arange(cfg.bg_classes), per_pair), cfg.fg_classes)
+        order = rng.permutation(len(fg))
+        fg, bg = fg[order], bg[order]
+        for start in range(0, len(fg), shard_size):
+            f, b = fg[start : start + shard_size], bg[start : start + shard_size]
+            x = mix_features(cfg, f, b, rng, params)
+            table = pa.table({
+                "item_id": pa.array(np.arange(item_id, item_id + len(f)), pa.int64()),
+                "features": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1), pa.float32()), cfg.dim),
+                "fg": pa.array(f, pa.int64()),
+                "bg": pa.array(b, pa.int64()),
+            }, schema=features.arrow_schema)
+            write_table(out, split, table)
+            item_id += len(f)
+        counts[split] = len(fg)
+    (out / "d3s_toy.json").write_text(json.dumps({"kind": "features", **asdict(cfg)}, indent=2) + "\n")
+    body = f"""# d3s features toy
+
+Precomputed "backbone features" with known factors: {cfg.dim} non-negative features per row, a fixed random
+two-layer ReLU network of a fg code ({cfg.fg_classes} classes), a bg code ({cfg.bg_classes} classes) and a nuisance
+code, so fg and bg are mixed nonlinearly. Every (fg, bg) pair appears equally often: train {counts['train']} rows,
+validation {counts['validation']}. Settings: `d3s_toy.json`. Train on it with `d3s train --data {out.name}`.
+"""
+    write_card(out, features, body)
+    return counts

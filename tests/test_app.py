@@ -67,7 +67,7 @@ def test_offline_the_standard_classifier_is_real_and_names_a_cat(app_url):
     config = httpx.get(app_url + "config", timeout=10).json()
     banner = next(t for c in config["components"] if isinstance(t := c.get("props", {}).get("value"), str) and "Tiny preset" in t)
     assert "standard classifier `tf_efficientnet_lite0.pypi_in1k` (real ImageNet-1k weights" in banner
-    assert "`resnet50` could not be loaded" in banner
+    assert "`resnet50.tv_in1k` could not be loaded" in banner  # the default: the paper's ResNet-50 weights
     _, _, ref = Client(app_url, verbose=False).predict(handle_file(str(real_photo("chelsea"))), api_name="/predict")
     top = [c["label"] for c in ref["confidences"]]
     assert ref["label"] == "tiger cat" and set(top[:3]) == {"tiger cat", "Egyptian cat", "tabby"}, top

@@ -222,7 +222,9 @@ def test_cli_rerun_with_one_more_model_evaluates_only_that_one(bg_challenge, col
     decoded = [line for line in second.splitlines() if line.startswith("decoded ")]
     assert len(decoded) == 1 and decoded[0].endswith("shared by 1 model(s): clip:tiny")
     after = {p.name: p.stat().st_mtime_ns for p in models.glob("*.json")}
-    assert {k: after[k] for k in before} == before and set(after) - set(before) == {"clip_tiny.json"}
+    from d3s.benchmark import result_paths
+
+    assert {k: after[k] for k in before} == before and set(after) - set(before) == {result_paths(models.parent, "clip:tiny")[0].name}
     assert len(json.loads((tmp_path / "bgchallenge" / "summary.json").read_text())["models"]) == 3
 
     # the app's Benchmark tab shows the table and the plot of this folder (which has no `d3s benchmark` results)

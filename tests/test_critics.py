@@ -99,14 +99,15 @@ def _model_gaps(dim: int, labels: int, shift: float, steps: int, seed: int = 0, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dim, labels, steps, shift", [(1798, 10, 16, 3.0), (250, 1000, 60, 3.0)],
+@pytest.mark.parametrize("dim, labels, steps, shift", [(1798, 10, 16, 3.0), (250, 1000, 60, 6.0)],
                          ids=["z_fg-1798-vs-10-bg", "z_bg-250-vs-1000-fg"])
 def test_model_gap_is_unbiased_at_paper_sizes(dim, labels, steps, shift):
     """Independent z and labels: the gap the model sees has mean 0 within 4 standard errors. The critic
     never saw the batch it scores, so each step's gap has expectation exactly 0 given the past (the
     steps' gaps are martingale differences, and their mean's standard error is the usual one); 4
-    standard errors leave a false alarm rate under 1e-4. With planted dependence (each label moves z by 3
-    standard deviations along its own direction) the gap is clearly positive. Scored on a batch it
+    standard errors leave a false alarm rate under 1e-4. With planted dependence (each label moves z along
+    its own direction, by 3 standard deviations for 10 labels, by 6 for 1000 labels, each of which the
+    critic has seen about once in 60 steps) the gap is clearly positive. Scored on a batch it
     was fitted on, the same critic shows a large gap without any dependence: the estimate the model
     used to follow."""
     burn_in = 4

@@ -130,7 +130,7 @@ def test_training_on_features_keeps_neck_and_heads_and_the_backbone_name(frozen,
     assert weights["neck.affine.weight"].ne(torch.eye(96)).any()  # the neck trained
     assert model.fg_names == SHAPES and model.bg_names == TEXTURES
     probe = json.loads((frozen / "probe.json").read_text())
-    assert set(probe["validation"]) == {"fg_from_fg", "bg_from_bg", "fg_from_bg", "bg_from_fg"}
+    assert set(probe["linear"]["validation"]) == {"fg_from_fg", "bg_from_bg", "fg_from_bg", "bg_from_fg"}
 
 
 def test_fg_only_features_mix_into_training_as_fg_only_images_do(embedded, tmp_path):

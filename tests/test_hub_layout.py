@@ -80,12 +80,12 @@ def test_train_probe_features_spurious_read_a_hub_layout_folder(hub_toy, trained
     assert json.loads((trained / "done.json").read_text())["step"] == 2
     assert json.loads((trained / "run.json").read_text())["hparams"]["betas"] == [0.0, 0.9]
     assert cli.main(["probe", "--data", str(hub_toy), "--checkpoint", str(trained), "--out", str(tmp_path / "probe.json")]) == 0
-    assert json.loads((tmp_path / "probe.json").read_text())["validation"]["fg_from_fg"]["top1"] >= 0
+    assert json.loads((tmp_path / "probe.json").read_text())["linear"]["validation"]["fg_from_fg"]["top1"] >= 0
     assert cli.main(["features", "--data", str(hub_toy), "--checkpoint", str(trained), "--out", str(tmp_path / "v.npz")]) == 0
     assert np.load(tmp_path / "v.npz")["fg"].shape == (27,)
     assert cli.main(["spurious", "--data", str(hub_toy), "--checkpoint", str(trained), "--baseline", str(trained),
                      "--pairs", str(hub_toy / "pairs.json"), "--out", str(tmp_path / "s.json")]) == 0
-    assert set(json.loads((tmp_path / "s.json").read_text())) == {"correct", "all", "baseline"}
+    assert set(json.loads((tmp_path / "s.json").read_text())) == {"correct", "all", "baseline", "counts"}
 
 
 def test_split_benchmark_publish_read_a_hub_layout_folder(hub_toy, hub_splits, tmp_path, capsys):

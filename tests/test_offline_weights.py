@@ -101,7 +101,7 @@ def test_benchmark_path_gives_plain_timms_top5(plain_timm, tmp_path):
     from conftest import write_d3s_split
 
     data = write_d3s_split(tmp_path / "d3s", backgrounds=range(2))
-    summary = run_benchmark(BenchmarkConfig(data=str(data), out=str(tmp_path / "results"), models=ow.NAME, progress=False,
+    summary = run_benchmark(BenchmarkConfig(data=str(data), out=str(tmp_path / "results"), models=ow.NAME, split="validation", progress=False,
                                             plots=False, workers=1), log=lambda _: None)
     assert [r["model"] for r in summary["models"]] == [ow.NAME]
     assert load_result(tmp_path / "results", ow.NAME)["identity"]["name"] == ow.NAME
@@ -156,4 +156,4 @@ def test_train_starts_from_the_real_backbone(tiny_toy, tmp_path, folder, capsys)
     # a local-dir: backbone that is not there: one line, exit 2
     assert cli.main([*args, "--backbone", "local-dir:/no/such/folder", "--out", str(tmp_path / "bad")]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "unknown timm backbone 'local-dir:/no/such/folder'" in err
+    assert len(err.splitlines()) == 1 and "backbone 'local-dir:/no/such/folder'" in err

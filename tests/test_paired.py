@@ -267,7 +267,7 @@ def paired_results(tmp_path_factory, paired_run):
                           lambda device: Scripted(table, config["mean"], config["std"]))
     out = tmp_path_factory.mktemp("paired-bench") / "results"
     logs = []
-    summary = run_benchmark(BenchmarkConfig(data=str(paired_run), out=str(out), progress=False, workers=1),
+    summary = run_benchmark(BenchmarkConfig(data=str(paired_run), out=str(out), split="train", progress=False, workers=1),
                             specs=[spec], log=logs.append)
     return out, summary, logs
 
