@@ -260,7 +260,8 @@ class FeatureToyConfig:
         out (`str`): output folder (the project's dataset format, a ``features`` column).
         fg_classes (`int`, defaults to 1000), bg_classes (`int`, defaults to 10): label counts.
         dim (`int`, defaults to 2048): features per row.
-        train_per_pair (`int`, defaults to 2), val_per_pair (`int`, defaults to 1): rows per (fg, bg) pair.
+        train_per_pair (`int`, defaults to 1), val_per_pair (`int`, defaults to 1): rows per (fg, bg) pair
+            (10 train rows per fg class by default: the probes of 1000 classes stay affordable on a CPU).
         fg_latent (`int`, defaults to 64), bg_latent (`int`, defaults to 16), nuisance (`int`, defaults to 32):
             sizes of the latent codes.
         hidden (`int`, defaults to 512): width of the mixing network's hidden layer.
@@ -274,7 +275,7 @@ class FeatureToyConfig:
     fg_classes: int = 1000
     bg_classes: int = 10
     dim: int = 2048
-    train_per_pair: int = 2
+    train_per_pair: int = 1
     val_per_pair: int = 1
     fg_latent: int = 64
     bg_latent: int = 16
