@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 LR_SCHEDULES = ("cosine", "constant")
+CRITIC_PENALTIES = ("huber", "abs")
 COMMON = {
     "lr": 1e-3,
     "weight_decay": 0.0,
@@ -67,6 +68,8 @@ HPARAMS: dict[str, dict[str, Any]] = {
         "warmup_iters": 200,  # cross-entropy only for the first iterations (critics already learn)
         "critic_ramp_iters": 500,  # after the warm-up, the critic weight grows linearly over this many iterations
         "critic_scale": "none",  # "dim": critics see standardised z / sqrt(2 dim) (gaps comparable across sizes of z)
+        "critic_penalty": "huber",  # what the model pays for a gap g: "huber" (g^2 / 2 below delta, then linear) or "abs" (|g|)
+        "critic_huber_delta": 1.0,  # where the Huber penalty turns linear
         "critic_memory": 8,  # critic steps draw minibatches from the detached features of this many earlier batches
     },
     # fg cross-entropy, worst bg group up-weighted (Sagawa et al.)
@@ -109,6 +112,8 @@ def hparams_for(method: str, overrides: dict[str, Any] | None = None) -> dict[st
         hp[k] = _like(k, hp[k], v)
     if hp["lr_schedule"] not in LR_SCHEDULES:
         raise HparamError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}; got {hp['lr_schedule']!r}.")
+    if hp.get("critic_penalty", "huber") not in CRITIC_PENALTIES:
+        raise HparamError(f"critic_penalty must be one of {', '.join(CRITIC_PENALTIES)}; got {hp['critic_penalty']!r}.")
     return hp
 
 
@@ -357,6 +362,17 @@ class WassersteinDisentanglement(Algorithm):
         v = standardize(z)
         return v / math.sqrt(2 * z.shape[1]) if self.hparams["critic_scale"] == "dim" else v
 
+    def penalty(self, gap: torch.Tensor) -> torch.Tensor:
+        """What the model pays for a critic gap. The critic class is symmetric (f and -f), so W >= |gap(f)|:
+        a negative gap on a new batch is dependence all the same, and minimising the signed gap would reward
+        the model for encoding the label the other way round. ``"abs"`` pays |gap|; ``"huber"`` (the default)
+        pays gap^2 / 2 up to ``critic_huber_delta`` and linearly beyond: a large gap is pushed as hard as with
+        |gap|, but a small one, mostly the critic's noise on a batch it has not seen, barely moves the encoder,
+        which keeps its fg accuracy (README toy, seed 0: fg 0.960 against 0.934 with |gap|)."""
+        if self.hparams["critic_penalty"] == "abs":
+            return gap.abs()
+        return F.huber_loss(gap, torch.zeros_like(gap), delta=float(self.hparams["critic_huber_delta"]))
+
     def ramp(self, step: int) -> float:
         """Share of the critic weight at ``step``: 0 in the warm-up, then a linear ramp to 1."""
         hp = self.hparams
@@ -411,10 +427,8 @@ class WassersteinDisentanglement(Algorithm):
         ce_bg = F.cross_entropy(bg_logits[labelled], bg[labelled]) if labelled.any() else ce_fg.new_zeros(())
         gap_fg, gap_bg = self.gaps(z_fg, z_bg, fg, bg)  # held out: the critics have not seen this batch
         weight = hp["critic_weight"] * self.ramp(int(self.step))
-        # eq. 10, with |gap|: the critic class is symmetric (f and -f), so W >= |gap(f)|. A critic can
-        # show a negative gap on a new batch; minimising the signed gap would then reward the model for
-        # encoding the label the opposite way, which is dependence all the same.
-        loss = hp["alpha"] * (ce_fg + ce_bg) + weight * (gap_fg.abs() + gap_bg.abs())
+        # eq. 10, with a symmetric penalty of the gap (see `penalty`)
+        loss = hp["alpha"] * (ce_fg + ce_bg) + weight * (self.penalty(gap_fg) + self.penalty(gap_bg))
         # the critics' own gradients from this loss are discarded (zeroed before their next step)
         self._model_step(loss)
         self.remember(z_fg, z_bg, fg, bg)
