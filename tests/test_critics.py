@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from d3s.algorithms import Critic, WassersteinDisentanglement, hparams_for, standardize
+from d3s.algorithms import Critic, HparamError, WassersteinDisentanglement, hparams_for, standardize
 
 
 def test_gap_equals_the_mean_over_every_shuffle():
@@ -61,6 +61,17 @@ def test_gradient_penalty_is_on_z_only():
     assert gp.item() == pytest.approx((0.5 * math.sqrt(8) - 1) ** 2, rel=1e-5)
     gp.backward()  # the penalty trains the critic
     assert layer.weight.grad.abs().sum() > 0
+
+
+def test_penalty_is_symmetric_huber_by_default_and_abs_on_request():
+    gaps = torch.tensor([-3.0, -0.5, 0.0, 0.5, 3.0])
+    huber = WassersteinDisentanglement(_Features(4, 4, 2, 2), hparams_for("wasserstein"))
+    # quadratic below delta = 1, linear beyond, the same for a gap and its negative
+    assert huber.penalty(gaps).tolist() == pytest.approx([2.5, 0.125, 0.0, 0.125, 2.5])
+    absolute = WassersteinDisentanglement(_Features(4, 4, 2, 2), hparams_for("wasserstein", {"critic_penalty": "abs"}))
+    assert absolute.penalty(gaps).tolist() == pytest.approx([3.0, 0.5, 0.0, 0.5, 3.0])
+    with pytest.raises(HparamError, match="huber, abs"):
+        hparams_for("wasserstein", {"critic_penalty": "square"})
 
 
 class _Features(nn.Module):
