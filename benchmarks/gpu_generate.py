@@ -20,10 +20,14 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's d3s, not an installed one
 
 from d3s.diffusion import build_tiny_components, clip_tokenizer
 from d3s.generate import GenerationConfig, PreparedBatch, PlanItem, denoise, generate
