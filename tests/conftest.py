@@ -114,6 +114,19 @@ def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     return run_d3s(*args, env={"OMP_NUM_THREADS": "1"}, timeout=timeout)
 
 
+def run_main(capsys, *args: str) -> tuple[int, list[str]]:
+    """The CLI in this process (``d3s.cli.main``): exit code and stderr lines. For refusals, which must happen
+    before any model loads; a subprocess per case would spend most of its time importing torch."""
+    from d3s.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main(list(args))
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
 @pytest.fixture(scope="session")
 def toy(tmp_path_factory) -> Path:
     """A small independent toy dataset (5 shapes x 5 textures)."""

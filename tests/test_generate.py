@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from datasets import ClassLabel, load_dataset
 
-from conftest import REPO, run_d3s
+from conftest import REPO, run_d3s, run_main
 from d3s.dataset import shard_paths
 from d3s.generate import GenerationConfig, GenerationError, make_plan, read_rows, regenerate
 from d3s.labels import imagenet_classes
@@ -64,13 +64,16 @@ def test_regenerate_cli_reports_identical(tiny_run, tmp_path):
     assert (tmp_path / "x.png").exists()
 
 
-def test_dry_run_prints_counts_and_touches_nothing(tmp_path, photo_dir):
+def test_dry_run_prints_counts_and_touches_nothing(tmp_path, photo_dir, capsys):
+    from d3s.cli import main
+
     out = tmp_path / "never"
-    proc = run_d3s("generate", "--model", "tiny", "--foregrounds", "0,281", "--backgrounds", "snow,grass",
-                   "--per-pair", "3", "--imagenet", str(photo_dir), "--out", str(out), "--dry-run")
-    assert proc.returncode == 0, proc.stderr
-    assert "plan: 12 images" in proc.stdout
-    assert "in snow        6" in proc.stdout and "tabby" in proc.stdout
+    code = main(["generate", "--model", "tiny", "--foregrounds", "0,281", "--backgrounds", "snow,grass",
+                 "--per-pair", "3", "--imagenet", str(photo_dir), "--out", str(out), "--dry-run"])
+    stdout = capsys.readouterr().out
+    assert code == 0
+    assert "plan: 12 images" in stdout
+    assert "in snow        6" in stdout and "tabby" in stdout
     assert not out.exists()
 
 
@@ -137,25 +140,31 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize("args,message", BAD_INPUTS, ids=["class", "background", "photo-folder", "class-without-photos",
                                                           "template-folder", "strength"])
-def test_bad_input_one_line_exit_2_nothing_written(tmp_path, photo_dir, args, message):
+def test_bad_input_one_line_exit_2_nothing_written(tmp_path, photo_dir, args, message, capsys):
     args = [str(photo_dir) if a == "PHOTOS" else a for a in args]
     out = tmp_path / "out"
     start = time.time()
-    proc = run_d3s("generate", "--model", "tiny", *args, "--out", str(out))
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("d3s generate: error:"), proc.stderr
+    code, lines = run_main(capsys, "generate", "--model", "tiny", *args, "--out", str(out))
+    assert code == 2
+    assert len(lines) == 1 and lines[0].startswith("d3s generate: error:"), lines
     assert message in lines[0]
     assert not out.exists()
     assert time.time() - start < 60  # fails up front: no model is loaded
 
 
-def test_other_settings_refuse_to_resume(tiny_run, photo_dir):
-    before = sorted(p.name for p in (tiny_run / "data").iterdir())
-    proc = run_d3s("generate", "--model", "tiny", "--foregrounds", "0,207,281", "--per-pair", "2", "--size", "64",
-                   "--steps", "20", "--imagenet", str(photo_dir), "--out", str(tiny_run))
+def test_bad_input_through_the_real_process(tmp_path):
+    """The same refusal from `python -m d3s`: exit status 2 and one line on stderr."""
+    proc = run_d3s("generate", "--model", "tiny", "--foregrounds", "0,tabbby", "--out", str(tmp_path / "out"))
     assert proc.returncode == 2
-    assert "other settings (steps: folder has 10, this run asks 20)" in proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "Closest valid names: tabby" in proc.stderr
+
+
+def test_other_settings_refuse_to_resume(tiny_run, photo_dir, capsys):
+    before = sorted(p.name for p in (tiny_run / "data").iterdir())
+    code, err = run_main(capsys, "generate", "--model", "tiny", "--foregrounds", "0,207,281", "--per-pair", "2", "--size", "64",
+                         "--steps", "20", "--imagenet", str(photo_dir), "--out", str(tiny_run))
+    assert code == 2
+    assert "other settings (steps: folder has 10, this run asks 20)" in " ".join(err)
     assert sorted(p.name for p in (tiny_run / "data").iterdir()) == before
 
 

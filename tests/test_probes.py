@@ -8,7 +8,7 @@ from d3s.models import DisentangledExtractor
 from d3s.probes import fit_probe, run_probes
 from d3s.spurious import IN9_PAIRS, SpuriousError, coarse_fg_map, load_pairs
 
-from conftest import run_cli
+from conftest import run_cli, run_main
 
 
 def test_probe_reads_small_scale_information():
@@ -99,7 +99,7 @@ def _checkpoint(tmp_path, fg, bg):
     return tmp_path
 
 
-def test_bad_inputs_get_one_line_errors(tiny_toy, tmp_path):
+def test_bad_inputs_get_one_line_errors(tiny_toy, tmp_path, capsys):
     good = _checkpoint(tmp_path / "good", ["circle", "square", "triangle"], ["h-stripes", "v-stripes", "checker"])
     other = _checkpoint(tmp_path / "other", ["cat", "dog"], ["h-stripes", "v-stripes", "checker"])
     # a dataset without fg/bg labels
@@ -123,10 +123,9 @@ def test_bad_inputs_get_one_line_errors(tiny_toy, tmp_path):
         (("spurious", "--data", str(tiny_toy), "--checkpoint", str(other), "--baseline", str(good)), "do not match"),
     ]
     for args, message in cases:
-        r = run_cli(*args)
-        assert r.returncode == 2, (args, r.stderr[-2000:])
-        err = r.stderr.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith(f"d3s {args[0]}: error:") and message in err[0], (args, r.stderr[-2000:])
+        code, err = run_main(capsys, *args)
+        assert code == 2, (args, err)
+        assert len(err) == 1 and err[0].startswith(f"d3s {args[0]}: error:") and message in err[0], (args, err)
 
 
 def test_features_export(tiny_toy, tmp_path):

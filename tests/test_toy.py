@@ -5,7 +5,7 @@ import numpy as np
 from d3s.dataset import load
 from d3s.toy import SHAPES, TEXTURES, FeatureToyConfig, ToyConfig, write_feature_toy, write_toy
 
-from conftest import run_cli
+from conftest import run_main
 
 
 def test_toy_format_and_independence(tmp_path):
@@ -75,11 +75,11 @@ def test_feature_toy_has_known_nonlinearly_mixed_factors(tmp_path):
     assert torch.equal(FeatureTable(load_split(str(again), "train")).x, tr.x)  # a function of the seed
 
 
-def test_toy_cli_rejects_bad_settings(tmp_path):
-    r = run_cli("toy", "--out", str(tmp_path / "t"), "--fg-classes", "99")
-    assert r.returncode == 2
-    assert r.stderr.strip().count("\n") == 0 and "--fg-classes must be in 2..8" in r.stderr
+def test_toy_cli_rejects_bad_settings(tmp_path, capsys):
+    code, err = run_main(capsys, "toy", "--out", str(tmp_path / "t"), "--fg-classes", "99")
+    assert code == 2 and len(err) == 1 and "--fg-classes must be in 2..8" in err[0], err
     for args, message in ((("--kind", "features", "--size", "32"), "does not take --size"), (("--dim", "64"), "--dim applies to --kind features"),
                           (("--shapes", "circle,hexagon"), "--shapes must name distinct ones")):
-        r = run_cli("toy", "--out", str(tmp_path / "t"), *args)
-        assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and message in r.stderr, r.stderr
+        code, err = run_main(capsys, "toy", "--out", str(tmp_path / "t"), *args)
+        assert code == 2 and len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "t").exists()
