@@ -123,7 +123,7 @@ def hparams_for(method: str, overrides: dict[str, Any] | None = None) -> dict[st
         hp[k] = _like(k, hp[k], v)
     if hp["lr_schedule"] not in LR_SCHEDULES:
         raise HparamError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}; got {hp['lr_schedule']!r}.")
-    if hp.get("critic_penalty", "huber") not in CRITIC_PENALTIES:
+    if "critic_penalty" in hp and hp["critic_penalty"] not in CRITIC_PENALTIES:
         raise HparamError(f"critic_penalty must be one of {', '.join(CRITIC_PENALTIES)}; got {hp['critic_penalty']!r}.")
     return hp
 

@@ -19,6 +19,9 @@ A run reads as the steps of :func:`run_benchmark`:
 On a split whose ``group`` column holds objects seen on several backgrounds (``d3s generate --paired``),
 each model also gets the counterfactual scores of :mod:`d3s.counterfactual`: consistency,
 all-backgrounds accuracy and the flip rate of each background.
+
+The stages live beside this module: reading and decoding the images in :mod:`d3s.imagesets`, batched
+inference in :mod:`d3s.inference`; this module plans, scores, writes the results and the summary.
 """
 
 from __future__ import annotations
@@ -28,12 +31,10 @@ import io
 import json
 import os
 import re
-import shutil
 import tempfile
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -42,391 +43,18 @@ import numpy as np
 from . import __version__
 from .classifiers import ClassifierSpec, parse_model_list, resolve_classifiers
 from .counterfactual import counterfactual_scores
-from .dataset import DatasetFormatError, check_labels, find_splits, split_files
-from .guides import IMAGE_EXTENSIONS
+from .dataset import DatasetFormatError, find_splits
 
 MODELS_DIR = "models"
 SUMMARY_JSON = "summary.json"
 SUMMARY_CSV = "summary.csv"
 PER_BACKGROUND_CSV = "per_background.csv"
-BENCHMARK_SPLIT = "benchmark"  # the checked images (`d3s split`: human review or the automatic checks), as the paper
-DECODE_CHUNK = 64  # images read and decoded per task; small enough to keep workers busy
 
 
-class BenchmarkError(ValueError):
-    """Bad input to a benchmark (data, split, reference, output folder); raised before any model runs."""
-
-
-# --- 1. the images ---------------------------------------------------------------------------------
-
-@dataclass
-class ImageSet:
-    """Images with ImageNet-1k labels (and, for D3S, background labels).
-
-    ``read(start, stop)`` returns encoded images (bytes) or file paths for rows ``start:stop``.
-    """
-
-    name: str
-    source: str
-    fg: np.ndarray
-    read: Callable[[int, int], list]
-    bg: np.ndarray | None = None
-    bg_names: list[str] = field(default_factory=list)
-    fingerprint: dict = field(default_factory=dict)
-    skipped: int = 0  # rows whose fg is not an ImageNet-1k class
-    group: np.ndarray | None = None  # paired data: the object group of each row
-
-    def __len__(self) -> int:
-        return len(self.fg)
-
-
-def _default_split(root: str) -> str:
-    """``validation``, or the only split there is (for the commands that read any D3S split, e.g. diversity)."""
-    splits = list(find_splits(root))
-    if "validation" in splits:
-        return "validation"
-    if len(splits) == 1:
-        return splits[0]
-    raise BenchmarkError(f"{root} has several splits ({', '.join(splits)}) and none is 'validation'; choose one with --split.")
-
-
-class _Shards:
-    """A local split read straight from its parquet shards with pyarrow.
-
-    Not through ``datasets.load_dataset``: its cache is keyed by the folder name and the card, not
-    the files, so two folders named alike (``out/d3s`` from two runs) can silently share a stale
-    cache. Label columns are read at once; image bytes on demand, one shard (~256 rows) at a time.
-    """
-
-    def __init__(self, paths: list[Path]):
-        import threading
-
-        import datasets
-        import pyarrow.parquet as pq
-
-        self.paths = paths
-        self.features = datasets.Features.from_arrow_schema(pq.read_schema(paths[0]))
-        self.column_names = list(self.features)
-        self.counts = [pq.ParquetFile(p).metadata.num_rows for p in paths]
-        self.starts = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
-        self._lock = threading.Lock()
-        self._cache: dict[int, list] = {}
-
-    def __len__(self) -> int:
-        return int(self.starts[-1])
-
-    def column(self, name: str) -> np.ndarray:
-        import pyarrow.parquet as pq
-
-        return np.concatenate([pq.read_table(p, columns=[name]).column(name).to_numpy() for p in self.paths]).astype(np.int64)
-
-    def _shard_images(self, k: int) -> list:
-        import pyarrow.parquet as pq
-
-        with self._lock:
-            if k not in self._cache:
-                if len(self._cache) >= 4:
-                    self._cache.pop(next(iter(self._cache)))
-                self._cache[k] = pq.read_table(self.paths[k], columns=["image"]).column("image").to_pylist()
-            return self._cache[k]
-
-    def images(self, rows: np.ndarray) -> list:
-        out = []
-        for r in rows.tolist():
-            k = int(np.searchsorted(self.starts, r, side="right") - 1)
-            cell = self._shard_images(k)[r - int(self.starts[k])]
-            out.append(cell["bytes"] if cell.get("bytes") is not None else cell["path"])
-        return out
-
-    def fingerprint(self) -> str:
-        stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in self.paths]
-        return hashlib.sha1(repr(stats).encode()).hexdigest()[:16]
-
-
-class _HubSplit:
-    """The same interface over a ``datasets.Dataset`` (a Hub id)."""
-
-    def __init__(self, ds):
-        import datasets
-
-        self.ds, self.features, self.column_names = ds, ds.features, ds.column_names
-        self.raw = ds.cast_column("image", datasets.Image(decode=False)) if "image" in ds.column_names else ds
-
-    def __len__(self) -> int:
-        return len(self.ds)
-
-    def column(self, name: str) -> np.ndarray:
-        return np.asarray(self.ds.with_format("numpy", columns=[name])[name], dtype=np.int64)
-
-    def images(self, rows: np.ndarray) -> list:
-        return [r["bytes"] if r.get("bytes") is not None else r["path"] for r in self.raw.select(rows.tolist())["image"]]
-
-    def fingerprint(self) -> str:
-        return self.ds._fingerprint
-
-
-def open_d3s(data: str | Path, split: str | None = None) -> ImageSet:
-    """A D3S split (local folder or Hub id): its images, ``fg`` (ImageNet index) and ``bg`` labels."""
-    from .labels import imagenet_classes
-
-    root = str(data)
-    local = Path(root).exists()
-    if local and not Path(root).is_dir():
-        raise BenchmarkError(f"--data {root} is a file; give a D3S dataset folder (made by `d3s generate`) or a Hub id.")
-    split = split or (_default_split(root) if local else "validation")
-    if local:
-        paths = split_files(root, split)
-        try:
-            table = _Shards(paths)
-        except Exception as err:  # unreadable shard
-            raise BenchmarkError(f"Could not read the shards of split {split!r} of {root}: {type(err).__name__}: {err}") from err
-    else:
-        import datasets
-
-        try:
-            with _quiet_datasets():
-                table = _HubSplit(datasets.load_dataset(root, split=split))
-        except Exception as err:  # Hub id not found, offline
-            raise BenchmarkError(f"Could not load D3S data {root!r} (split {split!r}): {type(err).__name__}: {str(err)[:300]}") from err
-    where = f"split {split!r} of {root}"
-    if len(table) == 0:
-        raise BenchmarkError(f"Split {split!r} of {root} is empty (0 rows): nothing to benchmark.")
-    if "image" not in table.column_names:
-        raise BenchmarkError(f"{where} has no 'image' column (columns: {', '.join(table.column_names)}).")
-    check_labels(table, where)
-    fg_names = table.features["fg"].names
-    ours = [c.name for c in imagenet_classes()]
-    if fg_names[:1000] != ours:
-        bad = next((i for i, (a, b) in enumerate(zip(fg_names, ours)) if a != b), min(len(fg_names), 1000))
-        got = repr(fg_names[bad]) if bad < len(fg_names) else "nothing"
-        raise BenchmarkError(
-            f"The fg labels of {root} are not the ImageNet-1k classes (label {bad} is {got}, expected {ours[bad]!r}); "
-            "classifiers can only be scored on D3S data whose fg labels 0..999 are ImageNet-1k."
-        )
-    fg, bg = table.column("fg"), table.column("bg")
-    keep = np.flatnonzero(fg < 1000)  # extra WordNet concepts beyond ImageNet cannot be predicted by these models
-    if len(keep) == 0:
-        raise BenchmarkError(f"{where} has no image of an ImageNet-1k class (all {len(fg)} rows are other concepts).")
-
-    def read(start: int, stop: int) -> list:
-        return table.images(keep[start:stop])
-
-    fingerprint = {"source": os.path.abspath(root) if local else root, "split": split, "rows": int(len(keep)),
-                   "content": table.fingerprint()}
-    group = table.column("group")[keep] if "group" in table.column_names else None
-    return ImageSet("d3s", root, fg[keep], read, bg[keep], list(table.features["bg"].names), fingerprint, len(fg) - len(keep),
-                    group)
-
-
-class _quiet_datasets:
-    """No 'Generating split' bars while loading (they would bury a one-line error)."""
-
-    def __enter__(self):
-        from datasets.utils import logging as dlog
-
-        self.was = dlog.is_progress_bar_enabled()
-        dlog.disable_progress_bar()
-
-    def __exit__(self, *exc):
-        from datasets.utils import logging as dlog
-
-        if self.was:
-            dlog.enable_progress_bar()
-        return False
-
-
-def _column(ds, name: str) -> np.ndarray:
-    return np.asarray(ds.with_format("numpy", columns=[name])[name], dtype=np.int64)
-
-
-def open_reference(spec: str | Path) -> ImageSet:
-    """ImageNet val: an ImageNet-style folder ``DIR/<wnid>/*`` or a Hub dataset id (``[hf:]ORG/NAME[:split]``)
-    with ``image`` and an ImageNet-1k ``label`` column."""
-    from .labels import imagenet_classes
-
-    text = str(spec)
-    wnid_index = {c.wnid: i for i, c in enumerate(imagenet_classes())}
-    path = Path(text)
-    if path.is_dir():
-        folders = sorted(p for p in path.iterdir() if p.is_dir())
-        unknown = [p.name for p in folders if p.name not in wnid_index]
-        if unknown:
-            raise BenchmarkError(f"{text} is not an ImageNet-style folder: {len(unknown)} sub-folder(s) are not ImageNet-1k "
-                                 f"WordNet ids (e.g. {unknown[0]!r}); expected {text}/<wnid>/*.JPEG.")
-        files, labels = [], []
-        for folder in folders:
-            for f in sorted(folder.iterdir()):
-                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
-                    files.append(str(f))
-                    labels.append(wnid_index[folder.name])
-        if not files:
-            raise BenchmarkError(f"ImageNet folder {text} holds no images; expected {text}/<wnid>/*.JPEG.")
-        digest = hashlib.sha1("|".join(os.path.relpath(f, text) for f in files).encode()).hexdigest()[:16]
-        return ImageSet("imagenet", text, np.asarray(labels, dtype=np.int64), lambda a, b: files[a:b],
-                        fingerprint={"source": os.path.abspath(text), "rows": len(files), "content": digest})
-    if path.exists():
-        raise BenchmarkError(f"ImageNet reference {text} is a file; give an ImageNet-style folder or a Hub dataset id.")
-    return _hub_reference(text[3:] if text.startswith("hf:") else text)
-
-
-def _hub_reference(text: str) -> ImageSet:
-    import datasets
-
-    dataset_id, _, split = text.partition(":")
-    split = split or "validation"
-    if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", dataset_id):
-        raise BenchmarkError(f"ImageNet reference {text!r} is neither a folder nor a Hub dataset id (ORG/NAME[:split]).")
-    try:
-        with _quiet_datasets():
-            ds = datasets.load_dataset(dataset_id, split=split)
-    except Exception as err:  # network, auth, a wrong id: say which
-        raise BenchmarkError(f"Could not load ImageNet reference {dataset_id!r} (split {split!r}): {type(err).__name__}: {str(err)[:300]}") from err
-    label = ds.features.get("label")
-    if "image" not in ds.column_names or not isinstance(label, datasets.ClassLabel) or label.num_classes != 1000:
-        raise BenchmarkError(f"Hub dataset {dataset_id!r} needs 'image' and a 1000-class 'label' column (ImageNet-1k order); "
-                             f"it has {', '.join(ds.column_names)}.")
-    if len(ds) == 0:
-        raise BenchmarkError(f"Split {split!r} of {dataset_id} is empty.")
-    raw = ds.cast_column("image", datasets.Image(decode=False))
-
-    def read(start: int, stop: int) -> list:
-        return [r["bytes"] if r.get("bytes") is not None else r["path"] for r in raw[start:stop]["image"]]
-
-    return ImageSet("imagenet", text, _column(ds, "label"), read,
-                    fingerprint={"source": f"hf:{dataset_id}:{split}", "rows": len(ds), "content": ds._fingerprint})
-
-
-# --- 3. shared decode ------------------------------------------------------------------------------
-
-def eval_transform(data_config: dict):
-    """timm's own eval transform for this config, stopping before normalisation: PIL -> uint8 CHW array."""
-    from timm.data import create_transform
-
-    c = data_config
-    return create_transform(input_size=c["input_size"], interpolation=c["interpolation"], crop_pct=c["crop_pct"],
-                            crop_mode=c["crop_mode"], is_training=False, use_prefetcher=True)
-
-
-def _open(item):
-    from .guides import open_rgb
-
-    return open_rgb(io.BytesIO(item) if isinstance(item, (bytes, bytearray)) else item)
-
-
-def decode(images: ImageSet, data_config: dict, out_path: str | Path | None = None, workers: int = 4,
-           progress: bool = False) -> np.ndarray:
-    """Decode and resize every image once for one preprocessing setting.
-
-    Returns an ``(N, 3, H, W)`` uint8 array (a memory map at ``out_path`` if given, so a large split
-    does not have to fit in RAM). Decoding runs in ``workers`` threads; PIL releases the GIL.
-    """
-    from tqdm.auto import tqdm
-
-    transform = eval_transform(data_config)
-    _, h, w = data_config["input_size"]
-    shape = (len(images), 3, h, w)
-    arr = np.lib.format.open_memmap(out_path, mode="w+", dtype=np.uint8, shape=shape) if out_path else np.empty(shape, np.uint8)
-
-    def work(start: int) -> int:
-        stop = min(start + DECODE_CHUNK, len(images))
-        for i, item in enumerate(images.read(start, stop)):
-            arr[start + i] = transform(_open(item))
-        return stop - start
-
-    bar = tqdm(total=len(images), unit="img", desc=f"decoding {images.name} at {h}px", disable=not progress, leave=False)
-    starts = range(0, len(images), DECODE_CHUNK)
-    if workers <= 1:
-        for s in starts:
-            bar.update(work(s))
-    else:
-        with ThreadPoolExecutor(workers) as pool:
-            for n in pool.map(work, starts):
-                bar.update(n)
-    bar.close()
-    return arr
-
-
-# --- 4. inference ----------------------------------------------------------------------------------
-
-def resolve_device(device: str = "auto"):
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def on_device(model, data_config: dict, device="cpu") -> Callable:
-    """The model on ``device``, as a function from an image batch already there (uint8 or float 0..255,
-    ``(N, 3, H, W)``) to float outputs.
-
-    Normalisation with the model's own mean/std happens on the device. On CUDA the model runs
-    channels-last under bf16 (fp16 where bf16 is unsupported) autocast. Call it under
-    ``torch.inference_mode()``.
-    """
-    import torch
-
-    device = torch.device(device)
-    cuda = device.type == "cuda"
-    model = model.to(device)
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
-    amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else None
-    mean = torch.tensor(data_config["mean"], device=device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(data_config["std"], device=device).view(1, 3, 1, 1) * 255
-
-    def logits(x):
-        x = x.float().sub_(mean).div_(std) if x.dtype == torch.uint8 else (x - mean) / std
-        if cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=cuda):
-            return model(x).float()
-
-    return logits
-
-
-def run_batches(model, data_config: dict, images: np.ndarray, on_batch: Callable, batch_size: int = 64, device="cpu",
-                desc: str | None = None, progress: bool = False) -> None:
-    """Run ``model`` (as :func:`on_device` wraps it) on uint8 images ``(N, 3, H, W)`` in batches, calling
-    ``on_batch(start, stop, output)``; an out-of-memory batch is retried at half the size."""
-    import torch
-    from tqdm.auto import tqdm
-
-    device = torch.device(device)
-    cuda = device.type == "cuda"
-    outputs_of = on_device(model, data_config, device)
-    n = len(images)
-    bar = tqdm(total=n, unit="img", desc=desc, disable=not progress)
-    start = 0
-    with torch.inference_mode():
-        while start < n:
-            stop = min(start + batch_size, n)
-            try:
-                x = torch.from_numpy(np.ascontiguousarray(images[start:stop]))
-                output = outputs_of((x.pin_memory() if cuda else x).to(device, non_blocking=True))
-            except torch.OutOfMemoryError:
-                if batch_size == 1:
-                    raise
-                batch_size = max(1, batch_size // 2)
-                if cuda:
-                    torch.cuda.empty_cache()
-                continue
-            on_batch(start, stop, output)
-            bar.update(stop - start)
-            start = stop
-    bar.close()
-
-
-def predict_top5(model, data_config: dict, images: np.ndarray, batch_size: int = 64, device="cpu",
-                 desc: str | None = None, progress: bool = False) -> np.ndarray:
-    """Top-5 class indices ``(N, 5)`` for uint8 images ``(N, 3, H, W)`` (batched as :func:`run_batches`)."""
-    out = np.empty((len(images), 5), dtype=np.int64)
-
-    def keep(start: int, stop: int, logits) -> None:
-        out[start:stop] = logits.float().topk(5, dim=1).indices.cpu().numpy()
-
-    run_batches(model, data_config, images, keep, batch_size, device, desc, progress)
-    return out
+# the stages this module runs, importable from here as before
+from .imagesets import (BENCHMARK_SPLIT, BenchmarkError, ImageSet, decode, eval_transform, open_d3s,  # noqa: F401
+                        open_image, open_reference)
+from .inference import on_device, predict_top5, resolve_device, run_batches  # noqa: F401
 
 
 # --- 4b. scores and breakdowns ---------------------------------------------------------------------
@@ -619,7 +247,7 @@ def worst_cell_samples(out: str | Path, name: str, cells: int = 8) -> dict:
     for cell in chosen:
         for sample in cell["samples"]:
             (item,) = images.read(sample["row"], sample["row"] + 1)
-            image = _open(item)
+            image = open_image(item)
             image.load()
             gallery.append((image, f"{cell['fg_name']} / {cell['bg_name']}: predicted {sample['pred_name']}"))
     return {"cells": chosen, "gallery": gallery, "note": ""}

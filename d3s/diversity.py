@@ -153,7 +153,7 @@ def lpips_distances(model, images_a: np.ndarray, images_b: np.ndarray, pairs: np
 
 def _subset(images, indices: np.ndarray):
     """The images at ``indices`` (sorted, unique), as a smaller ImageSet, and the map old index -> new."""
-    from .benchmark import ImageSet
+    from .imagesets import ImageSet
 
     idx = np.unique(indices)
     read = images.read
@@ -165,7 +165,7 @@ def _subset(images, indices: np.ndarray):
 
 
 def _decode_needed(images, pair_cols: list[np.ndarray], size: int) -> tuple[np.ndarray, list[np.ndarray]]:
-    from .benchmark import decode
+    from .imagesets import decode
 
     needed = np.concatenate(pair_cols) if pair_cols else np.empty(0, dtype=np.int64)
     sub, remap = _subset(images, needed)

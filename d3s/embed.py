@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -186,7 +186,7 @@ def decode_chunk(chunk: Chunk, ds, data_config: dict, workers: int) -> np.ndarra
     """uint8 ``(N, 3, H, W)`` images of a chunk, with the backbone's eval transform (as ``d3s benchmark``)."""
     import datasets
 
-    from .benchmark import ImageSet, decode
+    from .imagesets import ImageSet, decode
 
     cells = ds.select_columns(["image"]).cast_column("image", datasets.Image(decode=False))[chunk.start:chunk.stop]["image"]
     items = [c["bytes"] if c.get("bytes") is not None else c["path"] for c in cells]
@@ -223,7 +223,7 @@ def embed(config: EmbedConfig, stop_after: int | None = None) -> dict:
     """
     from tqdm.auto import tqdm
 
-    from .benchmark import resolve_device, run_batches
+    from .inference import resolve_device, run_batches
     from .dataset import read_column, remove_partial_files, shard_paths, write_table
     from .generate import distributed_state
     from .models import create_backbone, preprocessing_of

@@ -298,7 +298,7 @@ class DisentangledExtractor(
         or None when there is none (image-trained: centre crop and resize to ``image_size``)."""
         if not self.preprocessing:
             return None
-        from .benchmark import eval_transform
+        from .imagesets import eval_transform
 
         return eval_transform(self.preprocessing)
 
