@@ -260,7 +260,7 @@ def paired_results(tmp_path_factory, paired_run):
     table = {}
     for i in range(len(images)):
         (item,) = images.read(i, i + 1)
-        key = np.asarray(transform(bm._open(item))).tobytes()
+        key = np.asarray(transform(bm.open_image(item))).tobytes()
         table[key] = scripted_answer(int(images.group[i]), int(images.bg[i]), int(images.fg[i]))
     assert len(table) == 60  # every image decodes to its own pixels, so each answer is the scripted one
     spec = ClassifierSpec("scripted", "timm", "supervised CNN", False, config, False, {},
