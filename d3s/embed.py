@@ -240,8 +240,9 @@ def embed(config: EmbedConfig, stop_after: int | None = None) -> dict:
 
     # 2. output folder
     out = Path(config.out)
-    check_output(out, settings)  # every process checks before any waits, so a refusal never leaves one hanging
     rank, world, barrier, device = distributed_state()
+    check_output(out, settings)  # every process checks before any waits, so a refusal never leaves one hanging,
+    barrier()  # and before any writes, so every process judges the same folder
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         if not (out / EMBED_JSON).exists():

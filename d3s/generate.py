@@ -468,8 +468,9 @@ def generate(c: GenerationConfig, dry_run: bool = False, pipe=None, progress: bo
         print(format_plan(plan))
         return {"planned": len(plan.items), "generated": 0}
 
-    check_output(plan)  # every process checks before any waits, so a refusal never leaves one hanging
     rank, world, barrier, device = distributed_state()
+    check_output(plan)  # every process checks before any waits, so a refusal never leaves one hanging,
+    barrier()  # and before any writes, so every process judges the same folder
     if rank == 0:
         create_output(plan)
         remove_partial_files(c.out)

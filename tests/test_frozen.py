@@ -101,12 +101,12 @@ def test_embed_stopped_and_rerun_equals_uninterrupted(tiny_toy, backbone, embedd
 def test_processes_share_chunks_and_their_union_is_one_run(tiny_toy, backbone, embedded, tmp_path, monkeypatch):
     """Two ranks (threads with a barrier, as `accelerate launch` processes): each embeds every other remaining
     chunk, and together they write exactly what one process writes."""
-    barrier = threading.Barrier(2)
+    barrier = threading.Barrier(2, timeout=120)  # a rank that fails breaks the barrier instead of hanging the other
     monkeypatch.setattr("d3s.generate.distributed_state", lambda: (int(threading.current_thread().name), 2, barrier.wait, None))
     results: dict[int, dict] = {}
     threads = [threading.Thread(target=lambda: results.update({int(threading.current_thread().name):
                                                                embed(_embed_config(tiny_toy, tmp_path / "two", backbone))}),
-                                name=str(rank)) for rank in (0, 1)]
+                                name=str(rank), daemon=True) for rank in (0, 1)]
     for t in threads:
         t.start()
     for t in threads:
