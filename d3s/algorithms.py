@@ -11,9 +11,12 @@ Wasserstein disentanglement (paper, eq. 9-10), as done here:
   (LeakyReLU 0.1, widths halving). The label selects an output; it is not an input, so the
   gradient penalty is taken with respect to z only (SPEC section 8: a penalty through an
   interpolated one-hot label cripples this critic, and a critic on ``[z, one-hot]`` removed nothing).
-- The critics see **batch-standardised** features. A Wasserstein critic measures distances, so
-  information kept at a small scale costs it little while a linear probe on standardised features
-  still reads it; standardising removes that hiding place (and the trivial escape of shrinking z).
+- The critics see **batch-standardised, whitened** features. A Wasserstein critic measures distances, so
+  information kept at a small scale costs it little while a probe still reads it; standardising removes
+  that hiding place (and the trivial escape of shrinking z), and whitening (a fixed map from the running
+  correlation of earlier batches) removes the next one: a label kept along a direction of little
+  variance among strongly correlated features, which a probe weighs against the spread around it
+  (see ``view``).
 - **Held-out gaps.** The critics are fitted on minibatches drawn from a memory of the detached
   features of the 8 *earlier* batches; the gap that drives the model is taken on the current batch,
   which they have not seen (it joins the memory after the model step). A critic scored on the points
@@ -56,6 +59,7 @@ from torch import nn
 
 LR_SCHEDULES = ("cosine", "constant")
 CRITIC_PENALTIES = ("huber", "abs")
+CRITIC_VIEWS = ("standardize", "whiten")
 COMMON = {
     "lr": 1e-3,
     "weight_decay": 0.0,
@@ -82,6 +86,10 @@ HPARAMS: dict[str, dict[str, Any]] = {
         "critic_penalty": "huber",  # what the model pays for a gap g: "huber" (g^2 / 2 below delta, then linear) or "abs" (|g|)
         "critic_huber_delta": 1.0,  # where the Huber penalty turns linear
         "critic_memory": 8,  # critic steps draw minibatches from the detached features of this many earlier batches
+        "critic_view": "whiten",  # what critics see: "standardize" (per feature) or "whiten" (then decorrelated, see `view`)
+        "whiten_momentum": 0.02,  # running correlation of earlier batches (about 1 / momentum batches)
+        "whiten_shrinkage": 0.1,  # the correlation is shrunk this far towards the identity before whitening
+        "whiten_every": 20,  # steps between recomputations of the whitening map
     },
     # fg cross-entropy, worst bg group up-weighted (Sagawa et al.)
     "groupdro": {**COMMON, "groupdro_eta": 0.01},
@@ -125,6 +133,8 @@ def hparams_for(method: str, overrides: dict[str, Any] | None = None) -> dict[st
         raise HparamError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}; got {hp['lr_schedule']!r}.")
     if "critic_penalty" in hp and hp["critic_penalty"] not in CRITIC_PENALTIES:
         raise HparamError(f"critic_penalty must be one of {', '.join(CRITIC_PENALTIES)}; got {hp['critic_penalty']!r}.")
+    if "critic_view" in hp and hp["critic_view"] not in CRITIC_VIEWS:
+        raise HparamError(f"critic_view must be one of {', '.join(CRITIC_VIEWS)}; got {hp['critic_view']!r}.")
     return hp
 
 
@@ -341,16 +351,20 @@ class WassersteinDisentanglement(Algorithm):
         # fused: one kernel for all critic parameters (several steps per model step; 7x faster than the loop on a CPU)
         self.critic_optimizer = torch.optim.Adam(params, lr=hparams["critic_lr"], betas=tuple(map(float, hparams["betas"])), fused=True)
         self._memory: list[tuple[torch.Tensor, ...]] = []  # earlier batches' (z_fg, z_bg, fg, bg), detached
+        # running correlation of earlier batches' standardised z, and the whitening map made from it ("whiten" view)
+        self._correlation: dict[str, torch.Tensor] = {}
+        self._whitener: dict[str, torch.Tensor] = {}
 
     def optimizers(self):
         return {"model": self.optimizer, "critic": self.critic_optimizer}
 
     def get_extra_state(self):
         # the critics' memory of earlier features is part of the state: a resumed run must see it
-        return {"memory": [list(m) for m in self._memory]}
+        return {"memory": [list(m) for m in self._memory], "correlation": self._correlation, "whitener": self._whitener}
 
     def set_extra_state(self, state) -> None:
         self._memory = [tuple(m) for m in state["memory"]]
+        self._correlation, self._whitener = dict(state.get("correlation", {})), dict(state.get("whitener", {}))
 
     def prepare(self, accelerator) -> None:
         super().prepare(accelerator)
@@ -363,15 +377,49 @@ class WassersteinDisentanglement(Algorithm):
         """The two critic gaps on batch-standardised features; D_fg needs bg labels, so fg-only
         rows (``bg == -1``) only enter D_bg. Gradients flow into z."""
         labelled = bg >= 0
-        v_fg, bg_labelled = self.view(z_fg[labelled]), bg[labelled]
+        v_fg, bg_labelled = self.view(z_fg[labelled], "fg"), bg[labelled]
         gap_fg = self.critic_fg.gap(v_fg, bg_labelled) if len(bg_labelled) > 1 else v_fg.new_zeros(())
-        return gap_fg, self.critic_bg.gap(self.view(z_bg), fg)
+        return gap_fg, self.critic_bg.gap(self.view(z_bg, "bg"), fg)
 
-    def view(self, z: torch.Tensor) -> torch.Tensor:
-        """What a critic sees: batch-standardised z, scaled by 1 / sqrt(2 dim) with ``critic_scale="dim"``, so that
-        two samples lie about 1 apart whatever the size of z (a gap is then a share of that distance)."""
+    def view(self, z: torch.Tensor, side: str) -> torch.Tensor:
+        """What a critic sees of z_fg or z_bg (``side``): batch-standardised z; with ``critic_view="whiten"`` then
+        multiplied by a fixed whitening map of the running correlation of earlier batches (shrunk towards the
+        identity); scaled by 1 / sqrt(2 dim) with ``critic_scale="dim"``.
+
+        Why whiten: a linear probe weighs a direction by its signal against the spread around it (it whitens,
+        in effect), while a Lipschitz critic on merely standardised z measures plain distances. Where z_fg is
+        dominated by fg structure, a background kept in a direction of little variance is a small distance
+        (cheap for the critic to miss) yet plain to a probe. Features toy, seed 0, the final z_fg of a run with
+        standardised views: a fresh critic's held-out gap is 11% of the ablation's standardised, 65% whitened,
+        while the linear probe reads 60% of the ablation's cross excess.
+        """
         v = standardize(z)
+        if side in self._whitener:
+            v = v @ self._whitener[side].to(v.dtype)
         return v / math.sqrt(2 * z.shape[1]) if self.hparams["critic_scale"] == "dim" else v
+
+    @torch.no_grad()
+    def track_correlation(self, z_fg, z_bg, bg) -> None:
+        """Fold a batch into the running correlations; every ``whiten_every`` steps, remake the whitening maps
+        ``M = L^-T`` from ``(1 - s) R + s I = L L^T``, so that ``M^T ((1 - s) R + s I) M = I``."""
+        hp = self.hparams
+        if hp["critic_view"] != "whiten":
+            return
+        for side, z in (("fg", z_fg[bg >= 0]), ("bg", z_bg)):
+            if len(z) < 2:
+                continue
+            v = standardize(z.detach().float())
+            batch = v.T @ v / len(v)
+            if self.accelerator is not None and self.accelerator.num_processes > 1:
+                batch = self.accelerator.reduce(batch, reduction="mean")  # every process whitens alike
+            old = self._correlation.get(side)
+            self._correlation[side] = batch if old is None else torch.lerp(old, batch, hp["whiten_momentum"])
+        if int(self.step) % hp["whiten_every"] == 0:
+            for side, r in self._correlation.items():
+                shrunk = torch.lerp(r, torch.eye(len(r), device=r.device), hp["whiten_shrinkage"]).double()
+                chol = torch.linalg.cholesky(shrunk)
+                eye = torch.eye(len(r), dtype=chol.dtype, device=chol.device)
+                self._whitener[side] = torch.linalg.solve_triangular(chol, eye, upper=False).T.float()
 
     def penalty(self, gap: torch.Tensor) -> torch.Tensor:
         """What the model pays for a critic gap. The critic class is symmetric (f and -f), so W >= |gap(f)|:
@@ -407,8 +455,8 @@ class WassersteinDisentanglement(Algorithm):
         for _ in range(hp["critic_steps"]):
             rows = torch.randperm(len(fg), generator=generator, device=fg.device)[:batch_size]
             labelled = bg[rows] >= 0
-            v_fg, bg_labelled = self.view(z_fg[rows][labelled]), bg[rows][labelled]
-            v_bg, fg_rows = self.view(z_bg[rows]), fg[rows]
+            v_fg, bg_labelled = self.view(z_fg[rows][labelled], "fg"), bg[rows][labelled]
+            v_bg, fg_rows = self.view(z_bg[rows], "bg"), fg[rows]
             gap_bg = self.critic_bg.gap(v_bg, fg_rows)
             gp = self.critic_bg.gradient_penalty(v_bg, fg_rows, generator)
             gap_fg = v_fg.new_zeros(())
@@ -443,6 +491,7 @@ class WassersteinDisentanglement(Algorithm):
         # the critics' own gradients from this loss are discarded (zeroed before their next step)
         self._model_step(loss)
         self.remember(z_fg, z_bg, fg, bg)
+        self.track_correlation(z_fg, z_bg, bg)
         self.step += 1
         return {"loss": loss.item(), "ce_fg": ce_fg.item(), "ce_bg": ce_bg.item(), "gap_fg": gap_fg.item(),
                 "gap_bg": gap_bg.item(), **logs}

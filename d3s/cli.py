@@ -402,7 +402,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         data=args.data, out=args.out, method=args.method, backbone=args.backbone, pretrained=not args.no_pretrained,
         iters=args.iters, batch_size=args.batch_size, image_size=args.image_size, fg_dim=args.fg_dim, bg_dim=args.bg_dim,
         neck=args.neck, neck_hidden=args.neck_hidden,
-        extra_data=args.extra_data, extra_batch_size=args.extra_batch_size, crop_scale=args.crop_scale, hparams=overrides,
+        extra_data=args.extra_data, extra_batch_size=args.extra_batch_size, crop_scale=args.crop_scale, crop_prob=args.crop_prob, hparams=overrides,
         seed=args.seed, checkpoint_every=args.checkpoint_every, log_every=args.log_every, workers=args.workers,
         mixed_precision=args.mixed_precision, progress=not args.no_progress,
     )
@@ -445,6 +445,8 @@ def _register_train(sub) -> None:
     p.add_argument("--extra-data", metavar="DIR", help="a dataset with fg labels only (ImageNet) mixed into each batch")
     p.add_argument("--extra-batch-size", type=int, default=0, help="its rows per step (default: --batch-size)")
     p.add_argument("--crop-scale", type=float, default=T.crop_scale, help="RandomResizedCrop's smallest area; 1 = flips only (default: %(default)s)")
+    p.add_argument("--crop-prob", type=float, default=T.crop_prob,
+                   help="share of images cropped, the others whole, as they will be used (default: %(default)s)")
     h = p.add_argument_group("hyper-parameters (defaults: d3s.algorithms.HPARAMS)")
     h.add_argument("--lr", type=float)
     h.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="the model's learning rate over the run (default: cosine, to 0)")

@@ -173,8 +173,9 @@ class ImageTable:
             return [self._raw[i] for i in idx]
         return [im for im in self.ds.select_columns(["image"])[list(map(int, idx))]["image"]]
 
-    def batch(self, idx: Sequence[int], seeds: Sequence | None = None, crop_scale: float = 1.0) -> torch.Tensor:
-        """uint8 (N, 3, size, size) images; with ``seeds`` (one per image), random resized crop and horizontal flip."""
+    def batch(self, idx: Sequence[int], seeds: Sequence | None = None, crop_scale: float = 1.0, crop_prob: float = 1.0) -> torch.Tensor:
+        """uint8 (N, 3, size, size) images; with ``seeds`` (one per image), a random resized crop (with probability
+        ``crop_prob``, else the whole image) and a horizontal flip."""
         if seeds is None and self.transform is not None:
             return torch.from_numpy(np.stack([self.transform(im.convert("RGB")) for im in self._images(idx)]))
         arrays = []
@@ -183,7 +184,8 @@ class ImageTable:
                 a = _to_rgb_array(im, self.size)
             else:
                 rng = np.random.default_rng(seeds[k])
-                box = random_resized_box(*im.size, rng, scale=(crop_scale, 1.0)) if crop_scale < 1.0 else (0, 0, *im.size)
+                cropped = crop_scale < 1.0 and rng.random() < crop_prob
+                box = random_resized_box(*im.size, rng, scale=(crop_scale, 1.0)) if cropped else (0, 0, *im.size)
                 a = _to_rgb_array(im, self.size, box=box)
                 if rng.random() < 0.5:
                     a = a[:, ::-1]
@@ -217,8 +219,8 @@ class FeatureTable:
     def __len__(self) -> int:
         return len(self.fg)
 
-    def batch(self, idx: Sequence[int], seeds: Sequence | None = None, crop_scale: float = 1.0) -> torch.Tensor:
-        """float32 (N, D) features of rows ``idx`` (``seeds`` and ``crop_scale`` do not apply to features)."""
+    def batch(self, idx: Sequence[int], seeds: Sequence | None = None, crop_scale: float = 1.0, crop_prob: float = 1.0) -> torch.Tensor:
+        """float32 (N, D) features of rows ``idx`` (``seeds`` and the crop do not apply to features)."""
         return self.x[torch.as_tensor(np.asarray(idx, dtype=np.int64))]
 
 
@@ -238,10 +240,10 @@ class SeededBatches(torch.utils.data.Dataset):
     """
 
     def __init__(self, table: ImageTable | FeatureTable, batch_size: int, seed: int, crop_scale: float, extra=None,
-                 extra_batch_size: int = 0, rank: int = 0, world: int = 1):
+                 extra_batch_size: int = 0, rank: int = 0, world: int = 1, crop_prob: float = 1.0):
         if len(table) < batch_size:
             raise DatasetFormatError(f"the train split has {len(table)} rows, fewer than --batch-size {batch_size}.")
-        self.table, self.batch_size, self.seed, self.crop_scale = table, batch_size, seed, crop_scale
+        self.table, self.batch_size, self.seed, self.crop_scale, self.crop_prob = table, batch_size, seed, crop_scale, crop_prob
         self.extra, self.extra_batch_size = extra, extra_batch_size
         self.rank, self.world = rank, world
         self.steps: range = range(0)
@@ -263,11 +265,11 @@ class SeededBatches(torch.utils.data.Dataset):
         # each image's augmentation is keyed by (seed, step, its place in the global batch), so a
         # batch is augmented the same whatever the number of processes
         seeds = [[self.seed, 1, step, k] for k in range(self.batch_size)][mine]
-        images, fg, bg = self.table.batch(idx, seeds, self.crop_scale), self.table.fg[idx], self.table.bg[idx]
+        images, fg, bg = self.table.batch(idx, seeds, self.crop_scale, self.crop_prob), self.table.fg[idx], self.table.bg[idx]
         if self.extra is not None and self.extra_batch_size:
             eidx = self._indices(len(self.extra), self.extra_batch_size, self.seed, step, 2)[mine]
             eseeds = [[self.seed, 3, step, k] for k in range(self.extra_batch_size)][mine]
-            images = torch.cat([images, self.extra.batch(eidx, eseeds, self.crop_scale)])
+            images = torch.cat([images, self.extra.batch(eidx, eseeds, self.crop_scale, self.crop_prob)])
             fg = torch.cat([fg, self.extra.fg[eidx]])
             bg = torch.cat([bg, torch.full((len(eidx),), -1, dtype=torch.long)])  # no bg label: masked out of bg terms
         return {"images": images, "fg": fg, "bg": bg, "step": torch.tensor(step)}

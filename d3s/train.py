@@ -66,6 +66,9 @@ class TrainConfig:
             every batch for the terms that need no bg label; its fg names must be the data's.
         extra_batch_size (`int`, defaults to 0 = ``batch_size``): its rows per step.
         crop_scale (`float`, defaults to 0.35): smallest area of RandomResizedCrop (1 = flip only).
+        crop_prob (`float`, defaults to 0.5): share of images cropped; the others are whole (flipped or not), as
+            the images the features will be used on. The critics only make z independent of the other label on
+            the images they see: trained on crops alone, z_fg kept the background of whole images (see README).
         hparams (`dict`): overrides of the method's hyper-parameters (see ``d3s.algorithms.HPARAMS``).
         seed (`int`, defaults to 0).
         checkpoint_every (`int`, defaults to 500), log_every (`int`, defaults to 10).
@@ -88,6 +91,7 @@ class TrainConfig:
     extra_data: str | None = None
     extra_batch_size: int = 0
     crop_scale: float = 0.35
+    crop_prob: float = 0.5
     hparams: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     checkpoint_every: int = 500
@@ -103,6 +107,8 @@ class TrainConfig:
             raise TrainError(f"--batch-size must be at least 2 (the critics shuffle labels within a batch), got {self.batch_size}.")
         if not 0.05 <= self.crop_scale <= 1.0:
             raise TrainError(f"--crop-scale must be in [0.05, 1], got {self.crop_scale}.")
+        if not 0.0 <= self.crop_prob <= 1.0:
+            raise TrainError(f"--crop-prob must be in [0, 1], got {self.crop_prob}.")
         if self.checkpoint_every < 1 or self.log_every < 1:
             raise TrainError("--checkpoint-every and --log-every must be at least 1.")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
@@ -273,7 +279,7 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
     extra = table_for(extra_ds, size=image_size, fg_column=fg_column(extra_ds)) if extra_ds else None
     world, rank = accelerator.num_processes, accelerator.process_index
     batches = SeededBatches(table, config.batch_size, config.seed, config.crop_scale, extra,
-                            config.extra_batch_size or (config.batch_size if extra else 0), rank, world)
+                            config.extra_batch_size or (config.batch_size if extra else 0), rank, world, config.crop_prob)
     end = config.iters if stop_after is None else min(config.iters, start + stop_after)
     batches.steps = range(start, end)
     workers = 0 if frozen else config.workers  # a batch of features is an index into memory: nothing to do ahead

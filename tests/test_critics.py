@@ -74,6 +74,30 @@ def test_penalty_is_symmetric_huber_by_default_and_abs_on_request():
         hparams_for("wasserstein", {"critic_penalty": "square"})
 
 
+def test_whitened_view_decorrelates_from_earlier_batches_only():
+    """The "whiten" view: standardised z times a map made from the running correlation of batches already
+    seen (shrunk towards the identity, here not at all). On strongly correlated features it gives a
+    covariance near the identity; the batch being scored never enters the map."""
+    g = torch.Generator().manual_seed(0)
+    method = WassersteinDisentanglement(_Features(6, 4, 2, 2), hparams_for("wasserstein", {"whiten_momentum": 0.1, "whiten_shrinkage": 0.0}))
+    mix = torch.randn(6, 6, generator=g)
+    draw = lambda n: torch.randn(n, 6, generator=g) @ mix  # noqa: E731
+    first = draw(64)
+    assert torch.equal(method.view(first, "fg"), standardize(first))  # nothing seen yet: standardised only
+    for _ in range(60):
+        method.track_correlation(draw(256), torch.randn(256, 4, generator=g), torch.zeros(256, dtype=torch.long))
+    whitener = method._whitener["fg"].clone()
+    big = draw(20000)
+    before, after = torch.corrcoef(standardize(big).T), torch.cov(method.view(big, "fg").T)
+    off = ~torch.eye(6, dtype=torch.bool)
+    assert before[off].abs().max() > 0.5  # the features are strongly correlated
+    assert after[off].abs().max() < 0.1 and (after.diagonal() - 1).abs().max() < 0.1
+    method.view(draw(64), "fg")
+    assert torch.equal(method._whitener["fg"], whitener)  # viewing a batch does not change the map
+    with pytest.raises(HparamError, match="standardize, whiten"):
+        hparams_for("wasserstein", {"critic_view": "pca"})
+
+
 class _Features(nn.Module):
     """The attributes the method reads from an extractor; features are given directly."""
 
@@ -101,6 +125,7 @@ def _model_gaps(dim: int, labels: int, shift: float, steps: int, seed: int = 0, 
         with torch.no_grad():
             held_out.append(method.gaps(z_fg, z_bg, fg, bg)[0])
         method.remember(z_fg, z_bg, fg, bg)
+        method.track_correlation(z_fg, z_bg, bg)  # the whitening map, too, is made from seen batches only
     method.hparams["critic_memory"] = 1  # only the last batch: fit on it, score it
     method.remember(z_fg, z_bg, fg, bg)
     method.critic_update(batch, g)

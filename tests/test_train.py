@@ -131,6 +131,24 @@ def test_extra_data_rows_have_no_bg_label_and_stay_out_of_the_bg_terms(tiny_toy,
     assert torch.allclose(gap_fg, gap_fg2) and not torch.allclose(gap_bg, gap_bg2)
 
 
+def test_crop_prob_leaves_that_share_of_images_whole(tiny_toy):
+    """--crop-prob: a cropped image differs from the whole image and from its mirror; the others are one of the two.
+    The critics only make z independent of the other label on the images they see, so some must be whole."""
+    from d3s.data import ImageTable, SeededBatches, load_split
+
+    table = ImageTable(load_split(str(tiny_toy), "train"), 32)
+    batches = {p: SeededBatches(table, 64, 0, 0.35, crop_prob=p) for p in (0.0, 0.5, 1.0)}
+    whole = {}
+    for p, batch in batches.items():
+        batch.steps = range(1)
+        images = batch[0]["images"]
+        plain = table.batch(SeededBatches._indices(len(table), 64, 0, 0, 0))
+        whole[p] = sum(bool(torch.equal(a, b) or torch.equal(a, b.flip(-1))) for a, b in zip(images, plain))
+    assert whole[0.0] == 64 and whole[1.0] == 0 and 16 <= whole[0.5] <= 48, whole
+    with pytest.raises(Exception, match="crop-prob"):
+        _cfg(tiny_toy, "unused", crop_prob=1.5).check()
+
+
 @pytest.mark.parametrize("method", ["wasserstein", "groupdro"])
 def test_training_with_extra_data(tiny_toy, tmp_path, method):
     extra_dir = fg_only_copy(tiny_toy, tmp_path / "fg_only")
