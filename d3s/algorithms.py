@@ -375,7 +375,7 @@ class WassersteinDisentanglement(Algorithm):
         self.critic_bg.to(accelerator.device)
 
     def gaps(self, z_fg, z_bg, fg, bg) -> tuple[torch.Tensor, torch.Tensor]:
-        """The two critic gaps on batch-standardised features; D_fg needs bg labels, so fg-only
+        """The two critic gaps on the critics' view of z (`view`); D_fg needs bg labels, so fg-only
         rows (``bg == -1``) only enter D_bg. Gradients flow into z."""
         labelled = bg >= 0
         v_fg, bg_labelled = self.view(z_fg[labelled], "fg"), bg[labelled]
