@@ -22,16 +22,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's d3s, not an installed one
 
-from d3s.algorithms import Critic, standardize
+from d3s.algorithms import Critic, standardize, whitening_map
 from d3s.probes import load_for_data, split_features
 
 
 def whitener(z: torch.Tensor, shrinkage: float = 0.1):
-    """A map ``v -> v M`` with ``M^T ((1 - s) R + s I) M = I`` for the correlation R of standardised ``z``."""
+    """The training view ``critic_view="whiten"``, with the map made from the whole of ``z``."""
     v = standardize(z)
-    r = torch.lerp(v.T @ v / len(v), torch.eye(z.shape[1]), shrinkage).double()
-    chol = torch.linalg.cholesky(r)
-    m = torch.linalg.solve_triangular(chol, torch.eye(len(r), dtype=chol.dtype), upper=False).T.float()
+    m = whitening_map(v.T @ v / len(v), shrinkage)
     return lambda batch: standardize(batch) @ m
 
 
@@ -67,11 +65,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     zkey, lkey = ("z_fg", "bg") if args.side == "fg" else ("z_bg", "fg")
+    model = load_for_data(args.checkpoint, args.data)
     splits = {}
     for split in ("train", "validation"):
-        feats = split_features(load_for_data(args.checkpoint, args.data, split, None), args.data, split, 256)
+        feats = split_features(model, args.data, split)
         splits[split] = (feats[zkey].float(), feats[lkey].long())
-    labels = int(max(splits["train"][1].max(), splits["validation"][1].max())) + 1
+    labels = len(model.bg_names if args.side == "fg" else model.fg_names)
     report = sorted({min(args.steps, s) for s in (100, 300, args.steps)})
     for name, view in (("standardised", standardize), ("whitened", whitener(splits["train"][0]))):
         gaps = held_out_gaps(splits["train"], splits["validation"], view, labels, args.steps, args.batch_size, args.seed, report)

@@ -272,6 +272,14 @@ def standardize(z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     return (z - z.mean(0, keepdim=True)) / (z.var(0, unbiased=False, keepdim=True) + eps).sqrt()
 
 
+def whitening_map(correlation: torch.Tensor, shrinkage: float) -> torch.Tensor:
+    """``M = L^-T`` for ``(1 - s) R + s I = L L^T``, so that ``M^T ((1 - s) R + s I) M = I``: rows ``v`` of
+    standardised features with correlation ``R`` have ``v M`` decorrelated (fully when ``s = 0``)."""
+    eye = torch.eye(len(correlation), device=correlation.device)
+    chol = torch.linalg.cholesky(torch.lerp(correlation, eye, shrinkage).double())
+    return torch.linalg.solve_triangular(chol, eye.double(), upper=False).T.float()
+
+
 class Critic(nn.Module):
     """Per-label score critic ``D(z, l) = f(z)[l]``: an MLP, LeakyReLU(0.1), widths halving, between
     ``min_width`` and ``max_width``."""
@@ -391,8 +399,8 @@ class WassersteinDisentanglement(Algorithm):
         in effect), while a Lipschitz critic on merely standardised z measures plain distances. Where z_fg is
         dominated by fg structure, a background kept in a direction of little variance is a small distance
         (cheap for the critic to miss) yet plain to a probe. Features toy, seed 0, the final z_fg of a run with
-        standardised views: a fresh critic's held-out gap is 11% of the ablation's standardised, 65% whitened,
-        while the linear probe reads 60% of the ablation's cross excess.
+        standardised views: a fresh critic's held-out gap is 11% of the ablation's standardised, 57% whitened,
+        while the linear probe reads 60% of the ablation's cross excess (``benchmarks/fresh_critic.py``).
         """
         v = standardize(z)
         if side in self._whitener:
@@ -402,7 +410,7 @@ class WassersteinDisentanglement(Algorithm):
     @torch.no_grad()
     def track_correlation(self, z_fg, z_bg, bg) -> None:
         """Fold a batch into the running correlations; every ``whiten_every`` steps, remake the whitening maps
-        ``M = L^-T`` from ``(1 - s) R + s I = L L^T``, so that ``M^T ((1 - s) R + s I) M = I``."""
+        from them (:func:`whitening_map`)."""
         hp = self.hparams
         if hp["critic_view"] != "whiten":
             return
@@ -417,10 +425,7 @@ class WassersteinDisentanglement(Algorithm):
             self._correlation[side] = batch if old is None else torch.lerp(old, batch, hp["whiten_momentum"])
         if int(self.step) % hp["whiten_every"] == 0:
             for side, r in self._correlation.items():
-                shrunk = torch.lerp(r, torch.eye(len(r), device=r.device), hp["whiten_shrinkage"]).double()
-                chol = torch.linalg.cholesky(shrunk)
-                eye = torch.eye(len(r), dtype=chol.dtype, device=chol.device)
-                self._whitener[side] = torch.linalg.solve_triangular(chol, eye, upper=False).T.float()
+                self._whitener[side] = whitening_map(r, hp["whiten_shrinkage"])
 
     def penalty(self, gap: torch.Tensor) -> torch.Tensor:
         """What the model pays for a critic gap. The critic class is symmetric (f and -f), so W >= |gap(f)|:
