@@ -221,33 +221,41 @@ def load_result(out: str | Path, name: str) -> dict | None:
     return None
 
 
-def worst_cell_samples(out: str | Path, name: str, cells: int = 8) -> dict:
+def worst_cell_samples(out: str | Path, name: str, cells: int = 8, decode: Callable = open_image,
+                       may_open: Callable[[str], bool] = lambda source: True) -> dict:
     """A model's worst (fg, bg) cells with sample images, read back from the benchmarked split.
 
     Returns ``{"cells": [cell dicts], "gallery": [(PIL image, caption)], "note": str}``; the note says
-    why there are no images (the data moved or changed, or the result predates sample rows).
+    why there are no images (the data moved or changed, or the result predates sample rows). ``decode`` turns
+    a stored image (bytes or path) into a PIL image, ``may_open(source)`` says whether the recorded data may be
+    read at all (the app: local folders only, images from their bytes only). Notes are fixed sentences.
     Raises ``FileNotFoundError`` for a model without a result in ``out``.
     """
     result = load_result(out, name)
     if result is None:
-        have = sorted(json.loads(p.read_text()).get("model", p.stem) for p in (Path(out) / MODELS_DIR).glob("*.json"))
-        raise FileNotFoundError(f"No result for model {name!r} in {out}; results there: {', '.join(have) or 'none'}.")
+        raise FileNotFoundError(f"No result for model {name!r} in this results folder.")
     d = result["d3s"]
     if "worst_cells" not in d:  # a result from before sample rows were recorded: ranks only
         return {"cells": worst_first(d["per_cell"])[:cells], "gallery": [], "note": "This result has no sample rows; rerun the model to record them."}
     chosen = d["worst_cells"][:cells]
     source = result["data"]["d3s"]
+    unavailable = {"cells": chosen, "gallery": []}
+    if not may_open(source["source"]):
+        return {**unavailable, "note": "Sample images are shown only for results on a local dataset folder."}
     try:
         images = open_d3s(source["source"], source["split"])
-    except (BenchmarkError, DatasetFormatError) as err:
-        return {"cells": chosen, "gallery": [], "note": f"Sample images unavailable: {err}"}
+    except (BenchmarkError, DatasetFormatError):
+        return {**unavailable, "note": "Sample images unavailable: the benchmarked dataset is no longer where it was."}
     if images.fingerprint != source:
-        return {"cells": chosen, "gallery": [], "note": f"Sample images unavailable: {source['source']} changed since this benchmark."}
+        return {**unavailable, "note": "Sample images unavailable: the benchmarked dataset changed since this benchmark."}
     gallery = []
     for cell in chosen:
         for sample in cell["samples"]:
             (item,) = images.read(sample["row"], sample["row"] + 1)
-            image = open_image(item)
+            try:
+                image = decode(item)
+            except ValueError:  # an image the decoder refuses (stored as a path, too large)
+                continue
             image.load()
             gallery.append((image, f"{cell['fg_name']} / {cell['bg_name']}: predicted {sample['pred_name']}"))
     return {"cells": chosen, "gallery": gallery, "note": ""}

@@ -223,17 +223,30 @@ def _register_score(sub) -> None:
 def cmd_review(args: argparse.Namespace) -> int:
     import json
 
-    from .review import ReviewStore
+    from .dataset import local_folder
+    from .review import LEGACY, ReviewError, ReviewStore, dataset_key
 
+    if args.action == "add":
+        needed = {"--data": "the dataset folder the image belongs to (its answers are kept under that folder's key)",
+                  "--item": "the image's item_id", "--reviewer": "who answers",
+                  "--present": "whether the intended object is there (yes/no)"}
+        missing = [flag for flag in needed if getattr(args, flag[2:]) is None]
+        if missing:
+            raise ReviewError("`d3s review add` needs " + "; ".join(f"{flag}: {needed[flag]}" for flag in missing) + ".")
+    key = dataset_key(local_folder(args.data)) if args.data else None
     store = ReviewStore(args.store)
     if args.action == "add":
         yes = {"yes": True, "y": True, "no": False, "n": False}
-        store.add(args.item, args.reviewer, yes[args.present], yes[args.unsafe])
-        print(f"recorded: item {args.item} by {args.reviewer}")
-    elif args.action == "export":
-        verdicts = store.verdicts(args.rule)
-        rows = [{"item_id": v.item_id, "reviews": v.reviews, "present_votes": v.present_votes,
-                 "unsafe_votes": v.unsafe_votes, "keep": v.keep} for v in verdicts.values()]
+        review = store.add(key, args.item, args.reviewer, yes[args.present], yes[args.unsafe])
+        print(f"recorded: item {review.item_id} of {args.data} (dataset key {key}) by {review.reviewer}")
+        return 0
+    # With --data, that dataset's verdicts (its keyed answers and the legacy ones); else each dataset key the store
+    # holds in turn (each with the legacy answers, as `d3s split` would count them), and the legacy answers alone as ''.
+    keys = [key] if key is not None else store.datasets()
+    verdicts = {k: store.verdicts(k, args.rule) for k in keys}
+    if args.action == "export":
+        rows = [{"dataset": k, "item_id": v.item_id, "reviews": v.reviews, "present_votes": v.present_votes,
+                 "unsafe_votes": v.unsafe_votes, "keep": v.keep} for k in keys for v in verdicts[k].values()]
         text = json.dumps(rows, indent=1)
         if args.out:
             with open(args.out, "w") as f:
@@ -242,19 +255,28 @@ def cmd_review(args: argparse.Namespace) -> int:
         else:
             print(text)
     else:
-        verdicts = store.verdicts(args.rule)
-        kept = sum(v.keep for v in verdicts.values())
-        print(f"{len(store.reviews())} answers on {len(verdicts)} images; {kept} kept under the {args.rule} rule")
+        for k in keys:
+            kept = sum(v.keep for v in verdicts[k].values())
+            answers = sum(v.reviews for v in verdicts[k].values())
+            name = ("legacy answers (stored before answers were keyed; they count for any dataset)" if k == LEGACY
+                    else f"dataset {k}" + (f" ({args.data})" if key is not None else ""))
+            print(f"{name}: {answers} answers on {len(verdicts[k])} images; {kept} kept under the {args.rule} rule")
+        if not keys:
+            print("no answers yet")
     return 0
 
 
 def _register_review(sub) -> None:
     p = sub.add_parser("review", help="record and export human reviews (SQLite store)",
-                       description="The paper's two questions per image: is the intended object there? is it unsafe?")
+                       description="The paper's two questions per image: is the intended object there? is it unsafe? "
+                                   "Answers are kept per dataset, under a fingerprint of the dataset folder's rows "
+                                   "(a generated folder and its `d3s split` output share it).")
     p.add_argument("action", choices=("add", "export", "status"))
     p.add_argument("--store", required=True, metavar="FILE", help="the SQLite review store (created if missing)")
+    p.add_argument("--data", metavar="DIR", help="the dataset folder the images belong to (required for add; for export "
+                                                 "and status, only that dataset's answers, else every dataset's)")
     p.add_argument("--item", type=int, help="item_id of the image (add)")
-    p.add_argument("--reviewer", help="reviewer name (add)")
+    p.add_argument("--reviewer", help="reviewer name: letters, digits and . _ @ - (add)")
     p.add_argument("--present", choices=("yes", "no", "y", "n"), help="is the intended object there? (add)")
     p.add_argument("--unsafe", choices=("yes", "no", "y", "n"), default="no", help="is the image unsafe? (add)")
     p.add_argument("--rule", choices=("unanimous", "majority"), default="unanimous", help="consensus rule (default: the paper's)")

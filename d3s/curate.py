@@ -260,9 +260,10 @@ def split(data: str | Path, out: str | Path, source_split: str = "train", fracti
     removed: Counter = Counter()
     filter_model = None
     if reviews is not None:
-        from .review import ReviewStore
+        from .review import ReviewStore, dataset_key
 
-        verdicts = ReviewStore(reviews).verdicts(rule)
+        key = dataset_key(data)  # the answers to this folder's rows (the app's, on it or on a split of it)
+        verdicts = ReviewStore(reviews).verdicts(key, rule)
         keep = []
         for i, item in enumerate(item_ids):
             v = verdicts.get(int(item))
@@ -270,7 +271,7 @@ def split(data: str | Path, out: str | Path, source_split: str = "train", fracti
             if is_val[i] and not ok:
                 removed["not reviewed" if v is None else ("unsafe" if v.unsafe_votes else "object missing")] += 1
             keep.append(ok)
-        basis = f"human review ({rule})"
+        basis = f"human review ({rule}, dataset key {key})"
     else:
         rows = table.select([c for c in ("nsfw", "blank", "clip_rank", "clip_margin") if c in table.column_names]).to_pylist()
         keep = []

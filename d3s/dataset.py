@@ -261,19 +261,41 @@ def find_splits(root: str | Path) -> dict[str, list[Path]]:
     return splits
 
 
-def local_folder(data: str | Path) -> Path:
+HUB_PATTERNS = ["*.parquet", "**/*.parquet", "README.md", "*.json"]  # what the commands read of a Hub dataset
+
+
+def local_folder(data: str | Path, token: str | bool | None = None, max_bytes: int | None = None) -> Path:
     """A local folder for ``data``: the folder itself, or a Hub dataset id (``ORG/NAME``) downloaded with
-    ``snapshot_download`` (its parquet files, card and JSON records), for the commands that read files directly."""
+    ``snapshot_download`` (its parquet files, card and JSON records), for the commands that read files directly.
+
+    Args:
+        token (`str` or `bool`, *optional*): passed to the Hub (``False``: send none, e.g. a public app that must
+            not reach private or gated data with its operator's token; ``None``: the logged-in one).
+        max_bytes (`int`, *optional*): refuse a Hub dataset whose files to download add up to more, before
+            downloading anything (sizes from ``HfApi.dataset_info``).
+    """
     path = Path(data)
     if path.exists():
         return path
     text = str(data)
     if not _HUB_ID.fullmatch(text):
         raise DatasetFormatError(f"{text} does not exist, and is not a Hub dataset id (ORG/NAME).")
-    from huggingface_hub import snapshot_download
+    from fnmatch import fnmatch
+
+    from huggingface_hub import HfApi, snapshot_download
 
     try:
-        return Path(snapshot_download(text, repo_type="dataset", allow_patterns=["*.parquet", "**/*.parquet", "README.md", "*.json"]))
+        revision = None
+        if max_bytes is not None:
+            info = HfApi().dataset_info(text, files_metadata=True, token=token)
+            size = sum(f.size or 0 for f in info.siblings or [] if any(fnmatch(f.rfilename, p) for p in HUB_PATTERNS))
+            if size > max_bytes:
+                raise DatasetFormatError(f"The Hub dataset {text} is {size / 2**30:.1f} GiB, over the limit of "
+                                         f"{max_bytes / 2**30:.1f} GiB set for this reader.")
+            revision = info.sha  # download exactly what was measured
+        return Path(snapshot_download(text, repo_type="dataset", revision=revision, allow_patterns=HUB_PATTERNS, token=token))
+    except DatasetFormatError:
+        raise
     except Exception as err:  # offline, unknown repo, no access: say which
         raise DatasetFormatError(f"{text} is not a local folder, and the Hub dataset {text!r} could not be fetched: "
                                  f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200] if str(err).strip() else ''}") from None
@@ -287,9 +309,9 @@ def split_files(root: str | Path, split: str) -> list[Path]:
     return splits[split]
 
 
-def load_raw(root: str | Path, split: str | None = None) -> datasets.Dataset | datasets.DatasetDict:
+def load_raw(root: str | Path, split: str | None = None, cache_dir: str | None = None) -> datasets.Dataset | datasets.DatasetDict:
     """``datasets.load_dataset`` for a local dataset folder (any layout :func:`find_splits` accepts) or a Hub id,
-    with no check of the columns.
+    with no check of the columns; ``cache_dir`` is where ``datasets`` keeps its Arrow copy (default: its cache).
 
     A local folder is loaded from its parquet files by absolute path: ``load_dataset(FOLDER)`` keys its cache by
     the folder's name and card, so two folders called ``d3s`` with the same card would share a stale cache.
@@ -297,10 +319,11 @@ def load_raw(root: str | Path, split: str | None = None) -> datasets.Dataset | d
     local = Path(root)
     if local.exists():
         files = {split: split_files(local, split)} if split else find_splits(local)
-        return datasets.load_dataset("parquet", data_files={s: [str(p) for p in fs] for s, fs in files.items()}, split=split)
+        return datasets.load_dataset("parquet", data_files={s: [str(p) for p in fs] for s, fs in files.items()}, split=split,
+                                     cache_dir=cache_dir)
     if not _HUB_ID.fullmatch(str(root)):
         raise DatasetFormatError(f"{root} does not exist, and is not a Hub dataset id (ORG/NAME).")
-    return datasets.load_dataset(str(root), split=split)
+    return datasets.load_dataset(str(root), split=split, cache_dir=cache_dir)
 
 
 def load(root: str | Path, split: str | None = None) -> datasets.Dataset | datasets.DatasetDict:

@@ -44,6 +44,10 @@ class GenerationError(ValueError):
     """Bad input to a generation run; raised before any model is loaded or any file written."""
 
 
+class GenerationStopped(RuntimeError):
+    """A denoising call stopped early at its caller's request (the app's per-request time limit)."""
+
+
 @dataclass
 class GenerationConfig:
     """Everything that decides a run's images. Defaults are the authors' settings (SPEC.md 2).
@@ -389,15 +393,20 @@ def prepare_batch(plan: Plan, batch: Sequence[PlanItem], photos: PhotoSource, te
 def denoise(pipe, prepared: PreparedBatch, c: GenerationConfig, callback=None) -> tuple[list, list]:
     """Run img2img on a batch with one CPU generator per image (CPU noise is the same on every device).
 
-    ``callback(step, total)``, if given, is called after each denoising step (for progress bars).
+    ``callback(step, total)``, if given, is called after each denoising step (for progress bars); when it
+    returns true, the pipeline is interrupted (its own ``interrupt`` flag: the remaining steps are skipped) and
+    :class:`GenerationStopped` is raised once it has returned, so a caller can bound a request's time.
     """
     import torch
 
     generators = [torch.Generator("cpu").manual_seed(item.seed) for item in prepared.items]
     total = max(1, int(c.steps * c.strength))
+    stopped = []
 
     def on_step(pipeline, step, timestep, kwargs):
-        callback(step + 1, total)
+        if callback(step + 1, total):
+            pipeline._interrupt = True  # what diffusers' `interrupt` property reads; reset at the next call
+            stopped.append(step + 1)
         return kwargs
 
     extra = {"callback_on_step_end": on_step} if callback is not None else {}
@@ -412,6 +421,8 @@ def denoise(pipe, prepared: PreparedBatch, c: GenerationConfig, callback=None) -
         output_type="pil",
         **extra,
     )
+    if stopped:
+        raise GenerationStopped(f"stopped after {stopped[0]} of {total} denoising steps")
     flags = out.nsfw_content_detected or [None] * len(out.images)
     return out.images, flags
 

@@ -9,6 +9,7 @@ for one class. Uploaded files are decoded defensively: size and pixel caps, EXIF
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,26 +29,50 @@ class UploadError(ValueError):
 
 
 def read_upload(path_or_image) -> Image.Image:
-    """Decode an upload into an RGB image, or raise :class:`UploadError` with a readable reason."""
+    """Decode an upload (a file path, or an already opened image) into an RGB image, or raise
+    :class:`UploadError` with a readable reason."""
     if isinstance(path_or_image, Image.Image):
-        image = path_or_image
-    else:
-        path = Path(path_or_image)
-        if path.stat().st_size > MAX_UPLOAD_BYTES:
-            raise UploadError(f"The file is larger than {MAX_UPLOAD_BYTES // 2**20} MB; please upload a smaller image.")
-        try:
-            with Image.open(path) as probe:
-                w, h = probe.size
-                if w * h > MAX_UPLOAD_PIXELS:
-                    raise UploadError(f"The image is {w}x{h} pixels; images up to {MAX_UPLOAD_PIXELS // 10**6} megapixels are accepted.")
-                probe.load()
-                image = probe.copy()
-        except UploadError:
-            raise
-        except Image.DecompressionBombError as err:
-            raise UploadError(f"The image is too large; images up to {MAX_UPLOAD_PIXELS // 10**6} megapixels are accepted.") from err
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-            raise UploadError(f"This file could not be read as an image ({type(err).__name__}); upload a JPEG, PNG or WebP photo.") from err
+        return _to_rgb(path_or_image)
+    path = Path(path_or_image)
+    if path.stat().st_size > MAX_UPLOAD_BYTES:
+        raise UploadError(f"The file is larger than {MAX_UPLOAD_BYTES // 2**20} MB; please upload a smaller image.")
+    return _to_rgb(_open_capped(path))
+
+
+def decode_stored(cell) -> Image.Image:
+    """Decode an image cell of a dataset row (``{"bytes": ..., "path": ...}``, as ``datasets.Image(decode=False)``
+    gives it) from its bytes only, under the upload caps.
+
+    A cell without bytes (an image stored as a path or URL) is refused, never followed: a row must not make the
+    server open a file or fetch an address. Raises :class:`UploadError`.
+    """
+    data = cell.get("bytes") if isinstance(cell, dict) else cell if isinstance(cell, (bytes, bytearray)) else None
+    if data is None:
+        raise UploadError("This row stores its image as a path or an address, not as bytes; it is not shown.")
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise UploadError(f"This image is larger than {MAX_UPLOAD_BYTES // 2**20} MB; it is not shown.")
+    return _to_rgb(_open_capped(io.BytesIO(data)))
+
+
+def _open_capped(source) -> Image.Image:
+    """Open and load an image file or buffer, refusing more than :data:`MAX_UPLOAD_PIXELS` from its header."""
+    try:
+        with Image.open(source) as probe:
+            w, h = probe.size
+            if w * h > MAX_UPLOAD_PIXELS:
+                raise UploadError(f"The image is {w}x{h} pixels; images up to {MAX_UPLOAD_PIXELS // 10**6} megapixels are accepted.")
+            probe.load()
+            return probe.copy()
+    except UploadError:
+        raise
+    except Image.DecompressionBombError as err:
+        raise UploadError(f"The image is too large; images up to {MAX_UPLOAD_PIXELS // 10**6} megapixels are accepted.") from err
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise UploadError(f"This file could not be read as an image ({type(err).__name__}); upload a JPEG, PNG or WebP photo.") from err
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """EXIF rotation applied, 16-bit greyscale scaled to 8 bits, transparency flattened on white, RGB."""
     if min(image.size) < 8:
         raise UploadError(f"The image is only {image.size[0]}x{image.size[1]} pixels; upload one at least 8 pixels on each side.")
     image = ImageOps.exif_transpose(image)
@@ -67,6 +92,7 @@ class LiveResult:
     image: Image.Image
     prompt: str
     choice: GuideChoice
+    nsfw: bool | None = None  # the pipeline's safety checker flagged the image (None: no checker loaded)
 
 
 def generate_one(pipe, foreground: str, background: str, seed: int = 0, *, photo=None, template=None,
@@ -75,9 +101,10 @@ def generate_one(pipe, foreground: str, background: str, seed: int = 0, *, photo
                  fg_scale: float = 0.4, callback=None) -> LiveResult:
     """Generate one image as ``d3s generate`` would, optionally from an uploaded photo and/or template.
 
-    ``callback(step, total)`` is called after each denoising step (for progress bars).
+    ``callback(step, total)`` is called after each denoising step (for progress bars); when it returns true the
+    pipeline is interrupted and ``GenerationStopped`` raised (a time limit).
     """
-    import torch
+    from .generate import GenerationConfig, PreparedBatch, PlanItem, denoise
 
     r = load_recipe(recipe)
     concept = resolve_concept(foreground)
@@ -92,16 +119,10 @@ def generate_one(pipe, foreground: str, background: str, seed: int = 0, *, photo
         photo_image = read_upload(photo) if photo is not None else photos.open(choice.photo)
     guide = compose(template_image, photo_image, choice.paste_box)
     prompt = r.prompt_for(concept, shift)
-    total = max(1, int(steps * strength))
-
-    def on_step(pipeline, step, timestep, kwargs):
-        if callback is not None:
-            callback(step + 1, total)
-        return kwargs
-
-    out = pipe(prompt=prompt, image=guide, strength=strength, num_inference_steps=steps, guidance_scale=guidance,
-               eta=0.0, generator=torch.Generator("cpu").manual_seed(seed), callback_on_step_end=on_step)
-    return LiveResult(guide=guide, image=out.images[0], prompt=prompt, choice=choice)
+    config = GenerationConfig(foregrounds=[foreground], out="", steps=steps, strength=strength, guidance=guidance)
+    item = PlanItem(item_id=0, fg=0, bg=0, k=0, seed=seed)
+    images, flags = denoise(pipe, PreparedBatch([item], [choice], [guide], [prompt]), config, callback=callback)
+    return LiveResult(guide=guide, image=images[0], prompt=prompt, choice=choice, nsfw=flags[0])
 
 
 class UploadedPhoto(PhotoSource):
@@ -129,6 +150,7 @@ class AcrossResult:
     prompts: list[str]
     choices: list[GuideChoice]  # photo and paste box shared; the template is the background's
     seed: int  # the group's noise seed (as the ``seed`` column of ``d3s generate --paired --seed S``)
+    nsfw: list[bool | None]  # per image: flagged by the pipeline's safety checker (None: no checker loaded)
 
 
 def generate_across(pipe, foreground: str, seed: int = 0, *, photo=None, photos: PhotoSource | None = None,
@@ -140,8 +162,8 @@ def generate_across(pipe, foreground: str, seed: int = 0, *, photo=None, photos:
     One photo (the upload ``photo``, else one drawn from ``photos``, else none), one paste position and
     one noise seed for all backgrounds; only the template and the prompt's background differ. With the
     same photo source, settings and batch size, the images equal the dataset's. ``callback(step, total)``
-    is called after each denoising step, counted over all batches. Raises ``LabelError``,
-    ``GenerationError`` or ``UploadError`` on bad input.
+    is called after each denoising step, counted over all batches; when it returns true the run stops
+    (``GenerationStopped``). Raises ``LabelError``, ``GenerationError`` or ``UploadError`` on bad input.
     """
     from .generate import GenerationConfig, denoise, make_plan, prepare_batch
 
@@ -153,13 +175,15 @@ def generate_across(pipe, foreground: str, seed: int = 0, *, photo=None, photos:
     plan, photos, templates = make_plan(config, photos=source, templates=templates)
     batches = plan.batches()
     per_batch = max(1, int(steps * strength))
-    guides, images, prompts, choices = [], [], [], []
+    guides, images, prompts, choices, flags = [], [], [], [], []
     for b, batch in enumerate(batches):
         prepared = prepare_batch(plan, batch, photos, templates)
         step = (lambda i, n, b=b: callback(b * per_batch + i, len(batches) * per_batch)) if callback else None
-        out, _ = denoise(pipe, prepared, config, callback=step)
+        out, flagged = denoise(pipe, prepared, config, callback=step)
         guides += prepared.guides
         images += out
         prompts += prepared.prompts
         choices += prepared.choices
-    return AcrossResult([plan.recipe.shifts[i.bg] for i in plan.items], guides, images, prompts, choices, plan.items[0].seed)
+        flags += flagged
+    return AcrossResult([plan.recipe.shifts[i.bg] for i in plan.items], guides, images, prompts, choices, plan.items[0].seed,
+                        flags)

@@ -5,14 +5,24 @@ image unsafe? Several reviewers may answer each image; a reviewer's later answer
 earlier one. The store is one SQLite file in WAL mode with a busy timeout, so the app's Review tab and
 the CLI can write at the same time without losing an answer.
 
+Every answer is keyed by ``(dataset, item_id, reviewer)``, where ``dataset`` is :func:`dataset_key` of the
+dataset folder the image belongs to, so one store can hold the answers to several datasets without item 3
+of one overwriting item 3 of another. A store written before answers were keyed is migrated in place when
+opened: its answers become *legacy* answers (dataset ``''``), which count for whatever dataset is asked
+for, unless the same reviewer answered the same item of that dataset under its key (the keyed answer wins).
+
 The default consensus is the paper's rule: an image is kept only if every reviewer says the object is
 there and nobody flags it unsafe (and at least one reviewer answered).
 """
 
 from __future__ import annotations
 
+import hashlib
+import operator
+import re
 import sqlite3
 import time
+import unicodedata
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,16 +30,25 @@ from typing import Iterable, Iterator
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS reviews (
+    dataset TEXT NOT NULL,
     item_id INTEGER NOT NULL,
     reviewer TEXT NOT NULL,
     object_present INTEGER NOT NULL CHECK (object_present IN (0, 1)),
     unsafe INTEGER NOT NULL CHECK (unsafe IN (0, 1)),
     answered_at REAL NOT NULL,
-    PRIMARY KEY (item_id, reviewer)
+    PRIMARY KEY (dataset, item_id, reviewer)
 );
 """
+_COLUMNS = "dataset, item_id, reviewer, object_present, unsafe, answered_at"
 
 CONSENSUS_RULES = ("unanimous", "majority")
+LEGACY = ""  # the dataset of answers stored before answers were keyed by dataset
+MAX_DATASET_CHARS = 64
+MAX_REVIEWER_CHARS = 64
+MAX_ITEM_ID = 2**62
+_REVIEWER_RE = re.compile(r"[\w.@-]+")  # \w: letters, digits and '_'
+_REVIEWER_RULE = (f"A reviewer name is 1 to {MAX_REVIEWER_CHARS} characters: letters, digits and . _ @ - "
+                  "(no spaces, slashes or other punctuation).")
 
 
 class ReviewError(ValueError):
@@ -38,6 +57,7 @@ class ReviewError(ValueError):
 
 @dataclass(frozen=True)
 class Review:
+    dataset: str
     item_id: int
     reviewer: str
     object_present: bool
@@ -56,6 +76,63 @@ class Verdict:
     keep: bool
 
 
+def dataset_key(folder: str | Path) -> str:
+    """A short stable fingerprint of a local dataset folder: the key its answers are stored under.
+
+    It is the first 16 hex digits of the SHA-1 of the sorted, de-duplicated set of ``(item_id, fg, bg)``
+    triples over *all* splits of the folder (:func:`d3s.dataset.find_splits`); a split without an
+    ``item_id`` column uses each row's index within that split. Only those three integer columns are read,
+    so 120,000 rows take a fraction of a second.
+
+    Why this definition: ``d3s split`` copies a generated folder's rows into ``train`` and ``validation``
+    (and ``benchmark``, a subset of ``validation``), so the union of the split folder's rows is the source's
+    rows and both folders get the same key: answers given in the app on either one are found by
+    ``d3s split --reviews`` on the source. ``d3s score`` adds columns but changes none of the three, so
+    scoring keeps the key. The key ignores where the folder is, its name and the images' bytes; a folder
+    with other rows (another run, other classes or backgrounds, more or fewer images) gets another key.
+    (A source without an ``item_id`` column keys its rows by index, which a split folder does not keep,
+    so there the two keys differ.)
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from .dataset import DatasetFormatError, find_splits
+
+    parts = []
+    for split, paths in find_splits(folder).items():
+        offset = 0
+        for p in paths:
+            names = set(pq.read_schema(p).names)
+            missing = [c for c in ("fg", "bg") if c not in names]
+            if missing:
+                raise DatasetFormatError(f"{p} (split {split!r}) has no {' or '.join(missing)} column; "
+                                         "a d3s dataset needs 'image', 'fg' and 'bg'.")
+            table = pq.read_table(p, columns=[c for c in ("item_id", "fg", "bg") if c in names])
+            n = table.num_rows
+            cols = []
+            for c in ("item_id", "fg", "bg"):
+                if c in names:
+                    col = table.column(c)
+                    if col.null_count:
+                        col = pc.fill_null(col, -1)
+                    cols.append(col.cast(pa.int64()).to_numpy())
+                else:
+                    cols.append(np.arange(offset, offset + n, dtype=np.int64))
+            offset += n
+            parts.append(np.stack(cols, axis=1) if n else np.empty((0, 3), dtype=np.int64))
+    rows = np.concatenate(parts) if parts else np.empty((0, 3), dtype=np.int64)
+    if len(rows):
+        rows = rows[np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0]))]
+        keep = np.ones(len(rows), dtype=bool)
+        keep[1:] = (rows[1:] != rows[:-1]).any(axis=1)
+        rows = rows[keep]
+    digest = hashlib.sha1(b"d3s dataset key v1: (item_id, fg, bg) int64 le\n")
+    digest.update(np.ascontiguousarray(rows, dtype="<i8").tobytes())
+    return digest.hexdigest()[:16]
+
+
 def consensus(reviews: Iterable[Review], rule: str = "unanimous") -> bool:
     """Whether an image is kept, from its reviews.
 
@@ -72,8 +149,55 @@ def consensus(reviews: Iterable[Review], rule: str = "unanimous") -> bool:
     return present == len(reviews) if rule == "unanimous" else present * 2 > len(reviews)
 
 
+def _check_dataset(dataset) -> str:
+    if not isinstance(dataset, str) or not dataset:
+        raise ReviewError("A review needs the dataset's key (d3s.review.dataset_key of its folder).")
+    if len(dataset) > MAX_DATASET_CHARS:
+        raise ReviewError(f"A dataset key is at most {MAX_DATASET_CHARS} characters (d3s.review.dataset_key of its folder).")
+    return dataset
+
+
+def _check_reviewer(reviewer) -> str:
+    if not isinstance(reviewer, str):
+        raise ReviewError(_REVIEWER_RULE)
+    if len(reviewer) > 4 * MAX_REVIEWER_CHARS:  # before any other work on a huge input
+        raise ReviewError(_REVIEWER_RULE)
+    name = unicodedata.normalize("NFC", reviewer.strip())
+    if not 1 <= len(name) <= MAX_REVIEWER_CHARS or not _REVIEWER_RE.fullmatch(name):
+        raise ReviewError(_REVIEWER_RULE)
+    return name
+
+
+def valid_reviewer(name) -> bool:
+    """Whether ``name`` is a reviewer name the store accepts (see :data:`_REVIEWER_RULE`)."""
+    try:
+        _check_reviewer(name)
+        return True
+    except ReviewError:
+        return False
+
+
+def _check_item(item_id) -> int:
+    try:
+        if isinstance(item_id, bool):
+            raise TypeError
+        item = operator.index(item_id)
+    except TypeError:
+        raise ReviewError(f"An item_id is an integer from 0 to 2**62, not a {type(item_id).__name__}.") from None
+    if not 0 <= item <= MAX_ITEM_ID:
+        raise ReviewError("An item_id is an integer from 0 to 2**62.")
+    return item
+
+
+def _row(r: tuple) -> Review:
+    return Review(r[0], r[1], r[2], bool(r[3]), bool(r[4]), r[5])
+
+
 class ReviewStore:
-    """Answers of human reviewers, in one SQLite file.
+    """Answers of human reviewers, in one SQLite file, keyed by (dataset, item_id, reviewer).
+
+    A file written with the old schema (answers keyed by (item_id, reviewer) only) is migrated in place on
+    open, in one transaction: its answers are kept as legacy answers (dataset ``''``, see the module doc).
 
     Args:
         path (`str` or `Path`): the database file; created if missing.
@@ -86,7 +210,34 @@ class ReviewStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
+            if self._columns(db) != _COLUMNS.split(", "):
+                self._create_or_migrate(db)
+
+    @staticmethod
+    def _columns(db: sqlite3.Connection) -> list[str]:
+        return [r[1] for r in db.execute("PRAGMA table_info(reviews)")]
+
+    def _create_or_migrate(self, db: sqlite3.Connection) -> None:
+        # BEGIN IMMEDIATE takes the write lock first, so of two processes opening an old file at once one
+        # migrates and the other, once the lock is free, finds the new schema and does nothing.
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            columns = self._columns(db)
+            if not columns:
+                db.execute(_SCHEMA)
+            elif "dataset" not in columns:
+                if not {"item_id", "reviewer", "object_present", "unsafe", "answered_at"} <= set(columns):
+                    raise ReviewError(f"{self.path} has a 'reviews' table this version cannot read (columns: "
+                                      f"{', '.join(columns)}).")
+                db.execute(_SCHEMA.replace("EXISTS reviews", "EXISTS reviews_keyed"))
+                db.execute(f"INSERT INTO reviews_keyed ({_COLUMNS}) "
+                           "SELECT ?, item_id, reviewer, object_present, unsafe, answered_at FROM reviews", (LEGACY,))
+                db.execute("DROP TABLE reviews")
+                db.execute("ALTER TABLE reviews_keyed RENAME TO reviews")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -98,51 +249,89 @@ class ReviewStore:
         finally:
             db.close()
 
-    def add(self, item_id: int, reviewer: str, object_present: bool, unsafe: bool) -> Review:
-        """Record (or replace) one reviewer's answer for one image."""
-        reviewer = (reviewer or "").strip()
-        if not reviewer:
-            raise ReviewError("A review needs a reviewer name.")
-        review = Review(int(item_id), reviewer, bool(object_present), bool(unsafe), time.time())
+    def add(self, dataset: str, item_id: int, reviewer: str, object_present: bool, unsafe: bool) -> Review:
+        """Record (or replace) one reviewer's answer for one image of one dataset (its :func:`dataset_key`)."""
+        review = Review(_check_dataset(dataset), _check_item(item_id), _check_reviewer(reviewer), bool(object_present),
+                        bool(unsafe), time.time())
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
             db.execute(
-                "INSERT OR REPLACE INTO reviews VALUES (?, ?, ?, ?, ?)",
-                (review.item_id, review.reviewer, int(review.object_present), int(review.unsafe), review.answered_at),
+                f"INSERT OR REPLACE INTO reviews ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                (review.dataset, review.item_id, review.reviewer, int(review.object_present), int(review.unsafe),
+                 review.answered_at),
             )
             db.execute("COMMIT")
         return review
 
-    def reviews(self, item_id: int | None = None) -> list[Review]:
-        query, args = "SELECT * FROM reviews", ()
+    def reviews(self, dataset: str | None = None, item_id: int | None = None) -> list[Review]:
+        """The answers, ordered by item and reviewer.
+
+        ``dataset=None``: every stored answer, of every dataset, legacy ones with dataset ``''``.
+        A dataset key: that dataset's answers, plus the legacy answers (returned with dataset ``''``) of
+        reviewers who did not answer the same item under the key.
+        """
+        where, args = [], []
         if item_id is not None:
-            query, args = query + " WHERE item_id = ?", (int(item_id),)
+            where.append("item_id = ?")
+            args.append(int(item_id))
+        if dataset is None:
+            query = f"SELECT {_COLUMNS} FROM reviews" + (" WHERE " + " AND ".join(where) if where else "")
+        else:
+            cond = "".join(f" AND {w}" for w in where)
+            query = f"SELECT {_COLUMNS} FROM reviews WHERE dataset = ?{cond}"
+            args = [dataset, *args]
+            if dataset != LEGACY:
+                query += (f" UNION ALL SELECT {_COLUMNS} FROM reviews AS old WHERE old.dataset = ?{cond} AND NOT EXISTS "
+                          "(SELECT 1 FROM reviews AS k WHERE k.dataset = ? AND k.item_id = old.item_id "
+                          "AND k.reviewer = old.reviewer)")
+                args = [*args, LEGACY, *args[1:], dataset]
         with self._connect() as db:
-            rows = db.execute(query + " ORDER BY item_id, reviewer", args).fetchall()
-        return [Review(r[0], r[1], bool(r[2]), bool(r[3]), r[4]) for r in rows]
+            rows = db.execute(query + " ORDER BY item_id, reviewer, dataset", args).fetchall()
+        return [_row(r) for r in rows]
 
-    def reviewed_by(self, reviewer: str) -> set[int]:
+    def datasets(self) -> list[str]:
+        """The dataset keys the store holds answers for (``''`` for legacy answers), sorted."""
         with self._connect() as db:
-            return {r[0] for r in db.execute("SELECT item_id FROM reviews WHERE reviewer = ?", (reviewer,))}
+            return [r[0] for r in db.execute("SELECT DISTINCT dataset FROM reviews ORDER BY dataset")]
 
-    def next_item(self, item_ids: Iterable[int], reviewer: str) -> int | None:
-        """The first image in ``item_ids`` that this reviewer has not answered yet."""
-        done = self.reviewed_by(reviewer)
+    def reviewed_by(self, dataset: str, reviewer: str) -> set[int]:
+        """The items of ``dataset`` this reviewer has answered (under its key, or in a legacy answer)."""
+        if isinstance(reviewer, str):  # the name as :meth:`add` stores it
+            reviewer = unicodedata.normalize("NFC", reviewer.strip())
+        with self._connect() as db:
+            return {r[0] for r in db.execute("SELECT item_id FROM reviews WHERE dataset IN (?, ?) AND reviewer = ?",
+                                             (dataset, LEGACY, reviewer))}
+
+    def next_item(self, dataset: str, item_ids: Iterable[int], reviewer: str) -> int | None:
+        """The first image in ``item_ids`` that this reviewer has not answered yet for ``dataset``."""
+        done = self.reviewed_by(dataset, reviewer)
         return next((i for i in item_ids if int(i) not in done), None)
 
-    def verdicts(self, rule: str = "unanimous") -> dict[int, Verdict]:
-        """The consensus for every reviewed image."""
+    def verdicts(self, dataset: str | None, rule: str = "unanimous") -> dict[int, Verdict]:
+        """The consensus for every reviewed image of ``dataset`` (its answers as :meth:`reviews` gives them).
+
+        ``None`` is for a store of one dataset: it means that dataset (or the legacy answers alone when no
+        answer is keyed); a store holding answers to several datasets refuses it, since their item ids collide.
+        """
+        if dataset is None:
+            keyed = [d for d in self.datasets() if d != LEGACY]
+            if len(keyed) > 1:
+                raise ReviewError(f"This store holds answers to {len(keyed)} datasets; name one (its dataset key, "
+                                  "or --data FOLDER on the command line).")
+            dataset = keyed[0] if keyed else LEGACY
+        if rule not in CONSENSUS_RULES:
+            consensus([], rule)  # raises the usual message
         by_item: dict[int, list[Review]] = {}
-        for r in self.reviews():
+        for r in self.reviews(dataset):
             by_item.setdefault(r.item_id, []).append(r)
         return {
             i: Verdict(i, len(rs), sum(r.object_present for r in rs), sum(r.unsafe for r in rs), consensus(rs, rule))
             for i, rs in by_item.items()
         }
 
-    def export_columns(self, item_ids: Iterable[int], rule: str = "unanimous") -> dict[str, list]:
-        """Columns aligned with ``item_ids``: review counts, votes and the keep decision (None if unreviewed)."""
-        verdicts = self.verdicts(rule)
+    def export_columns(self, dataset: str, item_ids: Iterable[int], rule: str = "unanimous") -> dict[str, list]:
+        """Columns aligned with ``item_ids`` of ``dataset``: review counts, votes and the keep decision (None if unreviewed)."""
+        verdicts = self.verdicts(dataset, rule)
         cols: dict[str, list] = {"review_count": [], "review_present": [], "review_unsafe": [], "review_keep": []}
         for i in item_ids:
             v = verdicts.get(int(i))

@@ -72,37 +72,58 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def app_server(tmp_path_factory, tiny_run):
-    """``python app.py`` as the README starts it (default real model id), offline: it must fall back to the
-    tiny preset. Its Dataset and Review tabs point at the tiny generated dataset."""
+def bench_results(tmp_path_factory) -> Path:
+    """A `d3s benchmark` results folder of two tiny models on a synthetic D3S split (no diffusion: fast)."""
+    root = tmp_path_factory.mktemp("bench")
+    data, photos = write_d3s_split(root / "d3s", split="benchmark"), write_colour_photos(root / "photos")
+    out = root / "results"
+    proc = run_d3s("benchmark", "--data", str(data), "--models", "test_resnet,clip:tiny", "--imagenet-val", str(photos),
+                   "--no-pretrained", "--out", str(out), "--quiet", "--workers", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out
+
+
+def start_app(folder: Path, *args: str, env: dict | None = None, host: str = "127.0.0.1") -> tuple[subprocess.Popen, str, Path]:
+    """``python app.py ARGS`` on a free port, waited for until it answers: (process, url, log file)."""
     import httpx
 
     port = free_port()
-    folder = tmp_path_factory.mktemp("app")
     log = folder / "app.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
-    env.pop("D3S_MODEL", None)
-    reviews = folder / "reviews.sqlite"
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})}
+    full_env.pop("D3S_MODEL", None)
     with open(log, "w") as f:
-        proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--data", str(tiny_run),
-                                 "--reviews", str(reviews)], cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, "app.py", "--host", host, "--port", str(port), *args], cwd=REPO,
+                                env=full_env, stdout=f, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 300
     while True:
         if proc.poll() is not None:
             raise AssertionError(f"app exited early:\n{log.read_text()[-3000:]}")
         try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                break
+            if httpx.get(url, timeout=2).status_code in (200, 401):  # 401: the login page of --review-auth
+                return proc, url, log
         except httpx.HTTPError:
             pass
         if time.time() > deadline:
             proc.kill()
             raise AssertionError(f"app did not start in time:\n{log.read_text()[-3000:]}")
         time.sleep(0.5)
-    yield {"url": url, "reviews": reviews, "data": tiny_run, "log": log}
+
+
+def stop_app(proc: subprocess.Popen) -> None:
     proc.terminate()
     proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def app_server(tmp_path_factory, tiny_run, bench_results):
+    """``python app.py`` as the README starts it (default real model id), offline: it must fall back to the
+    tiny preset. Its Dataset and Review tabs offer the tiny generated dataset, its Benchmark tab a results folder."""
+    folder = tmp_path_factory.mktemp("app")
+    reviews = folder / "reviews.sqlite"
+    proc, url, log = start_app(folder, "--data", str(tiny_run), "--results", str(bench_results), "--reviews", str(reviews))
+    yield {"url": url, "reviews": reviews, "data": tiny_run, "log": log, "results": bench_results}
+    stop_app(proc)
 
 
 ROOT = REPO

@@ -359,17 +359,26 @@ def test_plots_show_what_their_titles_say(tmp_path):
 def test_app_benchmark_tab_shows_a_results_folder(tiny_results, tmp_path):
     import gradio as gr
 
+    from PIL import Image
+
     import app
+    from d3s.hosting import Catalog
 
     out, _ = tiny_results
-    drop, scatter, per_bg, heatmap, table, picker, flips = app.load_benchmark(str(out))
+    catalog = Catalog.from_entries([], [f"tiny={out}", f"empty={tmp_path}"])
+    load_benchmark, _, show_worst_cells = app.make_benchmark_fns(app.Settings(catalog=catalog))
+    drop, scatter, per_bg, heatmap, table, picker, flips = load_benchmark("tiny")
     assert isinstance(drop, gr.BarPlot) and isinstance(scatter, gr.ScatterPlot) and isinstance(per_bg, gr.BarPlot)
     assert not flips.visible and "consistency" not in table  # unpaired data: no counterfactual scores
-    assert heatmap.endswith("background_heatmap.png") and set(table["model"]) >= {"clip:tiny", "test_resnet", "test_vit"}
+    with Image.open(out / "background_heatmap.png") as png:  # decoded on the server: no path goes to the client
+        assert isinstance(heatmap, Image.Image) and heatmap.size == png.size
+    assert set(table["model"]) >= {"clip:tiny", "test_resnet", "test_vit"}
     assert set(picker.choices) == {(m, m) for m in table["model"]} or set(picker.choices) == set(table["model"])
-    cells, gallery, note = app.show_worst_cells(str(out), picker.value)
+    cells, gallery, note = show_worst_cells("tiny", picker.value)
     assert len(cells) == 8 and list(cells.columns[:2]) == ["class", "background"] and len(gallery) >= 8
     with pytest.raises(gr.Error, match="holds no benchmark results"):
-        app.load_benchmark(str(tmp_path))
-    with pytest.raises(gr.Error, match="No result for model"):
-        app.show_worst_cells(str(out), "resnet50")
+        load_benchmark("empty")
+    with pytest.raises(gr.Error, match="has no result for that model"):
+        show_worst_cells("tiny", "resnet50")
+    with pytest.raises(gr.Error, match="Choose one of the results folders this app offers"):
+        load_benchmark(str(out))  # a path is not a label

@@ -229,13 +229,17 @@ def test_cli_rerun_with_one_more_model_evaluates_only_that_one(bg_challenge, col
 
     # the app's Benchmark tab shows the table and the plot of this folder (which has no `d3s benchmark` results)
     import app
+    from d3s.hosting import Catalog
 
-    note, table, plot = app.load_bgchallenge(str(tmp_path))
-    assert "Backgrounds Challenge" in note and plot.endswith("bgchallenge/accuracy.png")
+    catalog = Catalog.from_entries([], [f"run={tmp_path}", f"inner={tmp_path / 'bgchallenge'}"])
+    load_benchmark, load_bgchallenge, _ = app.make_benchmark_fns(app.Settings(catalog=catalog))
+    note, table, plot = load_bgchallenge("run")
+    with Image.open(tmp_path / "bgchallenge" / "accuracy.png") as png:
+        assert "Backgrounds Challenge" in note and plot.size == png.size
     row = table.set_index("model").loc[f"d3s:{colour_extractor}"]
     assert list(row) == [55.6, 22.2, 33.3, 33.3, 33.3, 44.4, 33.3, 22.2, 11.1, 22.2] and len(table) == 3
-    assert app.load_benchmark(str(tmp_path))[:5] == (None,) * 5
-    assert "No Backgrounds Challenge results" in app.load_bgchallenge(str(tmp_path / "bgchallenge"))[0]
+    assert load_benchmark("run")[:5] == (None,) * 5
+    assert "No Backgrounds Challenge results" in load_bgchallenge("inner")[0]
 
 
 def test_adversarial_limit_and_skip(bg_challenge, colour_extractor, tmp_path):

@@ -10,7 +10,7 @@ from datasets import load_dataset
 
 from d3s.curate import Thresholds, assign_validation, format_report, removal_report, score, split
 from d3s.dataset import DatasetFormatError
-from d3s.review import ReviewStore
+from d3s.review import ReviewStore, dataset_key
 
 
 @pytest.fixture
@@ -67,13 +67,15 @@ def test_split_by_automatic_checks(scored, tmp_path):
 
 def test_split_by_human_review(tiny_run, tmp_path):
     store = ReviewStore(tmp_path / "reviews.sqlite")
+    key = dataset_key(tiny_run)
     for item in range(60):
-        store.add(item, "ann", object_present=item % 2 == 0, unsafe=item == 4)
+        store.add(key, item, "ann", object_present=item % 2 == 0, unsafe=item == 4)
+        store.add("other-dataset", item, "bob", object_present=False, unsafe=True)  # must not count here
     report = split(tiny_run, tmp_path / "splits", reviews=tmp_path / "reviews.sqlite", fraction=0.5)
     val = load_dataset(str(tmp_path / "splits"), split="validation")["item_id"]
     bench = load_dataset(str(tmp_path / "splits"), split="benchmark")["item_id"]
     assert sorted(bench) == sorted(i for i in val if i % 2 == 0 and i != 4)
-    assert report["basis"] == "human review (unanimous)"
+    assert report["basis"] == f"human review (unanimous, dataset key {key})"
     assert report["removed"].get("object missing", 0) == sum(1 for i in val if i % 2)
 
 

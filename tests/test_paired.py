@@ -297,6 +297,7 @@ def test_counterfactual_plot_and_benchmark_tab(paired_results):
     from PIL import Image
 
     import app
+    from d3s.hosting import Catalog
     from d3s.plots import COUNTERFACTUAL_TITLE
 
     out, _, _ = paired_results
@@ -306,7 +307,8 @@ def test_counterfactual_plot_and_benchmark_tab(paired_results):
     assert plots["titles"]["counterfactual"] == COUNTERFACTUAL_TITLE
     snow = next(r for r in plots["flip_rates"] if r["background"] == "in snow")
     assert snow["flip_rate"] == pytest.approx(0.5)
-    *_, table, _, flip_plot = app.load_benchmark(str(out))
+    load_benchmark, _, _ = app.make_benchmark_fns(app.Settings(catalog=Catalog.from_entries([], [str(out)])))
+    *_, table, _, flip_plot = load_benchmark(out.name)
     assert table["consistency"].tolist() == [50.0] and table["all_backgrounds_top1"].tolist() == [33.33]
     assert isinstance(flip_plot, gr.BarPlot) and flip_plot.visible
     data = [dict(zip(flip_plot.value["columns"], r)) for r in flip_plot.value["data"]]
@@ -333,7 +335,7 @@ def test_generate_all_api_streams_progress_and_captions_every_background(app_ser
     progress = [u.progress_data[0] for u in updates if getattr(u, "progress_data", None)]
     denoise = [p for p in progress if p.desc == "denoising on 10 backgrounds"]
     assert denoise and all(p.length == 3 for p in denoise)  # 4 steps x 0.9 on the tiny preset
-    with pytest.raises(Exception, match="Unknown ImageNet class 'tabbby'"):
+    with pytest.raises(Exception, match="Unknown foreground class"):
         client.predict("tabbby", 0, None, 0, 0, api_name="/generate_all")
 
 
