@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import dataclasses
 import os
 import shutil
 import socket
@@ -249,7 +250,8 @@ def build_app(models: Models, settings: Settings | None = None) -> gr.Blocks:
             flip_plot = gr.BarPlot(label="Same object, other background: flip rate per background", visible=False,
                                    elem_id="benchmark-flips")
             with gr.Row():
-                model_pick = gr.Dropdown([], label="Model: its worst (class, background) cells", elem_id="benchmark-model", scale=3)
+                model_pick = gr.Dropdown([], label="Model: its worst (class, background) cells", allow_custom_value=True,
+                                         elem_id="benchmark-model", scale=3)
                 cells_btn = gr.Button("Show worst cells", elem_id="benchmark-cells-button", scale=1)
             cells_note = gr.Markdown(elem_id="benchmark-cells-note")
             with gr.Row():
@@ -319,7 +321,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="sign-in for the whole app (Gradio's login), one name:password per line; answers are recorded "
                              "under the signed-in name. On a Space with `hf_oauth: true`, Hugging Face sign-in is used instead")
     parser.add_argument("--max-steps", type=int, default=50, help="most denoising steps a request may ask for")
-    parser.add_argument("--max-size", type=int, default=512, help="largest image side (px) a request may ask for")
+    parser.add_argument("--max-size", type=int, default=None,
+                        help="largest image side (px) a request may ask for (default: 512; 256 on the tiny preset, whose "
+                             "two-block VAE makes large sides far costlier than Stable Diffusion's)")
     parser.add_argument("--time-limit", type=float, default=120.0,
                         help="seconds of denoising per request; a longer one is stopped and refused")
     parser.add_argument("--safety-checker", choices=("auto", "on", "off"), default="auto",
@@ -340,7 +344,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     light = 4 if public else 10**9  # public: a few requests in flight per session and address; locally, no limit
     settings = Settings(
         catalog=catalog, reviews=args.reviews, reviewers=Reviewers(reviewers_mode(public, bool(args.review_auth), oauth)),
-        limits=Limits(max_steps=args.max_steps, max_size=args.max_size, time_limit=args.time_limit), public=public,
+        limits=Limits(max_steps=args.max_steps, max_size=args.max_size or 512, time_limit=args.time_limit), public=public,
         behind_proxy=bool(os.environ.get("SPACE_ID")),
         admission=Admission(per_session={"diffusion": 1, "light": light}, per_client={"diffusion": 3, "light": 2 * light}),
         safety_off=args.safety_checker == "off")
@@ -355,6 +359,8 @@ def main(argv=None) -> None:
     atexit.register(shutil.rmtree, settings.cache_dir, True)
     safety = args.safety_checker == "on" or (args.safety_checker == "auto" and settings.public)
     models = load_models(args.model, args.extractor, args.classifier, args.extractor_backbone, safety_checker=safety)
+    if models.tiny and args.max_size is None:
+        settings.limits = dataclasses.replace(settings.limits, max_size=256)
     print(models.banner.replace("**", ""))
     print(f"Listening on {args.host}:{args.port} ({'public' if settings.public else 'this machine only'}); "
           f"{len(settings.catalog.datasets)} dataset(s), {len(settings.catalog.results)} results folder(s); "
