@@ -228,12 +228,13 @@ def worst_cell_samples(out: str | Path, name: str, cells: int = 8, decode: Calla
     Returns ``{"cells": [cell dicts], "gallery": [(PIL image, caption)], "note": str}``; the note says
     why there are no images (the data moved or changed, or the result predates sample rows). ``decode`` turns
     a stored image (bytes or path) into a PIL image, ``may_open(source)`` says whether the recorded data may be
-    read at all (the app: local folders only, images from their bytes only). Notes are fixed sentences.
-    Raises ``FileNotFoundError`` for a model without a result in ``out``.
+    read at all (the app: local folders only, images from their bytes only). Notes are fixed sentences (the app shows
+    them). Raises ``FileNotFoundError`` for a model without a result in ``out``, naming the models there.
     """
     result = load_result(out, name)
     if result is None:
-        raise FileNotFoundError(f"No result for model {name!r} in this results folder.")
+        have = sorted(json.loads(p.read_text()).get("model", p.stem) for p in (Path(out) / MODELS_DIR).glob("*.json"))
+        raise FileNotFoundError(f"No result for model {name!r} in {out}; results there: {', '.join(have) or 'none'}.")
     d = result["d3s"]
     if "worst_cells" not in d:  # a result from before sample rows were recorded: ranks only
         return {"cells": worst_first(d["per_cell"])[:cells], "gallery": [], "note": "This result has no sample rows; rerun the model to record them."}
