@@ -77,8 +77,7 @@ def load_models(model: str = DEFAULT_MODEL, extractor: str | None = None, classi
                           f"Running on `{shown_name(model)}`.{extra}", predictors)
         except Exception as err:  # offline, missing folder, no safetensors: fall back, and say why
             print(f"[d3s app] {model} could not be loaded: {type(err).__name__}: {err}", flush=True)
-            reason = (f"Real weights `{shown_name(model)}` could not be loaded: they are neither in the local Hugging Face cache nor "
-                      "reachable on the Hub (the app's log says why).")
+            reason = f"Real weights `{shown_name(model)}` could not be loaded here (the app's log says why)."
             return Models(load_pipeline(TINY, safety_checker=safety_checker), TINY, True,
                           TINY_BANNER.format(reason=reason) + extra, predictors)
     return Models(load_pipeline(TINY, safety_checker=safety_checker), TINY, True,
@@ -102,7 +101,7 @@ def parse_class_choice(text: str) -> str:
 def foreground_key(choice: str | None, settings: Settings) -> str:
     """The class a request names: on a public bind one of the 1000 listed ImageNet classes, else any class or
     ``wordnet:`` noun the labels module resolves."""
-    from d3s.labels import resolve_concept
+    from .labels import resolve_concept
 
     choice = (choice or "").strip()
     if not choice:
@@ -277,8 +276,8 @@ def make_across_fn(models: Models, settings: Settings | None = None):
         import pandas as pd
         from PIL import Image
 
-        from d3s.counterfactual import flips, majority_answer
-        from d3s.labels import resolve_concept
+        from .counterfactual import flips, majority_answer
+        from .labels import resolve_concept
 
         check(dict(foreground=foreground, seed=seed, size=size, steps=steps))
         _require_safety(models, settings)
@@ -369,7 +368,7 @@ def example_photos(folder: Path, n: int = 3) -> list[str]:
     """A few example pictures to click: drawn backgrounds with a coloured object pasted on them."""
     from PIL import Image
 
-    from d3s.guides import compose, draw_procedural_template
+    from .guides import compose, draw_procedural_template
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -504,9 +503,9 @@ def _image_file(settings: Settings, label: str, relative: str):
 
 def make_benchmark_fns(settings: Settings):
     """(load_benchmark, load_bgchallenge, show_worst_cells) over the catalogued results folders."""
-    from d3s.benchmark import worst_cell_samples
-    from d3s.bgchallenge import PLOT, SUBDIR, TITLES, VARIATIONS, read_summary
-    from d3s.plots import FILES, interactive_tables
+    from .benchmark import worst_cell_samples
+    from .bgchallenge import PLOT, SUBDIR, TITLES, VARIATIONS, read_summary
+    from .plots import FILES, interactive_tables
 
     @served(settings, "light")
     def load_benchmark(results: str, request: gr.Request = None):
