@@ -26,17 +26,14 @@ inference in :mod:`d3s.inference`; this module plans, scores, writes the results
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import os
-import re
 import tempfile
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 
@@ -44,8 +41,9 @@ from . import __version__
 from .classifiers import ClassifierSpec, parse_model_list, resolve_classifiers
 from .counterfactual import counterfactual_scores
 from .dataset import DatasetFormatError, find_splits
+from .results import (MODELS_DIR, collect_results, csv_text, load_result, model_slug, result_paths,  # noqa: F401
+                      write_atomic)
 
-MODELS_DIR = "models"
 SUMMARY_JSON = "summary.json"
 SUMMARY_CSV = "summary.csv"
 PER_BACKGROUND_CSV = "per_background.csv"
@@ -146,53 +144,7 @@ def worst_cells_with_samples(cells: list[dict], top5: np.ndarray, fg: np.ndarray
     return out
 
 
-# --- results on disk -------------------------------------------------------------------------------
-
-_SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
-
-
-def model_slug(name: str) -> str:
-    """A file stem for a model name, different for every name.
-
-    Names made only of ``A-Z a-z 0-9 . _ -`` are their own stem (``resnet50.tv_in1k``); any other name gets
-    its unsafe characters replaced by ``_`` and a digest of the full name after a ``+`` (which no kept name
-    has), so ``clip:ViT-B-32/openai`` and ``hf-hub:org/name`` each get their own files. The name itself is
-    stored in the result (``model``), so it round-trips unchanged.
-    """
-    if _SAFE_NAME.fullmatch(name) and not name.startswith("."):
-        return name
-    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:120]
-    return f"{readable}+{hashlib.sha1(name.encode()).hexdigest()[:10]}"
-
-
-def result_paths(out: str | Path, name: str) -> tuple[Path, Path]:
-    """``models/<slug>.json`` and ``models/<slug>.csv`` (suffixes appended: a ``.tag`` is part of the stem)."""
-    base = Path(out) / MODELS_DIR / model_slug(name)
-    return base.with_name(base.name + ".json"), base.with_name(base.name + ".csv")
-
-
-def _legacy_result_path(out: str | Path, name: str) -> Path:
-    """Where results were written before every name had its own file (``with_suffix`` took the ``.tag``)."""
-    return (Path(out) / MODELS_DIR / re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")).with_suffix(".json")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _csv(rows: list[dict], columns: Sequence[str]) -> str:
-    import csv
-
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()})
-    return buf.getvalue()
-
+# --- results on disk (paths, slugs and atomic writes: d3s/results.py) ---------------------------------
 
 CELL_COLUMNS = ("fg", "fg_name", "bg", "bg_name", "n", "correct_top1", "correct_top5", "top1", "top5")
 SUMMARY_COLUMNS = ("model", "family", "extra_data", "d3s_top1", "d3s_top5", "imagenet_top1", "imagenet_top5",
@@ -204,21 +156,9 @@ FLIP_RATES_CSV = "flip_rates.csv"
 def write_result(out: str | Path, result: dict) -> tuple[Path, Path]:
     """``models/<slug>.json`` (everything) and ``models/<slug>.csv`` (the per-cell table)."""
     jpath, cpath = result_paths(out, result["model"])
-    _write_atomic(cpath, _csv(result["d3s"]["per_cell"], CELL_COLUMNS))
-    _write_atomic(jpath, json.dumps(result, indent=1))  # last: its presence marks the model done
+    write_atomic(cpath, csv_text(result["d3s"]["per_cell"], CELL_COLUMNS))
+    write_atomic(jpath, json.dumps(result, indent=1))  # last: its presence marks the model done
     return jpath, cpath
-
-
-def load_result(out: str | Path, name: str) -> dict | None:
-    """The stored result of model ``name`` (also from a file written by an older d3s, if it is this model's)."""
-    for path in (result_paths(out, name)[0], _legacy_result_path(out, name)):
-        try:
-            result = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if result.get("model") == name:
-            return result
-    return None
 
 
 def worst_cell_samples(out: str | Path, name: str, cells: int = 8, decode: Callable = open_image,
@@ -285,23 +225,6 @@ def counterfactual_summary(cf: dict | None) -> dict:
             "flip_rate": {k: v["flip_rate"] for k, v in cf["per_background"].items()}}
 
 
-def collect_results(out: str | Path, data: dict) -> list[dict]:
-    """Every stored result in ``out`` for this data (models from earlier runs included), one per model.
-
-    A model found in two files (an older d3s's file and its own) counts once, from its own file.
-    """
-    results: dict[str, dict] = {}
-    for p in sorted((Path(out) / MODELS_DIR).glob("*.json")):
-        try:
-            r = json.loads(p.read_text())
-        except (OSError, ValueError):
-            continue
-        name = r.get("model")
-        if r.get("data") == data and (name not in results or p == result_paths(out, name)[0]):
-            results[name] = r
-    return [results[k] for k in sorted(results)]
-
-
 def benchmark_check(data: str | Path, split: str) -> dict:
     """How the scored images were checked: ``basis`` and ``filter_model`` (the zero-shot model whose ranks
     removed images, or None), from the ``split_report.json`` that ``d3s split`` leaves beside the data.
@@ -338,13 +261,13 @@ def write_summary(out: str | Path, data: dict, failed: list[dict], bg_names: lis
     summary = {"d3s_version": __version__, "data": data, "check": check, "models": rows, "failed": failed, "backgrounds": bg_names,
                "per_in9_background": {r["model"]: r["d3s"]["per_in9_background"] for r in results}}
     paired = [r for r in rows if "consistency" in r]
-    _write_atomic(Path(out) / SUMMARY_JSON, json.dumps(summary, indent=1))
-    _write_atomic(Path(out) / SUMMARY_CSV, _csv(rows, SUMMARY_COLUMNS + (COUNTERFACTUAL_COLUMNS if paired else ())))
+    write_atomic(Path(out) / SUMMARY_JSON, json.dumps(summary, indent=1))
+    write_atomic(Path(out) / SUMMARY_CSV, csv_text(rows, SUMMARY_COLUMNS + (COUNTERFACTUAL_COLUMNS if paired else ())))
     bg_rows = [{"model": r["model"], **r["per_background"]} for r in rows]
-    _write_atomic(Path(out) / PER_BACKGROUND_CSV, _csv(bg_rows, ["model", *bg_names]))
+    write_atomic(Path(out) / PER_BACKGROUND_CSV, csv_text(bg_rows, ["model", *bg_names]))
     if paired:
         flip_rows = [{"model": r["model"], **r["flip_rate"]} for r in paired]
-        _write_atomic(Path(out) / FLIP_RATES_CSV, _csv(flip_rows, ["model", *bg_names]))
+        write_atomic(Path(out) / FLIP_RATES_CSV, csv_text(flip_rows, ["model", *bg_names]))
     return summary
 
 

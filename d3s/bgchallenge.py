@@ -40,11 +40,11 @@ from typing import Callable
 import numpy as np
 
 from . import __version__
-from .benchmark import (ImageSet, ModelRun, _csv, _write_atomic, check_config, collect_results, decode, on_device,
-                        predict_top5, resolve_device, result_paths, run_models)
+from .benchmark import ImageSet, ModelRun, check_config, decode, on_device, predict_top5, resolve_device, run_models
 from .classifiers import D3S_PREFIX, ClassifierSpec, parse_model_list, resolve_classifiers
 from .guides import IMAGE_EXTENSIONS
 from .labels import IN9_CLASSES, imagenet_to_in9
+from .results import collect_results, csv_text, result_paths, write_atomic
 
 VARIATIONS = ("original", "only_fg", "no_fg", "only_bg_b", "only_bg_t", "mixed_same", "mixed_rand", "mixed_next")
 TITLES = {"original": "Original", "only_fg": "Only-FG", "no_fg": "No-FG", "only_bg_b": "Only-BG-B", "only_bg_t": "Only-BG-T",
@@ -332,7 +332,7 @@ def evaluate_model(spec: ClassifierSpec, shared_arrays: Callable[[], dict], ch: 
 
 def write_result(out: Path, result: dict) -> Path:
     path = result_paths(out, result["model"])[0]
-    _write_atomic(path, json.dumps(result, indent=1))
+    write_atomic(path, json.dumps(result, indent=1))
     return path
 
 
@@ -368,9 +368,9 @@ def markdown_table(rows: list[dict]) -> str:
 def write_summary(out: Path, data: dict, failed: list[dict]) -> dict:
     rows = [summary_row(r) for r in collect_results(out, data)]
     summary = {"d3s_version": __version__, "data": data, "models": rows, "failed": failed}
-    _write_atomic(out / SUMMARY_JSON, json.dumps(summary, indent=1))
-    _write_atomic(out / TABLE_CSV, _csv(rows, COLUMNS))
-    _write_atomic(out / TABLE_MD, markdown_table(rows) + "\n")
+    write_atomic(out / SUMMARY_JSON, json.dumps(summary, indent=1))
+    write_atomic(out / TABLE_CSV, csv_text(rows, COLUMNS))
+    write_atomic(out / TABLE_MD, markdown_table(rows) + "\n")
     return summary
 
 
@@ -421,6 +421,6 @@ def run_bgchallenge(c: BgChallengeConfig, specs: list[ClassifierSpec] | None = N
     if c.plots and summary["models"]:
         from .plots import bgchallenge_bars
 
-        summary["plot"] = bgchallenge_bars(summary["models"], out / PLOT)
+        summary["plot"] = bgchallenge_bars(summary["models"], out / PLOT, {c: TITLES[c] for c in (*VARIATIONS, "adversarial")})
     summary.update(evaluated=evaluated, skipped=skipped, out=str(out))
     return summary

@@ -192,11 +192,10 @@ def counterfactual_plot(rows: list[dict], backgrounds: list[str], path: str | Pa
             "flip_rates": _values(grid)}
 
 
-def bgchallenge_bars(rows: list[dict], path: str | Path) -> dict:
-    """Grouped bars: for each variation (and the adversarial backgrounds) one bar per model, IN-9 accuracy (%)."""
-    from .bgchallenge import TITLES, VARIATIONS
-
-    columns = [*VARIATIONS, "adversarial"]
+def bgchallenge_bars(rows: list[dict], path: str | Path, titles: dict[str, str]) -> dict:
+    """Grouped bars: for each column of ``titles`` (key: the rows' field, value: its axis label; the challenge's
+    variations and the adversarial backgrounds) one bar per model, IN-9 accuracy (%)."""
+    columns = list(titles)
     width = 0.8 / max(1, len(rows))
     fig = _figure(max(7.0, 1.0 * len(columns) + 0.2 * len(rows) * len(columns)), 4.5)
     ax = fig.add_subplot()
@@ -205,7 +204,7 @@ def bgchallenge_bars(rows: list[dict], path: str | Path) -> dict:
         xs = [i + (j - (len(rows) - 1) / 2) * width for i in range(len(columns))]
         ax.bar(xs, [np.nan if v is None else v for v in vals], width, color=f"C{j % 10}", edgecolor="black", linewidth=0.5,
                label=r["model"])
-    ax.set_xticks(range(len(columns)), [TITLES[c] for c in columns], rotation=30, ha="right", fontsize=8)
+    ax.set_xticks(range(len(columns)), [titles[c] for c in columns], rotation=30, ha="right", fontsize=8)
     ax.set_ylim(0, 100)
     ax.set_ylabel("IN-9 accuracy (%)")
     ax.set_title(BGCHALLENGE_TITLE)
