@@ -52,7 +52,7 @@ PER_BACKGROUND_CSV = "per_background.csv"
 # the stages this module runs, importable from here as before
 from .imagesets import (BENCHMARK_SPLIT, BenchmarkError, ImageSet, decode, eval_transform, open_d3s,  # noqa: F401
                         open_image, open_reference)
-from .inference import on_device, predict_top5, resolve_device, run_batches  # noqa: F401
+from .inference import PrecisionError, autocast_dtype, on_device, predict_top5, resolve_device, run_batches  # noqa: F401
 
 
 # --- 4b. scores and breakdowns ---------------------------------------------------------------------
@@ -148,7 +148,7 @@ def worst_cells_with_samples(cells: list[dict], top5: np.ndarray, fg: np.ndarray
 
 CELL_COLUMNS = ("fg", "fg_name", "bg", "bg_name", "n", "correct_top1", "correct_top5", "top1", "top5")
 SUMMARY_COLUMNS = ("model", "family", "extra_data", "d3s_top1", "d3s_top5", "imagenet_top1", "imagenet_top5",
-                   "drop_top1", "drop_top5", "worst_background", "d3s_n", "imagenet_n", "filtered_by")
+                   "drop_top1", "drop_top5", "worst_background", "d3s_n", "imagenet_n", "filtered_by", "precision")
 COUNTERFACTUAL_COLUMNS = ("consistency", "all_backgrounds_top1", "most_flips_background", "groups")
 FLIP_RATES_CSV = "flip_rates.csv"
 
@@ -202,8 +202,10 @@ def worst_cell_samples(out: str | Path, name: str, cells: int = 8, decode: Calla
     return {"cells": chosen, "gallery": gallery, "note": ""}
 
 
-def result_matches(result: dict | None, spec: ClassifierSpec, data: dict) -> bool:
-    return bool(result) and result.get("data") == data and result.get("identity") == spec.identity()
+def result_matches(result: dict | None, spec: ClassifierSpec, data: dict, precision: str) -> bool:
+    """Whether a stored result can be reused: same data, same model identity, same precision."""
+    return (bool(result) and result.get("data") == data and result.get("identity") == spec.identity()
+            and result.get("precision") == precision)
 
 
 def summary_row(result: dict) -> dict:
@@ -212,6 +214,7 @@ def summary_row(result: dict) -> dict:
             "kind": result["kind"], "d3s_top1": d["top1"], "d3s_top5": d["top5"], "imagenet_top1": im.get("top1"),
             "imagenet_top5": im.get("top5"), "drop_top1": result.get("drop_top1"), "drop_top5": result.get("drop_top5"),
             "worst_background": d["worst_background"], "d3s_n": d["n"], "imagenet_n": im.get("n"),
+            "precision": result.get("precision", "unrecorded"),
             "per_background": {k: v["top1"] for k, v in d["per_background"].items()},
             **counterfactual_summary(d.get("counterfactual"))}
 
@@ -259,7 +262,8 @@ def write_summary(out: str | Path, data: dict, failed: list[dict], bg_names: lis
     for row in rows:
         row["filtered_by"] = filtered_by(row["model"], row["kind"], check)
     summary = {"d3s_version": __version__, "data": data, "check": check, "models": rows, "failed": failed, "backgrounds": bg_names,
-               "per_in9_background": {r["model"]: r["d3s"]["per_in9_background"] for r in results}}
+               "per_in9_background": {r["model"]: r["d3s"]["per_in9_background"] for r in results},
+               "precision_note": precision_note(rows)}
     paired = [r for r in rows if "consistency" in r]
     write_atomic(Path(out) / SUMMARY_JSON, json.dumps(summary, indent=1))
     write_atomic(Path(out) / SUMMARY_CSV, csv_text(rows, SUMMARY_COLUMNS + (COUNTERFACTUAL_COLUMNS if paired else ())))
@@ -269,6 +273,17 @@ def write_summary(out: str | Path, data: dict, failed: list[dict], bg_names: lis
         flip_rows = [{"model": r["model"], **r["flip_rate"]} for r in paired]
         write_atomic(Path(out) / FLIP_RATES_CSV, csv_text(flip_rows, ["model", *bg_names]))
     return summary
+
+
+def precision_note(rows: list[dict]) -> str | None:
+    """A sentence when a table's models were scored at different precisions (None when they agree)."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["precision"]] = counts.get(r["precision"], 0) + 1
+    if len(counts) < 2:
+        return None
+    return ("this table mixes precisions (" + ", ".join(f"{p}: {n} model(s)" for p, n in sorted(counts.items()))
+            + "); rerun with one --precision to compare like with like")
 
 
 # --- the run ---------------------------------------------------------------------------------------
@@ -286,6 +301,9 @@ class ModelRun:
         cache_dir (`str`, *optional*): where decoded arrays are memory-mapped (a temporary folder, removed after).
         plots (`bool`, defaults to `True`): draw the plots after the run.
         progress (`bool`, defaults to `True`): progress bars.
+        precision (`str`, defaults to ``"fp32"``): ``fp32`` (no autocast on any device: timm's ``validate.py`` and the
+            Backgrounds Challenge score so), ``bf16`` or ``fp16`` (autocast). Recorded in every result; a stored
+            result made at another precision is not reused.
     """
 
     pretrained: bool = True
@@ -297,6 +315,7 @@ class ModelRun:
     cache_dir: str | None = None
     plots: bool = True
     progress: bool = True
+    precision: str = "fp32"
 
 
 @dataclass
@@ -321,6 +340,10 @@ class BenchmarkConfig(ModelRun):
 
 
 def check_config(c: ModelRun) -> None:
+    try:
+        autocast_dtype(c.precision)
+    except PrecisionError as err:
+        raise BenchmarkError(str(err)) from None
     if c.batch_size < 1:
         raise BenchmarkError(f"--batch-size must be at least 1, got {c.batch_size}.")
     if c.workers < 0:
@@ -385,10 +408,12 @@ def run_benchmark(c: BenchmarkConfig, specs: list[ClassifierSpec] | None = None,
     device = resolve_device(c.device)
     evaluated, skipped, failed = run_models(
         specs, out, data, decode_group, lambda spec, arrays: evaluate_model(spec, arrays, d3s, ref, data, c, device),
-        write_result, describe, device, log, c.cache_dir)
+        write_result, describe, device, log, c.cache_dir, c.precision)
 
     # 5. summary and plots over everything in the folder for this data
     summary = write_summary(out, data, failed, d3s.bg_names, check)
+    if summary["precision_note"]:
+        log(f"note: {summary['precision_note']}")
     if c.plots and summary["models"]:
         from .plots import draw_all
 
@@ -400,10 +425,10 @@ def run_benchmark(c: BenchmarkConfig, specs: list[ClassifierSpec] | None = None,
 def run_models(specs: list[ClassifierSpec], out: str | Path, data: dict, decode_group: Callable[[dict, Path], dict],
                evaluate: Callable[[ClassifierSpec, Callable[[], dict]], dict], write: Callable[[Path, dict], object],
                describe: Callable[[dict], str], device, log: Callable[[str], None] = print,
-               cache_dir: str | None = None) -> tuple[list[str], list[str], list[dict]]:
+               cache_dir: str | None = None, precision: str = "fp32") -> tuple[list[str], list[str], list[dict]]:
     """Steps 2-4 of a run, shared with :mod:`d3s.bgchallenge`.
 
-    Models whose stored result matches ``data`` (and their own identity) are skipped; the rest are
+    Models whose stored result matches ``data`` (and their own identity and ``precision``) are skipped; the rest are
     grouped by preprocessing setting. Per group, ``decode_group(data_config, tmp_folder)`` decodes the
     images once, on the first model's demand (a group whose models all fail to build decodes nothing),
     and ``evaluate(spec, shared_arrays)`` runs each model; its result is written with ``write(out, result)``
@@ -412,7 +437,7 @@ def run_models(specs: list[ClassifierSpec], out: str | Path, data: dict, decode_
     Returns ``(evaluated, skipped, failed)``: model names, model names, ``{"model", "error"}`` dicts.
     """
     out = Path(out)
-    todo = [s for s in specs if not result_matches(load_result(out, s.name), s, data)]
+    todo = [s for s in specs if not result_matches(load_result(out, s.name), s, data, precision)]
     skipped = [s.name for s in specs if s not in todo]
     if skipped:
         log(f"already evaluated (results reused): {', '.join(skipped)}")
@@ -467,14 +492,15 @@ def evaluate_model(spec: ClassifierSpec, shared_arrays: Callable[[], dict], d3s:
     t0 = time.perf_counter()
     clf = spec.build(str(device))  # first: a model that cannot be built costs no decoding
     arrays = shared_arrays()
-    top5 = predict_top5(clf.model, spec.data_config, arrays["d3s"], c.batch_size, device, f"{spec.name} on D3S", c.progress)
+    top5 = predict_top5(clf.model, spec.data_config, arrays["d3s"], c.batch_size, device, f"{spec.name} on D3S", c.progress,
+                        c.precision)
     result_d3s = {**scores(top5, d3s.fg), **breakdowns(top5, d3s)}
     if d3s.group is not None:
         result_d3s["counterfactual"] = counterfactual_scores(top5[:, 0], d3s.fg, d3s.bg, d3s.group, d3s.bg_names)
     result_ref = None
     if ref is not None:
         ref_top5 = predict_top5(clf.model, spec.data_config, arrays["imagenet"], c.batch_size, device,
-                                f"{spec.name} on ImageNet", c.progress)
+                                f"{spec.name} on ImageNet", c.progress, c.precision)
         result_ref = scores(ref_top5, ref.fg)
     del clf
     return {
@@ -483,5 +509,6 @@ def evaluate_model(spec: ClassifierSpec, shared_arrays: Callable[[], dict], d3s:
         "d3s": result_d3s, "imagenet": result_ref,
         "drop_top1": None if result_ref is None else result_ref["top1"] - result_d3s["top1"],
         "drop_top5": None if result_ref is None else result_ref["top5"] - result_d3s["top5"],
-        "seconds": round(time.perf_counter() - t0, 3), "device": str(device), "d3s_version": __version__,
+        "seconds": round(time.perf_counter() - t0, 3), "device": str(device), "precision": c.precision,
+        "d3s_version": __version__,
     }

@@ -40,7 +40,8 @@ from typing import Callable
 import numpy as np
 
 from . import __version__
-from .benchmark import ImageSet, ModelRun, check_config, decode, on_device, predict_top5, resolve_device, run_models
+from .benchmark import (ImageSet, ModelRun, check_config, decode, on_device, precision_note, predict_top5, resolve_device,
+                        run_models)
 from .classifiers import D3S_PREFIX, ClassifierSpec, parse_model_list, resolve_classifiers
 from .guides import IMAGE_EXTENSIONS
 from .labels import IN9_CLASSES, imagenet_to_in9
@@ -55,7 +56,7 @@ CANDIDATES = "only_bg_t"  # the challenge's candidate backgrounds
 CLASS_FOLDERS = tuple(f"{k:02d}_{name}" for k, name in enumerate(IN9_CLASSES))
 SUBDIR = "bgchallenge"  # inside --out, beside `d3s benchmark`'s results
 SUMMARY_JSON, TABLE_CSV, TABLE_MD, PLOT = "summary.json", "table.csv", "table.md", "accuracy.png"
-COLUMNS = ("model", "family", "kind", *VARIATIONS, "bg_gap", "adversarial", "adversarial_n")
+COLUMNS = ("model", "family", "kind", *VARIATIONS, "bg_gap", "adversarial", "adversarial_n", "precision")
 DEFAULT_MODELS = "resnet50.tv_in1k"  # the paper's and the challenge's baseline: PyTorch's ResNet-50 weights
 
 
@@ -307,12 +308,13 @@ def evaluate_model(spec: ClassifierSpec, shared_arrays: Callable[[], dict], ch: 
     table = in9_of_imagenet()
     variations = {}
     for v, images in ch.variations.items():
-        top5 = predict_top5(clf.model, spec.data_config, arrays[v], c.batch_size, device, f"{spec.name} on {v}", c.progress)
+        top5 = predict_top5(clf.model, spec.data_config, arrays[v], c.batch_size, device, f"{spec.name} on {v}", c.progress,
+                            c.precision)
         variations[v] = in9_accuracy(table[top5[:, 0]], images.fg)
     adversarial = None
     if ch.masks is not None:
         rows, labels = ch.mask_rows, ch.masks.fg
-        found = adversarial_search(on_device(clf.model, spec.data_config, device), arrays["original"][rows],
+        found = adversarial_search(on_device(clf.model, spec.data_config, device, c.precision), arrays["original"][rows],
                                    arrays[MASKS][:, :1], labels, arrays[CANDIDATES], c.batch_size, device, c.progress,
                                    f"{spec.name}: adversarial backgrounds")
         safe = found["fooled_by"] < 0
@@ -327,7 +329,8 @@ def evaluate_model(spec: ClassifierSpec, shared_arrays: Callable[[], dict], ch: 
     return {"model": spec.name, "kind": spec.kind, "family": spec.family, "extra_data": spec.extra_data,
             "identity": spec.identity(), "data": data, "variations": variations,
             "bg_gap": variations["mixed_same"]["top1"] - variations["mixed_rand"]["top1"], "adversarial": adversarial,
-            "seconds": round(time.perf_counter() - t0, 3), "device": str(device), "d3s_version": __version__}
+            "seconds": round(time.perf_counter() - t0, 3), "device": str(device), "precision": c.precision,
+            "d3s_version": __version__}
 
 
 def write_result(out: Path, result: dict) -> Path:
@@ -349,25 +352,29 @@ def summary_row(result: dict) -> dict:
     adv = result["adversarial"]
     return {"model": result["model"], "family": result["family"], "kind": result["kind"],
             **{v: result["variations"][v]["top1"] for v in VARIATIONS}, "bg_gap": result["bg_gap"],
-            "adversarial": adv["accuracy"] if adv else None, "adversarial_n": adv["n"] if adv else None}
+            "adversarial": adv["accuracy"] if adv else None, "adversarial_n": adv["n"] if adv else None,
+            "precision": result.get("precision", "unrecorded")}
 
 
 def markdown_table(rows: list[dict]) -> str:
     cols = [*VARIATIONS, "bg_gap", "adversarial"]
-    lines = ["| Model | " + " | ".join(TITLES[c] for c in cols) + " |", "|---|" + "---:|" * len(cols)]
+    lines = ["| Model | " + " | ".join(TITLES[c] for c in cols) + " | Precision |", "|---|" + "---:|" * len(cols) + "---|"]
     for r in rows:
         cells = ["-" if r[c] is None else f"{100 * r[c]:.1f}" for c in cols]
-        lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r['model']} | " + " | ".join(cells) + f" | {r['precision']} |")
     n = {r["adversarial_n"] for r in rows if r["adversarial_n"] is not None}
     lines += ["", "IN-9 accuracy (%) per variation: the model's top-1 ImageNet class mapped to its IN-9 class (a class "
                   "outside IN-9 is wrong). BG-Gap: Mixed-Same - Mixed-Rand (points). Adversarial: foregrounds that no "
                   f"{CANDIDATES} background fools (of {', '.join(map(str, sorted(n))) or 'no'} foregrounds)."]
+    note = precision_note(rows)
+    if note:
+        lines += ["", f"Note: {note}."]
     return "\n".join(lines)
 
 
 def write_summary(out: Path, data: dict, failed: list[dict]) -> dict:
     rows = [summary_row(r) for r in collect_results(out, data)]
-    summary = {"d3s_version": __version__, "data": data, "models": rows, "failed": failed}
+    summary = {"d3s_version": __version__, "data": data, "models": rows, "failed": failed, "precision_note": precision_note(rows)}
     write_atomic(out / SUMMARY_JSON, json.dumps(summary, indent=1))
     write_atomic(out / TABLE_CSV, csv_text(rows, COLUMNS))
     write_atomic(out / TABLE_MD, markdown_table(rows) + "\n")
@@ -414,10 +421,12 @@ def run_bgchallenge(c: BgChallengeConfig, specs: list[ClassifierSpec] | None = N
 
     evaluated, skipped, failed = run_models(
         specs, out, data, decode_group, lambda spec, arrays: evaluate_model(spec, arrays, ch, data, c, device),
-        write_result, describe, device, log, c.cache_dir)
+        write_result, describe, device, log, c.cache_dir, c.precision)
 
     # 4. table and plot over every result in the folder for this data
     summary = write_summary(out, data, failed)
+    if summary["precision_note"]:
+        log(f"note: {summary['precision_note']}")
     if c.plots and summary["models"]:
         from .plots import bgchallenge_bars
 

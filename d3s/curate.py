@@ -106,13 +106,15 @@ def _features_with_scores(old_schema: pa.Schema, table: pa.Table):
 ZeroShot = Callable[[Sequence[Image.Image]], np.ndarray]  # images -> (N, num_fg_classes) scores
 
 
-def zero_shot_scorer(name: str, pretrained: bool = True, device: str | None = None) -> ZeroShot:
+def zero_shot_scorer(name: str, pretrained: bool = True, device: str | None = None, precision: str = "fp32") -> ZeroShot:
     """The foreground check's classifier: any name of the benchmark's registry (``clip:ViT-B-32/openai``,
-    ``clip:tiny``, or a timm ImageNet model), with its own preprocessing; returns images -> 1000 logits."""
+    ``clip:tiny``, or a timm ImageNet model), with its own preprocessing; returns images -> 1000 logits.
+    ``precision``: ``fp32`` (default, no autocast), ``bf16`` or ``fp16`` (autocast); recorded by :func:`score`."""
     import torch
     from timm.data import create_transform
 
     from .classifiers import resolve_classifier
+    from .inference import autocast_dtype
 
     spec = resolve_classifier(name, pretrained=pretrained)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -120,12 +122,16 @@ def zero_shot_scorer(name: str, pretrained: bool = True, device: str | None = No
     keys = ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std")
     transform = create_transform(**{k: spec.data_config[k] for k in keys if k in spec.data_config})
 
+    amp_dtype = autocast_dtype(precision)
+
     @torch.inference_mode()
     def scores(images: Sequence[Image.Image]) -> np.ndarray:
         batch = torch.stack([transform(im) for im in images]).to(device)
-        return model(batch).float().cpu().numpy()
+        with torch.autocast(torch.device(device).type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            return model(batch).float().cpu().numpy()
 
     scores.model_name = spec.name  # recorded by `score`, so the benchmark can say which model filtered it
+    scores.precision = precision
     return scores
 
 
@@ -166,7 +172,8 @@ def score(data: str | Path, split: str = "train", zero_shot: ZeroShot | None = N
         blank += sum(s < BLANK_STD for s in stds)
     _refresh_card(data)
     if zero_shot is not None:
-        record = {"split": split, "zero_shot": getattr(zero_shot, "model_name", None)}
+        record = {"split": split, "zero_shot": getattr(zero_shot, "model_name", None),
+                  "precision": getattr(zero_shot, "precision", None)}
         (Path(data) / SCORE_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return {"rows": rows, "blank": blank}
 

@@ -40,7 +40,7 @@ from .dataset import write_card
 
 EMBED_JSON = "d3s_embed.json"
 KEY = "row"  # the row's index in its source split: the shard key
-_SETTINGS = ("source", "backbone", "pretrained", "feature_dim", "preprocessing", "shard_size")
+_SETTINGS = ("source", "backbone", "pretrained", "feature_dim", "preprocessing", "shard_size", "precision")
 
 
 class EmbedError(ValueError):
@@ -61,6 +61,8 @@ class EmbedConfig:
         shard_size (`int`, defaults to 2048): source rows per chunk, each written as one shard; fixed for a folder.
         workers (`int`, defaults to 4): image decoding threads.
         device (`str`, defaults to ``"auto"``): torch device; under ``accelerate launch`` each process takes its GPU.
+        precision (`str`, defaults to ``"auto"``): ``fp32``, ``bf16`` or ``fp16`` (autocast); ``auto`` is bf16 on CUDA and
+            fp32 elsewhere. The precision used is recorded in the folder's manifest; a folder is resumed at its own.
     """
 
     data: str
@@ -73,6 +75,7 @@ class EmbedConfig:
     workers: int = 4
     device: str = "auto"
     progress: bool = True
+    precision: str = "auto"
 
     def check(self) -> None:
         for name in ("batch_size", "shard_size", "workers"):
@@ -146,6 +149,7 @@ def check_output(out: Path, settings: dict) -> None:
     path = out / EMBED_JSON
     if path.exists():
         old = json.loads(path.read_text())
+        old.setdefault("precision", settings["precision"])  # folders made before the precision was recorded resume at this one
         diff = [k for k in _SETTINGS if old.get(k) != settings[k]]
         if diff:
             shown = "; ".join(f"{k}: folder has {json.dumps(old.get(k))}, this run asks {json.dumps(settings[k])}" for k in diff)
@@ -223,7 +227,7 @@ def embed(config: EmbedConfig, stop_after: int | None = None) -> dict:
     """
     from tqdm.auto import tqdm
 
-    from .inference import resolve_device, run_batches
+    from .inference import resolve_device, resolve_precision, run_batches
     from .dataset import read_column, remove_partial_files, shard_paths, write_table
     from .generate import distributed_state
     from .models import create_backbone, preprocessing_of
@@ -241,6 +245,8 @@ def embed(config: EmbedConfig, stop_after: int | None = None) -> dict:
     # 2. output folder
     out = Path(config.out)
     rank, world, barrier, device = distributed_state()
+    device = device or resolve_device(config.device)
+    settings["precision"] = resolve_precision(config.precision, device)
     check_output(out, settings)  # every process checks before any waits, so a refusal never leaves one hanging,
     barrier()  # and before any writes, so every process judges the same folder
     if rank == 0:
@@ -257,7 +263,6 @@ def embed(config: EmbedConfig, stop_after: int | None = None) -> dict:
     barrier()  # every process has read the same folder before any writes to it
     already = sum(len(ds) for ds in splits.values()) - sum(c.stop - c.start for c in todo)
     mine = todo[rank::world][:stop_after]
-    device = device or resolve_device(config.device)
 
     # 4. decode (one chunk ahead, in threads) -> backbone -> one shard per chunk
     bar = tqdm(total=sum(c.stop - c.start for c in mine), unit="img", desc=f"embedding with {config.backbone}",
@@ -274,7 +279,7 @@ def embed(config: EmbedConfig, stop_after: int | None = None) -> dict:
             def keep(start: int, stop: int, output, features=features) -> None:
                 features[start:stop] = output.float().cpu().numpy()
 
-            run_batches(net, prep, images, keep, config.batch_size, device)
+            run_batches(net, prep, images, keep, config.batch_size, device, precision=settings["precision"])
             write_table(out, chunk.split, chunk_table(chunk, splits[chunk.split], schemas[chunk.split], features), key=KEY)
             bar.update(len(images))
     bar.close()

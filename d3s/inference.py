@@ -1,5 +1,6 @@
 """Batched inference of a classifier on decoded images: device choice, normalisation on the device,
-channels-last and autocast on CUDA, the batch halved on out-of-memory, top-5 predictions.
+channels-last on CUDA, a chosen precision (fp32 by default, as timm's ``validate.py`` and the Backgrounds
+Challenge score), the batch halved on out-of-memory, top-5 predictions.
 """
 
 from __future__ import annotations
@@ -7,6 +8,32 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISION_HELP = ("fp32 (default: the reference harnesses' choice; scores are exact), bf16 or fp16 (autocast: faster on "
+                  "GPUs, and a top-1 can change on a few percent of images); recorded in every result")
+
+
+class PrecisionError(ValueError):
+    """An unknown precision name."""
+
+
+def autocast_dtype(precision: str):
+    """The autocast dtype of a precision name, or None for fp32 (no autocast)."""
+    import torch
+
+    if precision not in PRECISIONS:
+        raise PrecisionError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def resolve_precision(precision: str, device) -> str:
+    """``auto`` -> bf16 on CUDA, fp32 elsewhere; any other name is checked and returned."""
+    if precision == "auto":
+        return "bf16" if getattr(device, "type", str(device)).startswith("cuda") else "fp32"
+    autocast_dtype(precision)
+    return precision
+
 
 def resolve_device(device: str = "auto"):
     import torch
@@ -16,22 +43,22 @@ def resolve_device(device: str = "auto"):
     return torch.device(device)
 
 
-def on_device(model, data_config: dict, device="cpu") -> Callable:
+def on_device(model, data_config: dict, device="cpu", precision: str = "fp32") -> Callable:
     """The model on ``device``, as a function from an image batch already there (uint8 or float 0..255,
-    ``(N, 3, H, W)``) to float outputs.
+    ``(N, 3, H, W)``) to float32 outputs.
 
-    Normalisation with the model's own mean/std happens on the device. On CUDA the model runs
-    channels-last under bf16 (fp16 where bf16 is unsupported) autocast. Call it under
-    ``torch.inference_mode()``.
+    Normalisation with the model's own mean/std happens on the device. On CUDA the model runs channels-last.
+    ``precision`` is ``fp32`` (no autocast, on every device), ``bf16`` or ``fp16`` (autocast to that dtype).
+    Call it under ``torch.inference_mode()``.
     """
     import torch
 
+    amp_dtype = autocast_dtype(precision)
     device = torch.device(device)
     cuda = device.type == "cuda"
     model = model.to(device)
     if cuda:
         model = model.to(memory_format=torch.channels_last)
-    amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else None
     mean = torch.tensor(data_config["mean"], device=device).view(1, 3, 1, 1) * 255
     std = torch.tensor(data_config["std"], device=device).view(1, 3, 1, 1) * 255
 
@@ -39,22 +66,22 @@ def on_device(model, data_config: dict, device="cpu") -> Callable:
         x = x.float().sub_(mean).div_(std) if x.dtype == torch.uint8 else (x - mean) / std
         if cuda:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=cuda):
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             return model(x).float()
 
     return logits
 
 
 def run_batches(model, data_config: dict, images: np.ndarray, on_batch: Callable, batch_size: int = 64, device="cpu",
-                desc: str | None = None, progress: bool = False) -> None:
-    """Run ``model`` (as :func:`on_device` wraps it) on uint8 images ``(N, 3, H, W)`` in batches, calling
-    ``on_batch(start, stop, output)``; an out-of-memory batch is retried at half the size."""
+                desc: str | None = None, progress: bool = False, precision: str = "fp32") -> None:
+    """Run ``model`` (as :func:`on_device` wraps it, at ``precision``) on uint8 images ``(N, 3, H, W)`` in batches,
+    calling ``on_batch(start, stop, output)``; an out-of-memory batch is retried at half the size."""
     import torch
     from tqdm.auto import tqdm
 
     device = torch.device(device)
     cuda = device.type == "cuda"
-    outputs_of = on_device(model, data_config, device)
+    outputs_of = on_device(model, data_config, device, precision)
     n = len(images)
     bar = tqdm(total=n, unit="img", desc=desc, disable=not progress)
     start = 0
@@ -78,12 +105,12 @@ def run_batches(model, data_config: dict, images: np.ndarray, on_batch: Callable
 
 
 def predict_top5(model, data_config: dict, images: np.ndarray, batch_size: int = 64, device="cpu",
-                 desc: str | None = None, progress: bool = False) -> np.ndarray:
+                 desc: str | None = None, progress: bool = False, precision: str = "fp32") -> np.ndarray:
     """Top-5 class indices ``(N, 5)`` for uint8 images ``(N, 3, H, W)`` (batched as :func:`run_batches`)."""
     out = np.empty((len(images), 5), dtype=np.int64)
 
     def keep(start: int, stop: int, logits) -> None:
         out[start:stop] = logits.float().topk(5, dim=1).indices.cpu().numpy()
 
-    run_batches(model, data_config, images, keep, batch_size, device, desc, progress)
+    run_batches(model, data_config, images, keep, batch_size, device, desc, progress, precision)
     return out

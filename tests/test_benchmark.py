@@ -382,3 +382,44 @@ def test_app_benchmark_tab_shows_a_results_folder(tiny_results, tmp_path):
         show_worst_cells("tiny", "resnet50")
     with pytest.raises(gr.Error, match="Choose one of the results folders this app offers"):
         load_benchmark(str(out))  # a path is not a label
+
+
+class AutocastSpy(ColourReader):
+    """The colour reader, recording whether each forward ran under CPU autocast, and in which dtype."""
+
+    seen: list = []
+
+    def forward(self, x):
+        AutocastSpy.seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return super().forward(x)
+
+
+def spy_spec(name: str) -> ClassifierSpec:
+    spec = colour_spec(name)
+    return ClassifierSpec(spec.name, spec.kind, spec.family, spec.extra_data, spec.data_config, False, {},
+                          lambda device: AutocastSpy(spec.data_config["mean"], spec.data_config["std"]))
+
+
+def test_precision_is_fp32_unless_asked_recorded_and_mixed_tables_say_so(tmp_path, synth_d3s):
+    """No flag: fp32 on every device, no autocast (nothing patched; read from the model's forward); --precision bf16
+    runs under bf16 autocast, is recorded, and a summary holding both says so."""
+    AutocastSpy.seen = []
+    config = dict(data=str(synth_d3s), out=str(tmp_path), progress=False, workers=1, plots=False)
+    run_benchmark(BenchmarkConfig(**config), specs=[spy_spec("exact")], log=lambda s: None)
+    assert AutocastSpy.seen and all(enabled is False for enabled, _ in AutocastSpy.seen)
+    assert bm.load_result(tmp_path, "exact")["precision"] == "fp32"
+    AutocastSpy.seen = []
+    lines = []
+    summary = run_benchmark(BenchmarkConfig(**config, precision="bf16"), specs=[spy_spec("fast")], log=lines.append)
+    assert AutocastSpy.seen and all(seen == (True, torch.bfloat16) for seen in AutocastSpy.seen)
+    assert bm.load_result(tmp_path, "fast")["precision"] == "bf16"
+    assert {r["model"]: r["precision"] for r in summary["models"]} == {"exact": "fp32", "fast": "bf16"}
+    assert "mixes precisions (bf16: 1 model(s), fp32: 1 model(s))" in summary["precision_note"]
+    assert any("mixes precisions" in line for line in lines)
+    with open(tmp_path / "summary.csv") as f:
+        assert {r["model"]: r["precision"] for r in csv.DictReader(f)} == {"exact": "fp32", "fast": "bf16"}
+    # a stored result is reused only at its own precision
+    again = run_benchmark(BenchmarkConfig(**config, precision="bf16"), specs=[spy_spec("exact")], log=lambda s: None)
+    assert again["evaluated"] == ["exact"] and bm.load_result(tmp_path, "exact")["precision"] == "bf16"
+    with pytest.raises(BenchmarkError, match="--precision must be one of fp32, bf16, fp16"):
+        run_benchmark(BenchmarkConfig(**config, precision="fp8"), specs=[spy_spec("x")], log=lambda s: None)

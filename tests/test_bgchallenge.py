@@ -199,8 +199,9 @@ def test_known_answers_for_timm_clip_and_a_d3s_extractor(bg_challenge, colour_ex
     assert set(rows) == {s.name for s in specs} and rows["clip:tiny"]["kind"] == "clip"
     assert rows[f"d3s:{colour_extractor}"]["family"] == "d3s extractor (fg head)"
     csv_lines = (out / "table.csv").read_text().splitlines()
-    assert csv_lines[0].split(",")[3:] == [*VARIATIONS, "bg_gap", "adversarial", "adversarial_n"] and len(csv_lines) == 4
-    assert "| clip:tiny | 55.6 | 22.2 | 33.3 | 33.3 | 33.3 | 44.4 | 33.3 | 22.2 | 11.1 | 22.2 |" in (out / "table.md").read_text()
+    assert csv_lines[0].split(",")[3:] == [*VARIATIONS, "bg_gap", "adversarial", "adversarial_n", "precision"] and len(csv_lines) == 4
+    assert "| clip:tiny | 55.6 | 22.2 | 33.3 | 33.3 | 33.3 | 44.4 | 33.3 | 22.2 | 11.1 | 22.2 | fp32 |" in (out / "table.md").read_text()
+    assert {r["precision"] for r in rows.values()} == {"fp32"} and summary["precision_note"] is None  # no flag: fp32
     with Image.open(out / "accuracy.png") as im:
         assert im.text["Title"] == BGCHALLENGE_TITLE and im.size[0] > 300
 
