@@ -56,7 +56,7 @@ CANDIDATES = "only_bg_t"  # the challenge's candidate backgrounds
 CLASS_FOLDERS = tuple(f"{k:02d}_{name}" for k, name in enumerate(IN9_CLASSES))
 SUBDIR = "bgchallenge"  # inside --out, beside `d3s benchmark`'s results
 SUMMARY_JSON, TABLE_CSV, TABLE_MD, PLOT = "summary.json", "table.csv", "table.md", "accuracy.png"
-COLUMNS = ("model", "family", "kind", *VARIATIONS, "bg_gap", "adversarial", "adversarial_n", "precision")
+COLUMNS = ("model", "family", "kind", *VARIATIONS, "bg_gap", "adversarial", "adversarial_n", "adversarial_se", "precision")
 DEFAULT_MODELS = "resnet50.tv_in1k"  # the paper's and the challenge's baseline: PyTorch's ResNet-50 weights
 
 
@@ -89,6 +89,7 @@ class Challenge:
     files: dict[str, list[str]]  # per variation, each row's path relative to root
     masks: ImageSet | None = None  # the foregrounds of the adversarial search (None: no search)
     mask_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # their rows in `original`
+    mask_population: dict[int, int] = field(default_factory=dict)  # masks per IN-9 class in the folder (sampled or not)
     fingerprint: dict = field(default_factory=dict)
 
 
@@ -122,15 +123,52 @@ def _mask_png(path: str) -> bytes:
     return buf.getvalue()
 
 
-def _read_masks(root: Path, original: ImageSet, original_files: list[str], limit: int | None) -> tuple[ImageSet, np.ndarray]:
-    """``fg_mask/val``: each mask with the row of its image in ``original`` (the first ``limit`` per class)."""
+def stratified_sample(sizes: list[int], total: int | None, seed: int = 0) -> list[np.ndarray]:
+    """Which items of each class a sample of ``total`` takes: per class, sorted indices into its items.
+
+    The sample is stratified by class: ``total`` is shared out in proportion to the class sizes (largest remainders;
+    equal remainders in an order drawn from ``seed``, so a sample smaller than the number of classes favours none),
+    and each class's share is drawn without replacement by a generator seeded with ``(seed, class)``. ``total``
+    None (or at least the sum of the sizes) takes everything.
+    """
+    n = sum(sizes)
+    if total is None or total >= n:
+        return [np.arange(size) for size in sizes]
+    quotas = [total * size / n for size in sizes]
+    shares = [int(q) for q in quotas]
+    tie_break = np.random.default_rng([seed, len(sizes)]).permutation(len(sizes))
+    for k in sorted(range(len(sizes)), key=lambda k: (-(quotas[k] - shares[k]), tie_break[k]))[: total - sum(shares)]:
+        shares[k] += 1
+    return [np.sort(np.random.default_rng([seed, k]).choice(size, share, replace=False))
+            for k, (size, share) in enumerate(zip(sizes, shares))]
+
+
+def stratified_standard_error(safe: np.ndarray, labels: np.ndarray, population: dict[int, int]) -> float:
+    """Standard error of the adversarial accuracy of a class-stratified sample (finite-population corrected):
+    sqrt(sum_h W_h^2 (1 - n_h/N_h) p_h (1 - p_h) / (n_h - 1)), W_h = N_h / N. Zero for a census."""
+    total = sum(population.values())
+    var = 0.0
+    for k, size in population.items():
+        hit = safe[labels == k]
+        if len(hit) > 1 and len(hit) < size:
+            p = float(hit.mean())
+            var += (size / total) ** 2 * (1 - len(hit) / size) * p * (1 - p) / (len(hit) - 1)
+    return float(np.sqrt(var))
+
+
+def _read_masks(root: Path, original: ImageSet, original_files: list[str], limit: int | None,
+                seed: int = 0) -> tuple[ImageSet, np.ndarray, dict[int, int]]:
+    """``fg_mask/val``: each mask with the row of its image in ``original`` (all, or a sample of ``limit`` stratified by
+    class, drawn from ``seed``: :func:`stratified_sample`), and the number of masks of each class."""
     from PIL import Image
 
     folder = root / MASKS / "val"
     row_of = {(int(lab), Path(f).stem): r for r, (lab, f) in enumerate(zip(original.fg, original_files))}
     paths, rows, digest = [], [], []
-    for k, cls in enumerate(_class_folders(folder)):
-        for m in sorted(f for f in cls.iterdir() if f.suffix == ".npy")[:limit]:
+    per_class = [sorted(f for f in cls.iterdir() if f.suffix == ".npy") for cls in _class_folders(folder)]
+    chosen = stratified_sample([len(files) for files in per_class], limit, seed)
+    for k, (files, take) in enumerate(zip(per_class, chosen)):
+        for m in (files[i] for i in take):
             row = row_of.get((k, m.stem))
             if row is None:
                 raise BgChallengeError(f"mask {m} has no image original/val/{CLASS_FOLDERS[k]}/{m.stem}.JPEG.")
@@ -150,11 +188,12 @@ def _read_masks(root: Path, original: ImageSet, original_files: list[str], limit
         raise BgChallengeError(f"{folder} holds no masks; expected {folder}/<class folder>/<name>.npy.")
     masks = ImageSet(MASKS, str(folder), original.fg[rows], lambda a, b: [_mask_png(p) for p in paths[a:b]],
                      fingerprint={"rows": len(paths), "content": _digest(root, digest)})
-    return masks, np.asarray(rows, dtype=np.int64)
+    return masks, np.asarray(rows, dtype=np.int64), {k: len(files) for k, files in enumerate(per_class)}
 
 
-def open_challenge(root: str | Path, adversarial_limit: int | None = None) -> Challenge:
-    """Read and check a challenge folder; ``adversarial_limit`` masks per class (None: all, 0: no search)."""
+def open_challenge(root: str | Path, adversarial_limit: int | None = None, adversarial_seed: int = 0) -> Challenge:
+    """Read and check a challenge folder; ``adversarial_limit`` foregrounds searched in all, a sample stratified by class
+    drawn from ``adversarial_seed`` (None: all, 0: no search)."""
     root = Path(root)
     if not root.is_dir():
         raise BgChallengeError(f"--data {root} is not a folder; give the Backgrounds Challenge folder "
@@ -170,7 +209,8 @@ def open_challenge(root: str | Path, adversarial_limit: int | None = None) -> Ch
         variations[v], files[v] = read_variation(root / v / "val", v, root)
     ch = Challenge(root, variations, files)
     if adversarial_limit != 0:
-        ch.masks, ch.mask_rows = _read_masks(root, variations["original"], files["original"], adversarial_limit)
+        ch.masks, ch.mask_rows, ch.mask_population = _read_masks(root, variations["original"], files["original"],
+                                                                 adversarial_limit, adversarial_seed)
     ch.fingerprint = {"source": os.path.abspath(root), **{v: s.fingerprint for v, s in variations.items()},
                       MASKS: ch.masks.fingerprint if ch.masks else None}
     return ch
@@ -288,8 +328,11 @@ class BgChallengeConfig(ModelRun):
         models (`str` or `list`, defaults to ``"resnet50.tv_in1k"``): names of the benchmark registry
             (timm, ``clip:<arch>/<pretrained>``, ``d3s:<checkpoint>``), comma-separated; empty for none.
         checkpoints (`list[str]`): d3s extractors (``d3s train --out`` folders or Hub ids), evaluated through their fg head.
-        adversarial_limit (`int`, *optional*): foregrounds per class searched for adversarial backgrounds
-            (default all 450; 0 skips the search, the costly part).
+        adversarial_limit (`int`, *optional*): foregrounds searched for adversarial backgrounds, in all (default: all
+            4,050; 0 skips the search, the costly part). A limit draws a sample stratified by class (each class in
+            proportion to its masks) from ``adversarial_seed``; the score is then an estimate, recorded with its
+            standard error and the list of foregrounds searched.
+        adversarial_seed (`int`, defaults to 0): the seed of that sample.
     """
 
     data: str
@@ -297,6 +340,7 @@ class BgChallengeConfig(ModelRun):
     models: str | list[str] = DEFAULT_MODELS
     checkpoints: list[str] = field(default_factory=list)
     adversarial_limit: int | None = None
+    adversarial_seed: int = 0
 
 
 def evaluate_model(spec: ClassifierSpec, shared_arrays: Callable[[], dict], ch: Challenge, data: dict,
@@ -319,8 +363,11 @@ def evaluate_model(spec: ClassifierSpec, shared_arrays: Callable[[], dict], ch: 
                                    f"{spec.name}: adversarial backgrounds")
         safe = found["fooled_by"] < 0
         bg_files = ch.files[CANDIDATES]
+        sampled = int(len(rows)) < sum(ch.mask_population.values())
         adversarial = {
             "n": int(len(rows)), "accuracy": float(safe.mean()), "vulnerable": int((~safe).sum()),
+            "sampled": sampled, "seed": c.adversarial_seed if sampled else None,
+            "standard_error": stratified_standard_error(safe, labels, ch.mask_population),
             "candidates": len(bg_files), "composites": found["composites"], "per_class": _per_class(safe, labels),
             "foregrounds": [{"image": ch.files["original"][r], "fooled_by": bg_files[j] if j >= 0 else None, "tried": int(t)}
                             for r, j, t in zip(rows.tolist(), found["fooled_by"].tolist(), found["tried"].tolist())],
@@ -341,7 +388,9 @@ def write_result(out: Path, result: dict) -> Path:
 
 def describe(result: dict) -> str:
     v, adv = result["variations"], result["adversarial"]
-    tail = f", adversarial {100 * adv['accuracy']:.1f}% ({adv['composites']} composites)" if adv else ""
+    estimate = (f" +- {100 * adv['standard_error']:.1f} (a sample of {adv['n']} foregrounds, seed {adv['seed']})"
+                if adv and adv.get("sampled") else "")
+    tail = f", adversarial {100 * adv['accuracy']:.1f}%{estimate} ({adv['composites']} composites)" if adv else ""
     return (f"{result['model']}: original {100 * v['original']['top1']:.1f}%, mixed_same {100 * v['mixed_same']['top1']:.1f}%, "
             f"mixed_rand {100 * v['mixed_rand']['top1']:.1f}%, BG-Gap {100 * result['bg_gap']:.1f} points{tail}")
 
@@ -353,6 +402,7 @@ def summary_row(result: dict) -> dict:
     return {"model": result["model"], "family": result["family"], "kind": result["kind"],
             **{v: result["variations"][v]["top1"] for v in VARIATIONS}, "bg_gap": result["bg_gap"],
             "adversarial": adv["accuracy"] if adv else None, "adversarial_n": adv["n"] if adv else None,
+            "adversarial_se": adv.get("standard_error") if adv and adv.get("sampled") else None,
             "precision": result.get("precision", "unrecorded")}
 
 
@@ -361,6 +411,8 @@ def markdown_table(rows: list[dict]) -> str:
     lines = ["| Model | " + " | ".join(TITLES[c] for c in cols) + " | Precision |", "|---|" + "---:|" * len(cols) + "---|"]
     for r in rows:
         cells = ["-" if r[c] is None else f"{100 * r[c]:.1f}" for c in cols]
+        if r.get("adversarial_se") is not None:  # a sample: an estimate, with its standard error
+            cells[-1] += f" +- {100 * r['adversarial_se']:.1f}"
         lines.append(f"| {r['model']} | " + " | ".join(cells) + f" | {r['precision']} |")
     n = {r["adversarial_n"] for r in rows if r["adversarial_n"] is not None}
     lines += ["", "IN-9 accuracy (%) per variation: the model's top-1 ImageNet class mapped to its IN-9 class (a class "
@@ -406,8 +458,9 @@ def run_bgchallenge(c: BgChallengeConfig, specs: list[ClassifierSpec] | None = N
             raise BgChallengeError("No model given: pass --models (timm names, clip:<arch>/<pretrained>) and/or --checkpoint.")
         specs = resolve_classifiers(names, pretrained=c.pretrained, prompts=c.clip_prompts, names=c.clip_names)
     specs = [replace(s, data_config={**s.data_config, "crop_pct": 1.0}) for s in specs]  # the images are crops already
-    ch = open_challenge(c.data, c.adversarial_limit)
-    data = {"bgchallenge": ch.fingerprint, "adversarial_limit": c.adversarial_limit}
+    ch = open_challenge(c.data, c.adversarial_limit, c.adversarial_seed)
+    data = {"bgchallenge": ch.fingerprint, "adversarial_limit": c.adversarial_limit,
+            "adversarial_seed": c.adversarial_seed if c.adversarial_limit else None}
     out = Path(c.out) / SUBDIR
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(c.device)

@@ -199,7 +199,8 @@ def test_known_answers_for_timm_clip_and_a_d3s_extractor(bg_challenge, colour_ex
     assert set(rows) == {s.name for s in specs} and rows["clip:tiny"]["kind"] == "clip"
     assert rows[f"d3s:{colour_extractor}"]["family"] == "d3s extractor (fg head)"
     csv_lines = (out / "table.csv").read_text().splitlines()
-    assert csv_lines[0].split(",")[3:] == [*VARIATIONS, "bg_gap", "adversarial", "adversarial_n", "precision"] and len(csv_lines) == 4
+    assert csv_lines[0].split(",")[3:] == [*VARIATIONS, "bg_gap", "adversarial", "adversarial_n", "adversarial_se", "precision"]
+    assert len(csv_lines) == 4
     assert "| clip:tiny | 55.6 | 22.2 | 33.3 | 33.3 | 33.3 | 44.4 | 33.3 | 22.2 | 11.1 | 22.2 | fp32 |" in (out / "table.md").read_text()
     assert {r["precision"] for r in rows.values()} == {"fp32"} and summary["precision_note"] is None  # no flag: fp32
     with Image.open(out / "accuracy.png") as im:
@@ -250,9 +251,39 @@ def test_adversarial_limit_and_skip(bg_challenge, colour_extractor, tmp_path):
     r = run_bgchallenge(config, log=lambda s: None)
     assert r["models"][0]["adversarial"] is None and r["models"][0]["original"] == pytest.approx(5 / 9)
     assert "| - |" in (tmp_path / "bgchallenge" / "table.md").read_text()
-    # another setting is another result: the model is evaluated again, not reused
-    r = run_bgchallenge(replace(config, adversarial_limit=1), log=lambda s: None)
+    # another setting is another result: the model is evaluated again, not reused; all 9 foregrounds is a census
+    r = run_bgchallenge(replace(config, adversarial_limit=9), log=lambda s: None)
     assert r["evaluated"] == [name] and r["models"][0]["adversarial"] == pytest.approx(2 / 9)
+    assert r["models"][0]["adversarial_se"] is None
+    # a sample of 3 of the 9 (one per class drawn): an estimate, with the seed, the list and a standard error recorded
+    r = run_bgchallenge(replace(config, adversarial_limit=3, adversarial_seed=5), log=lambda s: None)
+    (result,) = [json.loads(p.read_text()) for p in (tmp_path / "bgchallenge" / "models").glob("*.json")]
+    adv = result["adversarial"]
+    assert adv["sampled"] and adv["seed"] == 5 and adv["n"] == 3 and len(adv["foregrounds"]) == 3
+    assert result["data"]["adversarial_seed"] == 5 and r["models"][0]["adversarial_se"] == adv["standard_error"]
+
+
+def test_a_limited_search_is_a_sample_stratified_by_class():
+    """--adversarial-limit 40 on nine classes of 450 masks (the challenge's): every class in proportion, the same
+    foregrounds for the same seed, others for another seed; an unequal folder is shared out by its class sizes."""
+    from d3s.bgchallenge import stratified_sample, stratified_standard_error
+
+    sizes = [450] * 9
+    picks = stratified_sample(sizes, 40, seed=0)
+    assert sorted(len(p) for p in picks) == [4] * 5 + [5] * 4 and sum(len(p) for p in picks) == 40
+    assert all(len(set(p.tolist())) == len(p) and p.max() < 450 for p in picks)
+    assert all((a == b).all() for a, b in zip(picks, stratified_sample(sizes, 40, seed=0)))
+    assert any(set(a.tolist()) != set(b.tolist()) for a, b in zip(picks, stratified_sample(sizes, 40, seed=1)))
+    assert [len(p) for p in stratified_sample([300, 100], 8, seed=0)] == [6, 2]  # in proportion
+    assert [len(p) for p in stratified_sample([3, 2], None)] == [3, 2]  # no limit: all
+    firsts = {tuple(len(p) for p in stratified_sample([5] * 9, 1, seed)) for seed in range(20)}
+    assert len(firsts) > 3  # one foreground of nine classes: the class is drawn too, not always the first
+    # the standard error: zero for a census, the stratified formula for a sample
+    labels = np.repeat(np.arange(2), 4)
+    safe = np.array([1, 1, 0, 0, 1, 1, 1, 0], bool)
+    assert stratified_standard_error(safe, labels, {0: 4, 1: 4}) == 0.0
+    expected = np.sqrt(sum(0.5 ** 2 * (1 - 4 / 40) * p * (1 - p) / 3 for p in (0.5, 0.75)))
+    assert stratified_standard_error(safe, labels, {0: 40, 1: 40}) == pytest.approx(expected)
 
 
 def _error(capsys, *args) -> str:
