@@ -217,11 +217,17 @@ def open_challenge(root: str | Path, adversarial_limit: int | None = None, adver
 
 
 def open_in9_val(path: str | Path) -> ImageSet:
-    """IN-9's validation images: a challenge folder's ``original/val`` (or that folder given directly)."""
+    """IN-9's validation images: a challenge folder's ``original/val`` (or that folder given directly); another
+    variation's folder (``mixed_rand``, ``only_fg``...) is refused, naming it."""
     p = Path(path)
     folder = next((f for f in (p / "original" / "val", p / "val") if f.is_dir()), p)
     if not folder.is_dir():
         raise BgChallengeError(f"--in9 {path} is not a folder; give the Backgrounds Challenge folder or its original/val.")
+    variation = folder.resolve().parent.name if folder.name == "val" else folder.resolve().name
+    if variation != "original":
+        what = f"the challenge's {variation!r} variation" if variation in (*VARIATIONS, MASKS) else f"a folder named {variation!r}"
+        raise BgChallengeError(f"--in9 {path} is {what}, not IN-9's original images; give the Backgrounds Challenge "
+                               "folder or its original/val.")
     return read_variation(folder, "in9")[0]
 
 

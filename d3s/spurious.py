@@ -118,10 +118,12 @@ class TimmFeatures(torch.nn.Module):
             self.net = create_timm_model(name, pretrained=pretrained, num_classes=0)
         except RuntimeError as err:
             raise SpuriousError(f"--baseline {name!r} is neither a d3s checkpoint folder nor a timm model ({err}).") from None
-        cfg = self.net.pretrained_cfg or {}
-        self.image_size = int(cfg.get("input_size", (3, 224, 224))[-1])
-        self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1))
+        from .models import preprocessing_of
+
+        self.preprocessing = preprocessing_of(self.net)  # its own eval preprocessing (size, interpolation, mean, std)
+        self.image_size = int(self.preprocessing["input_size"][-1])
+        self.register_buffer("mean", torch.tensor(self.preprocessing["mean"]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(self.preprocessing["std"]).view(1, 3, 1, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net((images.float() / 255.0 - self.mean) / self.std)
@@ -142,6 +144,27 @@ def _features(model, ds, device, fg_column="fg") -> tuple[torch.Tensor, torch.Te
     if hasattr(model, "feature_dim"):
         check_feature_dim(model, table, "the data")
     return extract(model, table, device=device, progress=True), table.fg, table.bg
+
+
+def _in9_features(model, ds, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z, fg) of IN-9's images as Table 3's ImageNet column reads them: every model gets the challenge's 224 px images
+    whole (crop 1.0, as ``d3s bgchallenge`` scores them), resized to its own input size with its own interpolation;
+    a model's recorded crop (timm's 0.875, a 12.5% zoom) would give models different pixels of the same image."""
+    from .data import extract
+
+    table = in9_table(model, ds)
+    return extract(model, table, device=device, progress=True), table.fg
+
+
+def in9_table(model, ds):
+    """The :class:`d3s.data.ImageTable` of IN-9 images for ``model``: its preprocessing with crop 1.0, or (an
+    image-trained extractor, which records none) the whole image resized to its ``image_size``."""
+    from .data import ImageTable
+    from .imagesets import eval_transform
+
+    prep = getattr(model, "preprocessing", None)
+    transform = eval_transform({**prep, "crop_pct": 1.0}) if prep else None
+    return ImageTable(ds, int(prep["input_size"][-1]) if prep else model.image_size, transform=transform)
 
 
 def _in9_dataset(path: str):
@@ -184,6 +207,7 @@ def spurious(data: str, checkpoint: str, baseline: str, pairs_file: str | None =
     if in9 and not all(k in IN9_CLASSES for k in pairs):
         raise SpuriousError(f"--in9 scores the fg head on IN-9 classes, but the pairs name other fg classes "
                             f"({', '.join(map(repr, list(pairs)[:3]))}); use pairs of IN-9 classes (the default).")
+    ids = _in9_dataset(in9) if in9 else None  # checked before any model loads: a wrong folder is refused at once
     model = load_for_data(checkpoint, data, "train", backbone).to(device)
     splits = {s: load_split(data, s) for s in ("train", "validation")}
     info = label_info(splits["train"], f"{data} (train)")
@@ -215,13 +239,12 @@ def spurious(data: str, checkpoint: str, baseline: str, pairs_file: str | None =
         if frozen:
             raise SpuriousError(f"--in9 holds images and --data {data} features; run the experiment on the images "
                                 "(the frozen checkpoint joins its backbone there) for the ImageNet column.")
-        ids = _in9_dataset(in9)
         in9_to_pair = torch.tensor([list(pairs).index(c) if c in pairs else -1 for c in IN9_CLASSES])
         keep = in9_to_pair[torch.tensor(ids["fg"])] >= 0
         if not keep.any():
             raise SpuriousError(f"--in9 {in9} holds no image of the paired classes ({', '.join(pairs)}).")
-        z_im, fg_im, _ = _features(model, ids, device)
-        zb_im, _, _ = _features(base, ids, device)
+        z_im, fg_im = _in9_features(model, ids, device)
+        zb_im, _ = _in9_features(base, ids, device)
         im = {"z_fg": model.split(z_im)[0][keep], "all": z_im[keep], "baseline": zb_im[keep], "fg": in9_to_pair[fg_im][keep]}
         counts["imagenet_fg"] = int(keep.sum())
 

@@ -194,3 +194,42 @@ def test_table3_protocol_indoors_in_anticorr_and_in9_val_as_the_imagenet_column(
     printed = capsys.readouterr().out
     assert "ImageNet fg (IN-9 val)" in printed and "Average (5 columns)" in printed and "ImageNet fg (IN-9 val) 9." in printed
     assert json.loads((tmp_path / "s.json").read_text())["correct"] == pytest.approx(r["correct"])
+
+
+def test_in9_column_gives_every_model_the_same_pixels_and_refuses_other_variations(tmp_path, capsys):
+    """Table 3's ImageNet column: a frozen-features extractor (whose recorded preprocessing crops 0.875) and the
+    baseline of the same backbone read the same uint8 tensors of each IN-9 image (the image whole, as
+    `d3s bgchallenge`); `--in9 DIR/mixed_rand` is refused in one line."""
+    import numpy as np
+
+    from conftest import write_bgchallenge
+    from d3s import cli
+    from d3s.data import table_for
+    from d3s.labels import imagenet_classes
+    from d3s.models import FeatureDisentangler, create_backbone, preprocessing_of
+    from d3s.prompts import BACKGROUNDS
+    from d3s.spurious import TimmFeatures, _in9_dataset, in9_table
+
+    import timm
+    from timm.models import save_for_hf
+
+    challenge = write_bgchallenge(tmp_path / "bg", size=48, masks=False)
+    ds = _in9_dataset(str(challenge))
+    save_for_hf(timm.create_model("test_resnet", pretrained=False), str(tmp_path / "backbone"), safe_serialization=True)
+    backbone = f"local-dir:{tmp_path / 'backbone'}"
+    prep = preprocessing_of(create_backbone(backbone, pretrained=True), image_size=40)
+    assert prep["crop_pct"] < 1.0  # the crop a frozen checkpoint records
+    frozen = FeatureDisentangler(create_backbone(backbone).num_features, [c.name for c in imagenet_classes()],
+                                 list(BACKGROUNDS), backbone=backbone, preprocessing=prep)
+    extractor = frozen.to_extractor()
+    baseline = TimmFeatures(backbone, pretrained=True)
+    baseline.preprocessing = {**baseline.preprocessing, "input_size": prep["input_size"]}  # the same backbone, same size
+    rows = range(len(ds))
+    assert np.array_equal(in9_table(extractor, ds).batch(rows).numpy(), in9_table(baseline, ds).batch(rows).numpy())
+    cropped = table_for(ds, extractor).batch(rows).numpy()  # what the frozen extractor read before: a 12.5% zoom
+    assert not np.array_equal(cropped, in9_table(extractor, ds).batch(rows).numpy())
+
+    assert cli.main(["spurious", "--data", str(tmp_path), "--checkpoint", str(tmp_path), "--baseline", "test_resnet",
+                     "--in9", str(challenge / "mixed_rand")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is the challenge's 'mixed_rand' variation, not IN-9's original images" in err[0], err
