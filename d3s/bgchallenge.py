@@ -18,7 +18,9 @@ with the class folders ``00_dog`` ... ``08_fish`` in IN-9 order. A run reads as 
 4. the table (``table.md``, ``table.csv``, ``summary.json``) and the plot, over every result there.
 
 Predictions over the 1000 ImageNet classes map to IN-9 as the challenge maps them: the IN-9
-superclass of the top-1 class (SPEC section 5); a top-1 class outside IN-9 counts as wrong. The
+superclass of the top-1 class (:func:`d3s.labels.imagenet_to_in9`); a top-1 class outside IN-9 counts as wrong.
+A classifier with 9 outputs (``--in9-model``: trained on IN-9, as the challenge's IN-9L rows) answers in IN-9
+directly, with the challenge's own preprocessing (IN-9's mean and std). The
 challenge's images are 224 px centre crops that it feeds to its models as they are; here each model
 gets them at its own input size, interpolation and normalisation, with no further crop, so a 224 px
 model sees exactly the challenge's pixels.
@@ -42,7 +44,7 @@ import numpy as np
 from . import __version__
 from .benchmark import (ImageSet, ModelRun, check_config, decode, on_device, precision_note, predict_top5, resolve_device,
                         run_models)
-from .classifiers import D3S_PREFIX, ClassifierSpec, parse_model_list, resolve_classifiers
+from .classifiers import IN9_KIND, D3S_PREFIX, ClassifierSpec, parse_model_list, resolve_classifiers, resolve_in9_classifier
 from .guides import IMAGE_EXTENSIONS
 from .labels import IN9_CLASSES, imagenet_to_in9
 from .results import collect_results, csv_text, result_paths, write_atomic
@@ -191,27 +193,31 @@ def _read_masks(root: Path, original: ImageSet, original_files: list[str], limit
     return masks, np.asarray(rows, dtype=np.int64), {k: len(files) for k, files in enumerate(per_class)}
 
 
-def open_challenge(root: str | Path, adversarial_limit: int | None = None, adversarial_seed: int = 0) -> Challenge:
+def open_challenge(root: str | Path, adversarial_limit: int | None = None, adversarial_seed: int = 0,
+                   variations: tuple[str, ...] = VARIATIONS) -> Challenge:
     """Read and check a challenge folder; ``adversarial_limit`` foregrounds searched in all, a sample stratified by class
-    drawn from ``adversarial_seed`` (None: all, 0: no search)."""
+    drawn from ``adversarial_seed`` (None: all, 0: no search); only ``variations`` are read (plus ``original`` and
+    the candidate backgrounds when the search runs)."""
     root = Path(root)
     if not root.is_dir():
         raise BgChallengeError(f"--data {root} is not a folder; give the Backgrounds Challenge folder "
                                f"(with {', '.join(VARIATIONS)} and {MASKS}).")
-    needed = list(VARIATIONS) + ([MASKS] if adversarial_limit != 0 else [])
+    search = adversarial_limit != 0
+    wanted = [v for v in VARIATIONS if v in variations or (search and v in ("original", CANDIDATES))]
+    needed = wanted + ([MASKS] if search else [])
     missing = [v for v in needed if not (root / v / "val").is_dir()]
     if missing:
         raise BgChallengeError(f"{root} is not in the Backgrounds Challenge layout: {', '.join(f'{v}/val' for v in missing)} "
                                f"missing (expected DIR/<variation>/val/<class folder>/*.JPEG for {', '.join(VARIATIONS)}, "
                                f"and {MASKS}/val/<class folder>/*.npy).")
-    variations, files = {}, {}
-    for v in VARIATIONS:
-        variations[v], files[v] = read_variation(root / v / "val", v, root)
-    ch = Challenge(root, variations, files)
+    images, files = {}, {}
+    for v in wanted:
+        images[v], files[v] = read_variation(root / v / "val", v, root)
+    ch = Challenge(root, images, files)
     if adversarial_limit != 0:
-        ch.masks, ch.mask_rows, ch.mask_population = _read_masks(root, variations["original"], files["original"],
+        ch.masks, ch.mask_rows, ch.mask_population = _read_masks(root, images["original"], files["original"],
                                                                  adversarial_limit, adversarial_seed)
-    ch.fingerprint = {"source": os.path.abspath(root), **{v: s.fingerprint for v, s in variations.items()},
+    ch.fingerprint = {"source": os.path.abspath(root), **{v: s.fingerprint for v, s in images.items()},
                       MASKS: ch.masks.fingerprint if ch.masks else None}
     return ch
 
@@ -253,7 +259,8 @@ def in9_accuracy(pred: np.ndarray, labels: np.ndarray) -> dict:
 # --- 3. adversarial backgrounds --------------------------------------------------------------------
 
 def adversarial_search(logits_of: Callable, fgs: np.ndarray, alphas: np.ndarray, labels: np.ndarray, bgs: np.ndarray,
-                       batch_size: int = 64, device="cpu", progress: bool = False, desc: str | None = None) -> dict:
+                       batch_size: int = 64, device="cpu", progress: bool = False, desc: str | None = None,
+                       answers: np.ndarray | None = None) -> dict:
     """Which foregrounds some background turns into a wrong IN-9 answer (the challenge's adversarial backgrounds).
 
     Args:
@@ -262,6 +269,8 @@ def adversarial_search(logits_of: Callable, fgs: np.ndarray, alphas: np.ndarray,
             uint8 (0..255, decoded like the images); labels (`np.ndarray`): their IN-9 classes ``(F,)``.
         bgs (`np.ndarray`): the candidate backgrounds ``(B, 3, H, W)`` uint8.
         batch_size (`int`, defaults to 64): composites per forward pass (halved on out-of-memory).
+        answers (`np.ndarray`, *optional*): the IN-9 class of each output (default: :func:`in9_of_imagenet`, for
+            ImageNet-1k classifiers; ``np.arange(9)`` for a classifier of the 9 IN-9 classes).
 
     A composite is ``bg * (1 - a) + fg * a`` in float. Per foreground the search stops at the first
     background that fools the model. Foregrounds are searched ``batch_size`` at a time: each step every
@@ -278,7 +287,7 @@ def adversarial_search(logits_of: Callable, fgs: np.ndarray, alphas: np.ndarray,
     device = torch.device(device)
     fg_t, a_t, bg_t = (torch.as_tensor(np.ascontiguousarray(a)).to(device) for a in (fgs, alphas, bgs))
     lab_t = torch.as_tensor(labels).to(device)
-    table = torch.as_tensor(in9_of_imagenet()).to(device)
+    table = torch.as_tensor(in9_of_imagenet() if answers is None else answers).to(device)
     fooled_by, tried = np.full(len(fgs), -1, dtype=np.int64), np.zeros(len(fgs), dtype=np.int64)
     fooled = np.zeros(len(bgs), dtype=np.int64)  # per background: foregrounds it fooled
     pending, active = collections.deque(range(len(fgs))), {}  # active: foreground -> backgrounds still to try
@@ -339,6 +348,9 @@ class BgChallengeConfig(ModelRun):
             proportion to its masks) from ``adversarial_seed``; the score is then an estimate, recorded with its
             standard error and the list of foregrounds searched.
         adversarial_seed (`int`, defaults to 0): the seed of that sample.
+        variations (`tuple[str]`, defaults to all eight): the variations scored (the others show as ``-``).
+        in9_models (`list[str]`): classifiers with 9 outputs, the IN-9 classes (timm names or ``local-dir:`` folders),
+            scored directly in IN-9 with the challenge's preprocessing.
     """
 
     data: str
@@ -347,6 +359,8 @@ class BgChallengeConfig(ModelRun):
     checkpoints: list[str] = field(default_factory=list)
     adversarial_limit: int | None = None
     adversarial_seed: int = 0
+    variations: tuple[str, ...] = VARIATIONS
+    in9_models: list[str] = field(default_factory=list)
 
 
 def evaluate_model(spec: ClassifierSpec, shared_arrays: Callable[[], dict], ch: Challenge, data: dict,
@@ -355,9 +369,10 @@ def evaluate_model(spec: ClassifierSpec, shared_arrays: Callable[[], dict], ch: 
     t0 = time.perf_counter()
     clf = spec.build(str(device))  # first: a model that cannot be built costs no decoding
     arrays = shared_arrays()
-    table = in9_of_imagenet()
+    table = np.arange(len(IN9_CLASSES)) if spec.kind == IN9_KIND else in9_of_imagenet()  # output -> IN-9 class
     variations = {}
-    for v, images in ch.variations.items():
+    for v in c.variations:
+        images = ch.variations[v]
         top5 = predict_top5(clf.model, spec.data_config, arrays[v], c.batch_size, device, f"{spec.name} on {v}", c.progress,
                             c.precision)
         variations[v] = in9_accuracy(table[top5[:, 0]], images.fg)
@@ -366,7 +381,7 @@ def evaluate_model(spec: ClassifierSpec, shared_arrays: Callable[[], dict], ch: 
         rows, labels = ch.mask_rows, ch.masks.fg
         found = adversarial_search(on_device(clf.model, spec.data_config, device, c.precision), arrays["original"][rows],
                                    arrays[MASKS][:, :1], labels, arrays[CANDIDATES], c.batch_size, device, c.progress,
-                                   f"{spec.name}: adversarial backgrounds")
+                                   f"{spec.name}: adversarial backgrounds", answers=table)
         safe = found["fooled_by"] < 0
         bg_files = ch.files[CANDIDATES]
         sampled = int(len(rows)) < sum(ch.mask_population.values())
@@ -381,7 +396,8 @@ def evaluate_model(spec: ClassifierSpec, shared_arrays: Callable[[], dict], ch: 
     del clf
     return {"model": spec.name, "kind": spec.kind, "family": spec.family, "extra_data": spec.extra_data,
             "identity": spec.identity(), "data": data, "variations": variations,
-            "bg_gap": variations["mixed_same"]["top1"] - variations["mixed_rand"]["top1"], "adversarial": adversarial,
+            "bg_gap": (variations["mixed_same"]["top1"] - variations["mixed_rand"]["top1"]
+                       if {"mixed_same", "mixed_rand"} <= set(variations) else None), "adversarial": adversarial,
             "seconds": round(time.perf_counter() - t0, 3), "device": str(device), "precision": c.precision,
             "d3s_version": __version__}
 
@@ -397,8 +413,9 @@ def describe(result: dict) -> str:
     estimate = (f" +- {100 * adv['standard_error']:.1f} (a sample of {adv['n']} foregrounds, seed {adv['seed']})"
                 if adv and adv.get("sampled") else "")
     tail = f", adversarial {100 * adv['accuracy']:.1f}%{estimate} ({adv['composites']} composites)" if adv else ""
-    return (f"{result['model']}: original {100 * v['original']['top1']:.1f}%, mixed_same {100 * v['mixed_same']['top1']:.1f}%, "
-            f"mixed_rand {100 * v['mixed_rand']['top1']:.1f}%, BG-Gap {100 * result['bg_gap']:.1f} points{tail}")
+    scored = ", ".join(f"{name} {100 * v[name]['top1']:.1f}%" for name in VARIATIONS if name in v)
+    gap = "" if result["bg_gap"] is None else f", BG-Gap {100 * result['bg_gap']:.1f} points"
+    return f"{result['model']}: {scored}{gap}{tail}"
 
 
 # --- 5. the table and the plot ---------------------------------------------------------------------
@@ -406,7 +423,8 @@ def describe(result: dict) -> str:
 def summary_row(result: dict) -> dict:
     adv = result["adversarial"]
     return {"model": result["model"], "family": result["family"], "kind": result["kind"],
-            **{v: result["variations"][v]["top1"] for v in VARIATIONS}, "bg_gap": result["bg_gap"],
+            **{v: result["variations"][v]["top1"] if v in result["variations"] else None for v in VARIATIONS},
+            "bg_gap": result["bg_gap"],
             "adversarial": adv["accuracy"] if adv else None, "adversarial_n": adv["n"] if adv else None,
             "adversarial_se": adv.get("standard_error") if adv and adv.get("sampled") else None,
             "precision": result.get("precision", "unrecorded")}
@@ -458,15 +476,21 @@ def run_bgchallenge(c: BgChallengeConfig, specs: list[ClassifierSpec] | None = N
     check_config(c)
     if c.adversarial_limit is not None and c.adversarial_limit < 0:
         raise BgChallengeError(f"--adversarial-limit must be 0 (no search) or more, got {c.adversarial_limit}.")
+    unknown = [v for v in c.variations if v not in VARIATIONS]
+    if unknown or not c.variations:
+        raise BgChallengeError(f"--variations takes names among {', '.join(VARIATIONS)}; got {', '.join(unknown) or 'none'}.")
     if specs is None:
         names = (parse_model_list(c.models) if c.models else []) + [D3S_PREFIX + p for p in c.checkpoints]
-        if not names:
-            raise BgChallengeError("No model given: pass --models (timm names, clip:<arch>/<pretrained>) and/or --checkpoint.")
-        specs = resolve_classifiers(names, pretrained=c.pretrained, prompts=c.clip_prompts, names=c.clip_names)
+        if not names and not c.in9_models:
+            raise BgChallengeError("No model given: pass --models (timm names, clip:<arch>/<pretrained>), --checkpoint "
+                                   "and/or --in9-model.")
+        specs = resolve_classifiers(names, pretrained=c.pretrained, prompts=c.clip_prompts, names=c.clip_names) if names else []
+        specs += [resolve_in9_classifier(n, c.pretrained) for n in c.in9_models]
     specs = [replace(s, data_config={**s.data_config, "crop_pct": 1.0}) for s in specs]  # the images are crops already
-    ch = open_challenge(c.data, c.adversarial_limit, c.adversarial_seed)
+    ch = open_challenge(c.data, c.adversarial_limit, c.adversarial_seed, tuple(c.variations))
     data = {"bgchallenge": ch.fingerprint, "adversarial_limit": c.adversarial_limit,
-            "adversarial_seed": c.adversarial_seed if c.adversarial_limit else None}
+            "adversarial_seed": c.adversarial_seed if c.adversarial_limit else None,
+            "variations": [v for v in VARIATIONS if v in c.variations]}
     out = Path(c.out) / SUBDIR
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(c.device)

@@ -219,6 +219,33 @@ def _timm_config(name: str) -> tuple[str, str, dict]:
     return arch, cfg.tag or "", cfg.to_dict()
 
 
+# The Backgrounds Challenge feeds its IN-9 models (trained on the 9 classes) the 224 px images as they are, normalised
+# with IN-9's own mean and std (its ImageNet9 dataset definition).
+IN9_MEAN = (0.4717, 0.4499, 0.3837)
+IN9_STD = (0.2600, 0.2516, 0.2575)
+IN9_KIND = "in9"
+
+
+def resolve_in9_classifier(name: str, pretrained: bool = True) -> ClassifierSpec:
+    """A classifier with 9 outputs, the IN-9 classes in the challenge's order (a model trained on IN-9, as the
+    challenge's IN-9L rows), scored directly in IN-9: a timm name or ``local-dir:`` folder whose config says 9
+    classes. Its preprocessing is the challenge's: the images whole at 224 px, IN-9's mean and std."""
+    from .offline_weights import create_timm_model
+
+    arch, tag, cfg = _timm_config(name)
+    n_classes = (cfg.get("num_classes") or 0) - (cfg.get("label_offset") or 0)
+    if n_classes != 9:
+        raise ClassifierError(f"--in9-model {name!r} predicts {cfg.get('num_classes')} classes, not the 9 IN-9 classes; "
+                              "give ImageNet-1k classifiers with --models.")
+    data_config = {"input_size": (3, 224, 224), "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "center",
+                   "mean": IN9_MEAN, "std": IN9_STD}
+
+    def build(device: str):
+        return create_timm_model(name, pretrained=pretrained).to(device)
+
+    return ClassifierSpec(name, IN9_KIND, "IN-9 classifier", False, data_config, pretrained, {}, build)
+
+
 def _resolve_timm(name: str, pretrained: bool) -> ClassifierSpec:
     from timm.data import resolve_data_config
 
@@ -377,7 +404,8 @@ def _resolve_clip(name: str, pretrained: bool, prompts: str, names: str) -> Clas
 # --- d3s extractors ------------------------------------------------------------------------------
 
 class FgHeadClassifier(torch.nn.Module):
-    """A :class:`~d3s.models.DisentangledExtractor` as an ImageNet-1k classifier: its fg head on z_fg.
+    """A :class:`~d3s.models.DisentangledExtractor` as an ImageNet-1k classifier: its fg head on z_fg (after the
+    neck and the LEACE erasers, when the checkpoint has them: the z_fg its fg head was trained or measured on).
 
     Takes normalised images (the extractor's own normalisation is skipped: the caller's follows its mean/std).
     """
@@ -387,8 +415,7 @@ class FgHeadClassifier(torch.nn.Module):
         self.extractor = extractor
 
     def forward(self, x):
-        z_fg, _ = self.extractor.split(self.extractor.backbone(x))
-        return self.extractor.fg_head(z_fg)[:, :1000]
+        return self.extractor.forward_normalized(x, with_heads=True)[1][:, :1000]
 
 
 def _extractor_files(path: str) -> tuple[dict, str]:

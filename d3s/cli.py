@@ -22,6 +22,7 @@ EPILOG = """examples:
   d3s embed --data d3s/ --backbone vit_base_patch14_dinov2.lvd142m --out d3s-dinov2/   # frozen features, then:
   d3s train --data d3s-dinov2/ --out out/wd-dinov2                                    # neck + heads + critics only
   d3s probe --data out/toy --checkpoint out/wd --out out/wd/probe.json
+  d3s erase --checkpoint out/wd --data out/toy   # LEACE: no linear readout of bg from z_fg (nor fg from z_bg) left
   d3s spurious --data out/toy --checkpoint out/wd --baseline out/erm --pairs out/toy/pairs.json --out out/wd/spurious.json
   d3s benchmark --data d3s-splits/ --imagenet-val /data/imagenet/val --out results/   # the paper's model families
   d3s benchmark --data out/d3s-tiny --split train --models test_resnet,test_vit,clip:tiny --no-pretrained --out results-tiny/
@@ -41,6 +42,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from .classifiers import ClassifierError
     from .diversity import DiversityError
     from .embed import EmbedError
+    from .erase import EraseError
     from .models import ModelError
     from .probes import ProbeError
     from .offline_weights import OfflineWeightsError
@@ -51,7 +53,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
     return (GenerationError, LabelError, GuideSourceError, DatasetFormatError, ReviewError, ToyError, TrainError,
             HparamError, ModelError, SpuriousError, BenchmarkError, ClassifierError, DiversityError, ProbeError,
-            BgChallengeError, OfflineWeightsError, EmbedError)
+            BgChallengeError, OfflineWeightsError, EmbedError, EraseError)
 
 
 # --- generate ------------------------------------------------------------------------------------
@@ -199,7 +201,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     if args.clip:
         from .curate import zero_shot_scorer
 
-        zero_shot = zero_shot_scorer(args.clip, pretrained=not args.no_pretrained)
+        zero_shot = zero_shot_scorer(args.clip, pretrained=not args.no_pretrained, precision=args.precision)
     summary = score(args.data, split=args.split, zero_shot=zero_shot, batch_size=args.batch_size)
     print(f"scored {summary['rows']} images in {args.data} (split {args.split}); {summary['blank']} near-uniform")
     print(format_report(removal_report(args.data, args.split, _thresholds(args))))
@@ -215,7 +217,8 @@ def _register_score(sub) -> None:
     p.add_argument("--clip", metavar="NAME", help="zero-shot CLIP model for the foreground check, e.g. clip:ViT-B-32/openai "
                                                   "(any `d3s benchmark` model name works)")
     p.add_argument("--no-pretrained", action="store_true", help="random weights for --clip (offline tests only)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass of --clip (default: %(default)s)")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help=PRECISION_HELP)
     _add_threshold_args(p)
     p.set_defaults(func=cmd_score)
 
@@ -345,7 +348,7 @@ def _register_labels(sub) -> None:
 # --- toy -------------------------------------------------------------------------------------------
 
 def cmd_toy(args: argparse.Namespace) -> int:
-    from .toy import FeatureToyConfig, ToyConfig, ToyError, unpaired, write_feature_toy, write_toy
+    from .toy import FeatureToyConfig, ToyConfig, ToyError, feature_toy_settings, unpaired, write_feature_toy, write_toy
 
     def given(**kw):  # the options set on the command line; the rest keep the kind's own defaults
         return {k: v for k, v in kw.items() if v is not None}
@@ -355,15 +358,16 @@ def cmd_toy(args: argparse.Namespace) -> int:
     if args.kind == "features":
         image_only = [f"--{k}" for k in ("correlation", "size", "shapes", "textures") if getattr(args, k) is not None]
         if image_only:
-            raise ToyError(f"--kind features does not take {', '.join(image_only)} (options of --kind images); it takes --dim "
-                           "and the class counts.")
-        fcfg = FeatureToyConfig(out=args.out, **given(**counts, dim=args.dim))
+            raise ToyError(f"--kind features does not take {', '.join(image_only)} (options of --kind images); it takes "
+                           f"{', '.join('--' + k.replace('_', '-') for k in _TOY_FEATURE_KNOBS)} and the class counts.")
+        fcfg = FeatureToyConfig(out=args.out, **given(**counts, **{k: getattr(args, k) for k in _TOY_FEATURE_KNOBS}))
         rows = write_feature_toy(fcfg)
         print(f"wrote {rows['train']} train and {rows['validation']} validation rows of {fcfg.dim} features "
-              f"({fcfg.fg_classes} fg x {fcfg.bg_classes} bg classes, mixed nonlinearly) to {args.out}")
+              f"({fcfg.fg_classes} fg x {fcfg.bg_classes} bg classes; {feature_toy_settings(fcfg)}) to {args.out}")
         return 0
-    if args.dim is not None:
-        raise ToyError("--dim applies to --kind features.")
+    features_only = [f"--{k.replace('_', '-')}" for k in _TOY_FEATURE_KNOBS if getattr(args, k) is not None]
+    if features_only:
+        raise ToyError(f"{', '.join(features_only)} appl{'ies' if len(features_only) == 1 else 'y'} to --kind features.")
     cfg = ToyConfig(out=args.out, **given(**counts, correlation=args.correlation, size=args.size),
                     shapes=args.shapes.split(",") if args.shapes else None, textures=args.textures.split(",") if args.textures else None)
     rows = write_toy(cfg)
@@ -376,8 +380,11 @@ def cmd_toy(args: argparse.Namespace) -> int:
     return 0
 
 
+_TOY_FEATURE_KNOBS = ("dim", "mixing", "bg_scale", "fg_noise", "bg_noise", "nuisance", "nuisance_scale", "noise_dims")
+
+
 def _register_toy(sub) -> None:
-    from .toy import SHAPES, TEXTURES, FeatureToyConfig as F
+    from .toy import FEATURE_MIXINGS, SHAPES, TEXTURES, FeatureToyConfig as F
     from .toy import ToyConfig as T
 
     p = sub.add_parser("toy", help="write a dataset with known factors: shapes on textures, or features at the paper's sizes",
@@ -385,7 +392,8 @@ def _register_toy(sub) -> None:
                                    "--kind images: a known shape (fg) on a known texture (bg), colours and positions random, at a "
                                    "chosen fg-bg correlation; trains on a CPU in minutes. --kind features: precomputed 'backbone "
                                    "features' at the paper's sizes (2048 features, 1000 fg x 10 bg classes), fg and bg codes mixed "
-                                   "by a fixed random ReLU network; trains only the disentangling part (`d3s train` on it).")
+                                   "by a fixed random network (--mixing; knobs for the bg strength, the rows per class and the "
+                                   "nuisance move the regime); trains only the disentangling part (`d3s train` on it).")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--kind", choices=("images", "features"), default="images", help="(default: %(default)s)")
     p.add_argument("--fg-classes", type=int, help=f"number of shapes / fg classes (default: {T.fg_classes}; features: {F.fg_classes})")
@@ -399,6 +407,19 @@ def _register_toy(sub) -> None:
     p.add_argument("--shapes", metavar="NAMES", help=f"images: comma-separated shapes instead of the first --fg-classes: any of {', '.join(SHAPES)}")
     p.add_argument("--textures", metavar="NAMES", help=f"images: comma-separated textures instead of the first --bg-classes: any of {', '.join(TEXTURES)}")
     p.add_argument("--dim", type=int, help=f"features: features per row (default: {F.dim}, ResNet-50's)")
+    f = p.add_argument_group("features: the regime (defaults: the toy the README's tables use)")
+    f.add_argument("--mixing", metavar="NAME", help=f"how the fg, bg and nuisance codes become features (default: {F.mixing}): "
+                   + "; ".join(f"{k}: {v}" for k, v in FEATURE_MIXINGS.items()))
+    f.add_argument("--bg-scale", type=float, metavar="S", help=f"spread of the bg prototypes against the bg noise (default: {F.bg_scale}); "
+                   "larger encodes the background more strongly (2.5: a linear probe on the raw first 1798 features reads bg at "
+                   "1.00), smaller more weakly (0.8: 0.94-0.96)")
+    f.add_argument("--fg-noise", type=float, metavar="S", help=f"within-class spread of the fg code (default: {F.fg_noise}; prototypes: 1)")
+    f.add_argument("--bg-noise", type=float, metavar="S", help=f"within-class spread of the bg code (default: {F.bg_noise})")
+    f.add_argument("--nuisance", type=int, metavar="N", help=f"dimensions of the nuisance code, noise correlated with neither label "
+                   f"and mixed into every feature (default: {F.nuisance}; 0: none)")
+    f.add_argument("--nuisance-scale", type=float, metavar="S", help=f"spread of the nuisance code (default: {F.nuisance_scale})")
+    f.add_argument("--noise-dims", type=int, metavar="N", help=f"features replaced by pure noise, correlated with nothing, not even "
+                   f"the nuisance code (default: {F.noise_dims})")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_toy)
 
@@ -427,13 +448,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         extra_data=args.extra_data, extra_batch_size=args.extra_batch_size, crop_scale=args.crop_scale, crop_prob=args.crop_prob, hparams=overrides,
         seed=args.seed, checkpoint_every=args.checkpoint_every, log_every=args.log_every, workers=args.workers,
         mixed_precision=args.mixed_precision, progress=not args.no_progress,
+        erase=args.erase, erase_parts=args.erase_parts, erase_probe=args.erase_probe,
     )
     summary = train(config, stop_after=args.stop_after)
     if not summary.get("main_process", True):
         return 0  # one report per run, from the main process
     if summary.get("done"):
         heads = f" (validation: fg head {summary['val_fg_head']:.3f}, bg head {summary['val_bg_head']:.3f})" if "val_fg_head" in summary else ""
-        print(f"done: {summary['step']} iterations; extractor saved in {args.out}{heads}")
+        erased = " with LEACE erasers (erasure.json)" if summary.get("erasure") else ""
+        print(f"done: {summary['step']} iterations; extractor saved in {args.out}{erased}{heads}")
     elif summary:
         print(f"stopped at step {summary['step']}; run the same command again to continue")
     return 0
@@ -444,7 +467,7 @@ def _register_train(sub) -> None:
     from .models import DEFAULT_NECK, NECKS
     from .train import TrainConfig as T
 
-    p = sub.add_parser("train", help="train a disentangled extractor (Wasserstein, paper sec. 5) or a baseline (ERM, GroupDRO, IRM)",
+    p = sub.add_parser("train", help="train a disentangled extractor (Wasserstein, paper sec. 5; or adversarial, DANN-style) or a baseline (ERM, GroupDRO, IRM)",
                        description="Train on the data's `train` split. Rerunning the same command resumes from --out/checkpoint.pt. "
                                    "`accelerate launch -m d3s train ...` splits batches across GPUs.")
     p.add_argument("--data", required=True, metavar="DIR",
@@ -487,6 +510,14 @@ def _register_train(sub) -> None:
     r.add_argument("--workers", type=int, default=T.workers, help="data loader processes (default: %(default)s)")
     r.add_argument("--mixed-precision", default=T.mixed_precision, choices=("auto", "no", "bf16", "fp16"), help="(default: %(default)s: bf16 on CUDA)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e = p.add_argument_group("erasure (after the last step; see `d3s erase`)")
+    e.add_argument("--erase", action="store_true",
+                   help="fit LEACE erasers (bg from z_fg, fg from z_bg) on the train split after the last step and save them in "
+                        "the extractor; rerunning a finished run with --erase only adds them")
+    e.add_argument("--erase-parts", default=T.erase_parts, choices=("both", "z_fg", "z_bg"),
+                   help="parts that get an eraser: both, z_fg (bg erased from z_fg only) or z_bg (default: %(default)s)")
+    e.add_argument("--erase-probe", default=T.erase_probe, choices=("linear", "mlp", "both", "none"),
+                   help="probes before and after erasure on the validation split, in erasure.json (default: %(default)s)")
     p.set_defaults(func=cmd_train)
 
 
@@ -497,7 +528,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     config = EmbedConfig(data=args.data, out=args.out, backbone=args.backbone, pretrained=not args.no_pretrained,
                          image_size=args.image_size, batch_size=args.batch_size, shard_size=args.shard_size,
-                         workers=args.workers, device=args.device, progress=not args.no_progress)
+                         workers=args.workers, device=args.device, progress=not args.no_progress,
+                         precision=args.precision)
     summary = embed(config)
     if summary["rank"] == 0:
         rows = ", ".join(f"{name} {n}" for name, n in summary["rows"].items())
@@ -526,6 +558,8 @@ def _register_embed(sub) -> None:
     p.add_argument("--shard-size", type=int, default=E.shard_size, help="rows per shard, the unit of resuming; fixed for a folder (default: %(default)s)")
     p.add_argument("--workers", type=int, default=E.workers, help="image decoding threads (default: %(default)s)")
     p.add_argument("--device", default=E.device, help="torch device, or auto (default: %(default)s)")
+    p.add_argument("--precision", default=E.precision, choices=("auto", *PRECISIONS),
+                   help="auto (bf16 on CUDA, fp32 elsewhere; default), fp32, bf16 or fp16; recorded in the folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_embed)
 
@@ -585,6 +619,47 @@ def _register_features(sub) -> None:
     p.add_argument("--out", required=True, metavar="FILE.npz")
     _add_backbone_arg(p)
     p.set_defaults(func=cmd_features)
+
+
+# --- erase -----------------------------------------------------------------------------------------
+
+def cmd_erase(args: argparse.Namespace) -> int:
+    from .erase import erase, format_report, probe_kinds_of
+
+    report = erase(args.checkpoint, args.data, split=args.split, out=args.out, kinds=probe_kinds_of(args.probe),
+                   eval_split=args.eval_split, batch_size=args.batch_size, backbone=args.backbone, progress=not args.no_progress,
+                   parts=args.parts)
+    print(format_report(report))
+    moved = "".join(f"; {a} (measured before erasure) renamed {b}" for a, b in report.get("moved", {}).items())
+    print(f"wrote the erased checkpoint and {', '.join(report['written'])} in {report['out']}{moved}")
+    return 0
+
+
+def _register_erase(sub) -> None:
+    p = sub.add_parser("erase", help="LEACE: erase bg from z_fg and fg from z_bg (linear guarantee), stored in the checkpoint",
+                       description="Fit LEACE erasers (Belrose et al., NeurIPS 2023; the concept-erasure package) on a split: an "
+                                   "affine map of z_fg after which no linear classifier predicts the bg label better than a "
+                                   "constant on that split, changing z_fg least, and one of z_bg for the fg label. They are saved "
+                                   "in the checkpoint and applied wherever it is used (features, heads, probe, spurious, the app, "
+                                   "publishing). Writes erasure.json (heads and probes before and after, on the validation split) "
+                                   "and probe.json (after).")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a `d3s train --out` folder (or Hub id, with --out)")
+    p.add_argument("--data", required=True, metavar="DIR", help="dataset with fg and bg labels the checkpoint reads (images, or "
+                                                                 "the features of a frozen-features checkpoint)")
+    p.add_argument("--split", default="train", help="split the erasers are fitted on (default: %(default)s)")
+    p.add_argument("--out", metavar="CKPT2", help="write the erased checkpoint to this new folder (default: into --checkpoint, "
+                                                  "each file replaced atomically)")
+    p.add_argument("--parts", default="both", choices=("both", "z_fg", "z_bg"),
+                   help="parts that get an eraser: both, z_fg (bg erased from z_fg only; z_bg and the bg head untouched) or "
+                        "z_bg (default: %(default)s)")
+    p.add_argument("--probe", default="both", choices=("linear", "mlp", "both", "none"),
+                   help="probes fitted on --split and scored on --eval-split before and after erasure (default: %(default)s)")
+    p.add_argument("--eval-split", default="validation",
+                   help="split the heads and probes are scored on, when the data has it (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=256, help="rows per forward pass while reading z (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_backbone_arg(p)
+    p.set_defaults(func=cmd_erase)
 
 
 # --- spurious --------------------------------------------------------------------------------------
@@ -657,11 +732,13 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
             flips = f"{most} ({100 * r['flip_rate'][most]:.1f}%)" if most else "(all tie)"
             print(f"{r['model']:40s} {100 * r['consistency']:10.1f} {100 * r['all_backgrounds_top1']:12.1f}  {flips}")
     print(f"evaluated now: {len(summary['evaluated'])}, reused: {len(summary['skipped'])}, failed: {len(summary['failed'])}; "
-          f"results in {args.out}")
+          f"precision {args.precision}; results in {args.out}")
     for f in summary["failed"]:
         print(f"d3s benchmark: model {f['model']} failed: {f['error']}", file=sys.stderr)
     return 1 if summary["failed"] else 0
 
+
+from .inference import PRECISION_HELP, PRECISIONS  # noqa: E402 (numpy only: `d3s --help` stays light)
 
 # The same choices as d3s.classifiers.PROMPT_SETS / NAME_STYLES (a test keeps them equal); not imported, so that
 # `d3s --help` does not import torch.
@@ -700,6 +777,7 @@ def _add_model_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass, halved on out-of-memory (default: %(default)s)")
     p.add_argument("--device", default="auto", help="torch device, or auto (default: %(default)s)")
     p.add_argument("--workers", type=int, default=4, help="image decoding threads (default: %(default)s)")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help=PRECISION_HELP)
     p.add_argument("--cache-dir", metavar="DIR", help="where decoded images are memory-mapped while in use (default: system temp)")
     p.add_argument("--no-plots", action="store_true", help="write results only")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -708,7 +786,7 @@ def _add_model_run_args(p: argparse.ArgumentParser) -> None:
 def _model_run_settings(args: argparse.Namespace) -> dict:
     return {"pretrained": not args.no_pretrained, "clip_prompts": args.clip_prompts, "clip_names": args.clip_names,
             "batch_size": args.batch_size, "device": args.device, "workers": args.workers, "cache_dir": args.cache_dir,
-            "plots": not args.no_plots, "progress": not args.quiet}
+            "plots": not args.no_plots, "progress": not args.quiet, "precision": args.precision}
 
 
 # --- bgchallenge -----------------------------------------------------------------------------------
@@ -717,7 +795,10 @@ def cmd_bgchallenge(args: argparse.Namespace) -> int:
     from .bgchallenge import TABLE_MD, BgChallengeConfig, run_bgchallenge
 
     config = BgChallengeConfig(data=args.data, out=args.out, models=args.models, checkpoints=args.checkpoint or [],
-                               adversarial_limit=args.adversarial_limit, **_model_run_settings(args))
+                               adversarial_limit=args.adversarial_limit, adversarial_seed=args.seed,
+                               in9_models=args.in9_model or [], **_model_run_settings(args),
+                               **({"variations": tuple(v.strip() for v in args.variations.split(",") if v.strip())}
+                                  if args.variations else {}))
     summary = run_bgchallenge(config, log=print)
     if summary["models"]:
         with open(f"{summary['out']}/{TABLE_MD}") as f:
@@ -752,7 +833,15 @@ def _register_bgchallenge(sub) -> None:
                         "w_fg^T z_fg); repeat for several")
     p.add_argument("--out", required=True, metavar="RESULTS", help="results folder (resumable); written to RESULTS/bgchallenge/")
     p.add_argument("--adversarial-limit", type=int, metavar="N",
-                   help="search adversarial backgrounds for the first N foregrounds of each class only (default: all 450; 0: no search)")
+                   help="search adversarial backgrounds for N foregrounds in all, a sample stratified by class drawn from "
+                        "--seed; the score is then an estimate, shown with its standard error (default: all 4,050; 0: no search)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --adversarial-limit sample (default: %(default)s)")
+    p.add_argument("--variations", metavar="LIST", help="comma-separated variations to score (default: all eight: "
+                   "original,only_fg,no_fg,only_bg_b,only_bg_t,mixed_same,mixed_rand,mixed_next)")
+    p.add_argument("--in9-model", action="append", metavar="NAME",
+                   help="a classifier of the 9 IN-9 classes (trained on IN-9, as the challenge's IN-9L rows): timm name or "
+                        "local-dir:<folder> with 9 outputs, scored directly in IN-9 with the challenge's preprocessing "
+                        "(224 px, IN-9's mean and std); repeat for several")
     _add_model_run_args(p)
     p.set_defaults(func=cmd_bgchallenge)
 
@@ -802,7 +891,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for register in (_register_labels, _register_generate, _register_templates, _register_regenerate, _register_score,
                      _register_review, _register_split, _register_benchmark, _register_bgchallenge, _register_diversity, _register_toy,
-                     _register_embed, _register_train, _register_probe, _register_features, _register_spurious):
+                     _register_embed, _register_train, _register_probe, _register_features, _register_erase, _register_spurious):
         register(sub)
     return parser
 

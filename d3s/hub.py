@@ -289,6 +289,10 @@ def timm_backbone(model) -> "torch.nn.Module | None":
     An extractor from a frozen-features checkpoint has a neck: a linear one folds into ``fc``
     (``W_fg A_fg x + W_fg a_fg + b``); an MLP neck cannot be held by timm's linear classifier, and
     then there is no timm-format copy (None).
+
+    A LEACE eraser on z_fg (``d3s erase``) is affine too, ``z_fg -> P z_fg + (I - P) mu``: it folds into the fg
+    head first (``W_fg P``, ``b + W_fg (I - P) mu``, :meth:`~d3s.models.DisentangledExtractor.fg_head_on_z_fg`),
+    so the timm copy predicts what the fg head on the erased z_fg predicts.
     """
     import torch
 
@@ -301,7 +305,7 @@ def timm_backbone(model) -> "torch.nn.Module | None":
     state = {k: v for k, v in model.backbone.state_dict().items()}
     head = net.get_classifier()
     prefix = next(name for name, module in net.named_modules() if module is head)
-    w_fg, b_fg = model.fg_head.weight.detach(), model.fg_head.bias.detach()
+    w_fg, b_fg = model.fg_head_on_z_fg()  # the z_fg eraser, if any, folded in
     if affine is None:  # z is the backbone's features: the fg head reads the first fg_dim of them
         weight = torch.zeros(len(model.fg_names), model.backbone.num_features)
         weight[:, : model.fg_dim] = w_fg
@@ -351,6 +355,9 @@ def stage_checkpoint(checkpoint: str | Path, out: str | Path, repo_id: str, prob
     A checkpoint trained on frozen features is published as the full image extractor: its backbone (the
     recorded one, or ``backbone``) with the trained neck and heads. With an MLP neck there is no timm
     format copy (see :func:`timm_backbone`); the card says so.
+
+    A checkpoint with LEACE erasers (``d3s erase``) keeps them (buffers of the model); its ``erasure.json``
+    (heads and probes before and after erasure) is published beside ``probe.json`` and shown on the card.
     """
     from .models import ModelError, checkpoint_config, is_frozen, load_extractor
 
@@ -368,6 +375,8 @@ def stage_checkpoint(checkpoint: str | Path, out: str | Path, repo_id: str, prob
                            f"{checkpoint} --out {probe_path}` (and `d3s spurious`) first, or pass --probe FILE.")
     probe = json.loads(probe_path.read_text())
     spurious = json.loads(spurious_path.read_text()) if spurious_path.is_file() else None
+    erasure_path = checkpoint / "erasure.json"
+    erasure = json.loads(erasure_path.read_text()) if model.erasure and erasure_path.is_file() else None
     if out.exists() and any(out.iterdir()):
         raise PublishError(f"{out} is not empty; give a new folder for the staged repository.")
 
@@ -376,18 +385,22 @@ def stage_checkpoint(checkpoint: str | Path, out: str | Path, repo_id: str, prob
     shutil.copy(probe_path, out / "probe.json")
     if spurious:
         shutil.copy(spurious_path, out / "spurious.json")
+    if erasure:
+        shutil.copy(erasure_path, out / "erasure.json")
     from timm.models import save_for_hf
 
     net = timm_backbone(model)
     if net is not None:
         save_for_hf(net, str(out / "timm"), model_config={"label_names": list(model.fg_names)}, safe_serialization=True)
-    (out / "README.md").write_text(checkpoint_card(repo_id, model, probe, spurious, frozen=frozen, has_timm=net is not None))
+    (out / "README.md").write_text(checkpoint_card(repo_id, model, probe, spurious, frozen=frozen, has_timm=net is not None,
+                                                   erasure=erasure))
     return {"repo_id": repo_id, "folder": str(out), "timm_repo_id": f"{repo_id}-timm" if net is not None else None,
             "summary": f"staged {model.backbone_name} extractor ({len(model.fg_names)} fg / {len(model.bg_names)} bg classes) "
                        f"with {'probe and spurious' if spurious else 'probe'} results in {out}"}
 
 
-def checkpoint_card(repo_id: str, model, probe: dict, spurious: dict | None, frozen: bool = False, has_timm: bool = True) -> str:
+def checkpoint_card(repo_id: str, model, probe: dict, spurious: dict | None, frozen: bool = False, has_timm: bool = True,
+                    erasure: dict | None = None) -> str:
     meta = {"library_name": "d3s", "license": "mit", "tags": ["d3s", "disentanglement", "image-classification"] + (["timm"] if has_timm else []),
             "pipeline_tag": "image-classification"}
     import yaml
@@ -413,7 +426,8 @@ net = timm.create_model("hf-hub:{repo_id}-timm", pretrained=True)"""
     else:
         timm_use = ""
         timm_note = ("\nNo timm-format copy: the foreground head sits on a nonlinear (MLP) neck, which timm's linear classifier "
-                     "cannot hold. Load it with d3s as above.\n")
+                     "cannot hold" + (" (so there is no timm copy of the LEACE eraser either)" if model.erasure else "")
+                     + ". Load it with d3s as above.\n")
 
     return f"""---
 {yaml.safe_dump(meta, sort_keys=False).strip()}
@@ -428,11 +442,41 @@ from d3s.models import DisentangledExtractor
 model = DisentangledExtractor.from_pretrained("{repo_id}")
 z_fg, z_bg = model.features(images)            # uint8 or [0, 1] images, (N, 3, {model.image_size}, {model.image_size}){timm_use}
 ```
-{timm_note}
+{timm_note}{_erasure_section(model, erasure, has_timm)}
 ## Results
 
 {_metrics_tables(probe, spurious)}
 """
+
+
+def _erasure_section(model, erasure: dict | None, has_timm: bool) -> str:
+    """The card's account of the checkpoint's LEACE erasers (none: empty), with heads and probes before and after."""
+    if not model.erasure:
+        return ""
+    e = model.erasure
+    parts = [f"z_fg of the background label (rank {e['z_fg']['rank']} of {model.fg_dim})" if e["z_fg"]["erases"] else None,
+             f"z_bg of the foreground label (rank {e['z_bg']['rank']} of {model.bg_dim})" if e["z_bg"]["erases"] else None]
+    what = " and ".join(p for p in parts if p)
+    rows = f" of the `{e['split']}` split ({e['rows']} rows)" if e.get("split") else ""
+    timm = (" The timm copy holds the z_fg eraser folded into its classifier: it predicts what the fg head on the erased "
+            "z_fg predicts." if has_timm and e["z_fg"]["erases"] else "")
+    text = (f"\n## Linear concept erasure (LEACE)\n\nThis checkpoint erases {what} with LEACE (Belrose et al., *LEACE: Perfect "
+            f"linear concept erasure in closed form*, NeurIPS 2023; the `concept-erasure` package), fitted on the model's "
+            f"features{rows}: on those rows no linear classifier reads the erased label from that part better than a constant, "
+            "and the features change least. The erasers are buffers of the model, applied in its forward: `model.features()`, "
+            f"both heads and the results below read the erased features. A nonlinear probe can still read what is left.{timm}\n")
+    if not erasure or not erasure.get("eval_split"):
+        return text
+    split = erasure["eval_split"]
+    lines = ["| measure | before | after |", "|---|---|---|"]
+    for head in ("fg_head", "bg_head"):
+        b, a = erasure["heads"]["before"].get(head), erasure["heads"]["after"].get(head)
+        if b is not None:
+            lines.append(f"| {head.replace('_', ' ')} accuracy | {b:.3f} | {a:.3f} |")
+    for kind, before in (erasure.get("probes") or {}).get("before", {}).items():
+        for name, r in before[split].items():
+            lines.append(f"| {kind} probe {name} | {r['top1']:.3f} | {erasure['probes']['after'][kind][split][name]['top1']:.3f} |")
+    return text + f"\nTop-1 on `{split}`, before and after erasure (probes fitted on the erasers' split):\n\n" + "\n".join(lines) + "\n"
 
 
 __all__ = ["PublishError", "stage_dataset", "stage_checkpoint", "timm_backbone", "upload_folder", "staging_dir", "cleanup", "DatasetFormatError"]

@@ -22,6 +22,12 @@ heads, with the name and preprocessing of the backbone that made the features, b
 :func:`load_extractor` turns such a checkpoint back into an image extractor by rebuilding that
 backbone (a :class:`DisentangledExtractor` whose ``neck`` is the trained one; image-trained
 extractors have no neck), so either kind of checkpoint serves images the same way.
+
+Either kind may also carry two LEACE erasers (``d3s erase``, ``d3s train --erase``; :mod:`d3s.erase`): an affine
+map on z_fg after which no linear classifier reads the bg label from it better than a constant, and one on z_bg
+for the fg label. They are buffers of the model (``z_fg_eraser.*``, ``z_bg_eraser.*`` in ``model.safetensors``),
+recorded with their ranks and the labels they were fitted on in the ``erasure`` argument (``config.json``), and
+applied to z in ``forward``: the features, both heads, and everything downstream read the erased z.
 """
 
 from __future__ import annotations
@@ -155,12 +161,76 @@ class Neck(nn.Module):
         return None if self.branch is not None else (self.affine.weight.detach(), self.affine.bias.detach())
 
 
+class LeaceProjection(nn.Module):
+    """A stored LEACE eraser: ``x -> x - (x - mean) @ right.T @ left.T``, i.e. ``P x + (I - P) mean`` with
+    ``P = I - left @ right`` (rank ``rank`` perturbation of the identity); float32 in, float32 out.
+
+    The same affine map as ``concept_erasure.LeaceEraser.__call__`` (EleutherAI's ``concept-erasure``
+    package, ``leace.py``; Belrose et al., *LEACE: Perfect linear concept erasure in closed form*,
+    NeurIPS 2023), with ``left = proj_left``, ``right = proj_right`` and ``mean = bias`` (the fitted mean
+    of x), held as buffers so they are saved in ``model.safetensors``. Buffers and arithmetic are float64,
+    outside autocast: ``x - (x - mean) R^T L^T`` cancels most of x, and in float32 (or bf16) the rounding
+    left in the erased directions is a function of x that a standardising probe reads back (an eraser that
+    removes all of a part, rank = dim, would leave label-dependent noise instead of a constant).
+
+    The buffers start as NaN: weights that lack them (a ``config.json`` that records erasers beside a
+    ``model.safetensors`` that does not hold them) give NaN, never silently un-erased features.
+
+    Args:
+        dim (`int`): size of x.
+        rank (`int`): number of directions the eraser acts on (0: the identity).
+    """
+
+    def __init__(self, dim: int, rank: int):
+        super().__init__()
+        nan = float("nan")
+        self.register_buffer("left", torch.full((dim, rank), nan, dtype=torch.float64))
+        self.register_buffer("right", torch.full((rank, dim), nan, dtype=torch.float64))
+        self.register_buffer("mean", torch.full((dim,), nan, dtype=torch.float64))
+
+    @property
+    def rank(self) -> int:
+        return self.left.shape[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x = x.to(self.left.dtype)
+            return (x - ((x - self.mean) @ self.right.T) @ self.left.T).float()
+
+    def fold(self, weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W', b') of a linear layer on the erased x, as a layer on x itself: ``W' x + b' = W erase(x) + b``."""
+        w = weight.to(self.left.dtype)
+        wl = w @ self.left
+        return (w - wl @ self.right).float(), (bias.to(self.left.dtype) + wl @ (self.right @ self.mean)).float()
+
+    def loaded(self) -> bool:
+        """Whether the buffers hold fitted values (no NaN left from initialisation)."""
+        return not any(bool(torch.isnan(b).any()) for b in (self.left, self.right, self.mean))
+
+
+ERASURE_KEYS = ("method", "z_fg", "z_bg", "fg_names", "bg_names", "split", "rows")
+
+
+def _eraser_factors(eraser, dim: int, part: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(left, right, mean) of a ``concept_erasure.LeaceEraser``, float64 on the CPU, without the directions the
+    package zeroed (singular values under its ``svd_tol``): the same map, stored at its actual rank. None: the
+    identity (rank 0)."""
+    if eraser is None:
+        return torch.zeros(dim, 0, dtype=torch.float64), torch.zeros(0, dim, dtype=torch.float64), torch.zeros(dim, dtype=torch.float64)
+    left, right = eraser.proj_left.detach().cpu().double(), eraser.proj_right.detach().cpu().double()
+    mean = eraser.bias.detach().cpu().double() if eraser.bias is not None else torch.zeros(dim, dtype=torch.float64)
+    if left.shape[0] != dim or right.shape[1] != dim or mean.shape != (dim,):
+        raise ModelError(f"the {part} eraser acts on {left.shape[0]} features, but {part} has {dim}.")
+    keep = (left.abs().sum(0) > 0) & (right.abs().sum(1) > 0)
+    return left[:, keep], right[keep], mean
+
+
 class _SplitHeads(nn.Module):
     """What both models share: z (from the features, through the neck if any) split into [z_fg | z_bg],
     a linear head on each part, and the class names."""
 
     def _init_split(self, num_inputs: int, fg_names: Sequence[str], bg_names: Sequence[str], fg_dim: int | None,
-                    bg_dim: int | None, neck: str | None, neck_hidden: int | None, source: str) -> None:
+                    bg_dim: int | None, neck: str | None, neck_hidden: int | None, source: str, erasure: dict | None = None) -> None:
         n = num_inputs
         if bg_dim is None:
             bg_dim = n - fg_dim if fg_dim is not None else default_bg_dim(n)
@@ -177,6 +247,84 @@ class _SplitHeads(nn.Module):
         self.neck = nn.Identity() if neck is None else Neck(neck, n, self.fg_dim + self.bg_dim, neck_hidden)
         self.fg_head = nn.Linear(self.fg_dim, len(self.fg_names))
         self.bg_head = nn.Linear(self.bg_dim, len(self.bg_names))
+        self._init_erasure(erasure)
+
+    def _init_erasure(self, erasure: dict | None) -> None:
+        """Register the eraser buffers an ``erasure`` record describes (NaN until loaded or set), after checking that
+        they were fitted on this model's labels; None: no erasers."""
+        self.erasure = None
+        self.z_fg_eraser = self.z_bg_eraser = None
+        if erasure is None:
+            return
+        if not isinstance(erasure, dict) or any(k not in erasure for k in ERASURE_KEYS):
+            raise ModelError(f"the checkpoint's erasure record must be a JSON object with {', '.join(ERASURE_KEYS)}; got "
+                             f"{sorted(erasure) if isinstance(erasure, dict) else type(erasure).__name__}.")
+        for kind, mine in (("fg", self.fg_names), ("bg", self.bg_names)):
+            theirs = list(erasure[f"{kind}_names"])
+            if theirs != mine:
+                other = [n for n in theirs if n not in mine][:3]
+                detail = f"e.g. {other} are not the model's" if other else "the same names in another order or a subset"
+                raise ModelError(f"the checkpoint's LEACE erasers were fitted on {len(theirs)} {kind} labels that are not the model's "
+                                 f"{len(mine)} {kind} classes ({detail}): config.json mixes two models; without its 'erasure' entry "
+                                 "it loads without erasers, and `d3s erase` fits new ones.")
+        ranks = {}
+        for part, dim, label in (("z_fg", self.fg_dim, "bg"), ("z_bg", self.bg_dim, "fg")):
+            entry = erasure[part] if isinstance(erasure[part], dict) else {}
+            rank, erases = entry.get("rank"), entry.get("erases")
+            if not isinstance(rank, int) or not 0 <= rank <= dim:
+                raise ModelError(f"the checkpoint's {part} eraser has rank {rank!r}; it must be an integer from 0 to {part}'s size {dim}.")
+            if erases not in (label, None) or (erases is None and rank):
+                raise ModelError(f"the checkpoint's {part} eraser erases {erases!r} at rank {rank}; a {part} eraser erases {label!r} "
+                                 "(or null, at rank 0: that part is not erased).")
+            ranks[part] = rank
+        self.erasure = json.loads(json.dumps(erasure))
+        self.z_fg_eraser = LeaceProjection(self.fg_dim, ranks["z_fg"])
+        self.z_bg_eraser = LeaceProjection(self.bg_dim, ranks["z_bg"])
+
+    def set_erasers(self, z_fg_eraser, z_bg_eraser, record: dict | None = None) -> None:
+        """Store fitted ``concept_erasure.LeaceEraser`` s: ``z_fg_eraser`` on z_fg (of the bg label), ``z_bg_eraser`` on
+        z_bg (of the fg label); one None leaves that part as it is (a rank-0 eraser), both None remove the erasers.
+
+        ``record`` holds ``method``, ``split`` and ``rows`` (how they were fitted); the ranks and labels are filled
+        in. It becomes the ``erasure`` argument, so ``save_pretrained`` writes it to ``config.json`` and
+        ``from_pretrained`` rebuilds the buffers (:mod:`d3s.erase` fits them).
+        """
+        if z_fg_eraser is None and z_bg_eraser is None:
+            self._init_erasure(None)
+            self._record_config(None)
+            return
+        parts = {"z_fg": _eraser_factors(z_fg_eraser, self.fg_dim, "z_fg"), "z_bg": _eraser_factors(z_bg_eraser, self.bg_dim, "z_bg")}
+        erasure = {"method": "leace", "split": None, "rows": None, **(record or {}),
+                   "z_fg": {"erases": "bg" if z_fg_eraser is not None else None, "rank": parts["z_fg"][0].shape[1]},
+                   "z_bg": {"erases": "fg" if z_bg_eraser is not None else None, "rank": parts["z_bg"][0].shape[1]},
+                   "fg_names": self.fg_names, "bg_names": self.bg_names}
+        self._init_erasure(erasure)
+        device = self.fg_head.weight.device
+        for module, (left, right, mean) in ((self.z_fg_eraser, parts["z_fg"]), (self.z_bg_eraser, parts["z_bg"])):
+            module.to(device)
+            module.left.copy_(left)
+            module.right.copy_(right)
+            module.mean.copy_(mean)
+        self._record_config(self.erasure)
+
+    def _record_config(self, erasure: dict | None) -> None:
+        # PyTorchModelHubMixin writes the __init__ arguments it saw at construction (its _hub_mixin_config) to config.json
+        config = getattr(self, "_hub_mixin_config", None)
+        if isinstance(config, dict):
+            config["erasure"] = erasure
+
+    def erase(self, z: torch.Tensor) -> torch.Tensor:
+        """z with the erasers applied to its parts (z itself when there are none)."""
+        if self.z_fg_eraser is None:
+            return z
+        z_fg, z_bg = self.split(z)
+        return torch.cat([self.z_fg_eraser(z_fg), self.z_bg_eraser(z_bg)], dim=1)
+
+    def fg_head_on_z_fg(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W, b) of the fg head as a linear map of the un-erased z_fg: the z_fg eraser folded into the head
+        (``W z_fg + b = fg_head(eraser(z_fg))``); the head itself when there are no erasers."""
+        w, b = self.fg_head.weight.detach(), self.fg_head.bias.detach()
+        return (w, b) if self.z_fg_eraser is None else self.z_fg_eraser.fold(w, b)
 
     @property
     def num_features(self) -> int:
@@ -184,6 +332,7 @@ class _SplitHeads(nn.Module):
         return self.fg_dim + self.bg_dim
 
     def _outputs(self, z: torch.Tensor, with_heads: bool):
+        z = self.erase(z)  # the heads read the erased parts too: what the features say is what the heads see
         if not with_heads:
             return z
         z_fg, z_bg = self.split(z)
@@ -232,6 +381,8 @@ class DisentangledExtractor(
         backbone_args (`dict`, *optional*): more ``timm.create_model`` arguments of the backbone.
         preprocessing (`dict`, *optional*): timm data config (:func:`preprocessing_of`) images must be
             prepared with (:meth:`input_transform`): the one a frozen checkpoint's features were made with.
+        erasure (`dict`, *optional*): the LEACE erasers the checkpoint holds (``d3s erase``): their ranks, the
+            labels they were fitted on (must be this model's) and how; None (the default): no erasers.
 
     Without a neck, ``fg_dim + bg_dim`` must equal the backbone's feature size: the split is a
     partition of the backbone's own features, as in the paper, not a projection.
@@ -251,11 +402,12 @@ class DisentangledExtractor(
         neck_hidden: int | None = None,
         preprocessing: dict | None = None,
         backbone_args: dict | None = None,
+        erasure: dict | None = None,
     ):
         super().__init__()
         self.backbone = create_backbone(backbone, args=backbone_args)
         self.backbone_name, self.backbone_args = backbone, backbone_args
-        self._init_split(self.backbone.num_features, fg_names, bg_names, fg_dim, bg_dim, neck, neck_hidden, backbone)
+        self._init_split(self.backbone.num_features, fg_names, bg_names, fg_dim, bg_dim, neck, neck_hidden, backbone, erasure)
         cfg = self.backbone.pretrained_cfg or {}
         self.preprocessing = dict(preprocessing) if preprocessing else None
         recorded = self.preprocessing or {}
@@ -303,9 +455,13 @@ class DisentangledExtractor(
         return eval_transform(self.preprocessing)
 
     def forward(self, images: torch.Tensor, with_heads: bool = False):
-        """All features z = [z_fg | z_bg], shape (N, fg_dim + bg_dim); with ``with_heads``,
-        ``(z, fg_logits, bg_logits)`` (one forward, so DDP sees every parameter used)."""
-        return self._outputs(self.neck(self.backbone(self.normalize(images))), with_heads)
+        """All features z = [z_fg | z_bg], shape (N, fg_dim + bg_dim), erased if the checkpoint holds erasers; with
+        ``with_heads``, ``(z, fg_logits, bg_logits)`` (one forward, so DDP sees every parameter used)."""
+        return self.forward_normalized(self.normalize(images), with_heads)
+
+    def forward_normalized(self, x: torch.Tensor, with_heads: bool = False):
+        """:meth:`forward` of inputs already normalised (:meth:`normalize`): backbone, neck, erasers, heads."""
+        return self._outputs(self.neck(self.backbone(x)), with_heads)
 
 
 class FeatureDisentangler(
@@ -330,6 +486,7 @@ class FeatureDisentangler(
             dataset's ``d3s_embed.json``); None when unknown.
         pretrained (`bool`, defaults to True): whether that backbone had its pretrained weights.
         preprocessing (`dict`, *optional*): the timm data config the images were prepared with.
+        erasure (`dict`, *optional*): the LEACE erasers the checkpoint holds (see :class:`DisentangledExtractor`).
 
     No backbone weights are saved: :meth:`to_extractor` rebuilds the backbone by name.
     """
@@ -346,23 +503,25 @@ class FeatureDisentangler(
         backbone: str | None = None,
         pretrained: bool = True,
         preprocessing: dict | None = None,
+        erasure: dict | None = None,
     ):
         super().__init__()
         if neck not in NECKS:
             raise ModelError(f"unknown --neck {neck!r}; choose from {', '.join(NECKS)}.")
         self.feature_dim = int(feature_dim)
-        self._init_split(self.feature_dim, fg_names, bg_names, fg_dim, bg_dim, neck, neck_hidden, "the features")
+        self._init_split(self.feature_dim, fg_names, bg_names, fg_dim, bg_dim, neck, neck_hidden, "the features", erasure)
         self.neck_kind, self.neck_hidden = neck, neck_hidden
         self.backbone_name, self.pretrained = backbone, bool(pretrained)
         self.preprocessing = dict(preprocessing) if preprocessing else None
 
     def forward(self, features: torch.Tensor, with_heads: bool = False):
-        """z = neck(features), shape (N, fg_dim + bg_dim); with ``with_heads``, ``(z, fg_logits, bg_logits)``."""
+        """z = neck(features), erased if the checkpoint holds erasers, shape (N, fg_dim + bg_dim); with ``with_heads``,
+        ``(z, fg_logits, bg_logits)``."""
         return self._outputs(self.neck(features.float()), with_heads)
 
     def to_extractor(self, backbone: str | None = None) -> DisentangledExtractor:
         """The image extractor: the backbone that made the features (its pretrained weights), then this
-        neck and these heads.
+        neck, these erasers (if any) and these heads.
 
         Args:
             backbone (`str`, *optional*): another source of the same backbone, e.g. ``local-dir:DIR``
@@ -378,14 +537,14 @@ class FeatureDisentangler(
         arch, args = portable_name(name)
         model = DisentangledExtractor(arch, self.fg_names, self.bg_names, fg_dim=self.fg_dim, bg_dim=self.bg_dim,
                                       neck=self.neck_kind, neck_hidden=self.neck_hidden, backbone_args=args,
-                                      preprocessing=self.preprocessing or preprocessing_of(create_backbone(name)))
+                                      preprocessing=self.preprocessing or preprocessing_of(create_backbone(name)), erasure=self.erasure)
         n = model.backbone.num_features
         if n != self.feature_dim:
             raise ModelError(f"backbone {name!r} gives {n} features, but this checkpoint's neck takes {self.feature_dim} "
                              f"(the features of {self.backbone_name or 'an unrecorded backbone'}).")
         model.load_backbone_weights(name)
         backbone_state = {f"backbone.{k}": v for k, v in model.backbone.state_dict().items()}
-        model.load_state_dict({**backbone_state, **self.state_dict()}, strict=True)  # same neck and head keys
+        model.load_state_dict({**backbone_state, **self.state_dict()}, strict=True)  # same neck, eraser and head keys
         return model.eval()
 
 
@@ -426,11 +585,17 @@ def is_frozen(config: dict) -> bool:
 
 def _from_pretrained(cls, path: str):
     try:
-        return cls.from_pretrained(path)
+        model = cls.from_pretrained(path)
     except TypeError as err:  # config.json of another kind of model
         raise ModelError(f"{path} is not a d3s checkpoint ({err}).") from None
-    except (OSError, ValueError) as err:  # missing weights
+    except (OSError, ValueError) as err:  # missing weights; erasers fitted on other labels (ModelError)
         raise ModelError(f"cannot load checkpoint {path!r}: {_first_line(err)}") from None
+    except RuntimeError as err:  # weights of other sizes than config.json says (e.g. erasers of another rank)
+        raise ModelError(f"cannot load checkpoint {path!r}: its model.safetensors does not fit its config.json: {_first_line(err)}") from None
+    if model.z_fg_eraser is not None and not (model.z_fg_eraser.loaded() and model.z_bg_eraser.loaded()):
+        raise ModelError(f"cannot load checkpoint {path!r}: its config.json records LEACE erasers that its model.safetensors "
+                         "does not hold (files of two models?); without the 'erasure' entry of config.json it loads without erasers.")
+    return model
 
 
 def load_extractor(path: str, backbone: str | None = None) -> DisentangledExtractor:

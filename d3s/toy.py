@@ -246,28 +246,52 @@ Validation: {counts['validation']} images, every pair equally often. Settings: `
 
 # --- known factors at the paper's dimensions: a features dataset -----------------------------------------
 
+FEATURE_MIXINGS: dict[str, str] = {  # --mixing NAME: how the fg, bg and nuisance codes become the features
+    "relu2": "a fixed random two-layer ReLU network of the three codes side by side (they add before each ReLU)",
+    "relu1": "one fixed random ReLU layer of the three codes side by side: each feature a rectified sum of the three",
+    "gated": "the bg code gates the fg code: each hidden unit's fg input is multiplied by a factor in (0, 2) that the bg "
+             "code sets (a sigmoid of a bg projection), then relu2's output layer",
+    "rotate": "the fg code is turned, plane by plane, by angles of up to 45 degrees that are a nonlinear (tanh) function of "
+              "the bg code, then the relu2 network: each bg class sees the fg classes in another orientation",
+    "product": "each hidden unit is (fg projection + 1) x (bg projection + 1) plus the nuisance: every unit carries fg, bg "
+               "and their product, then relu2's output layer",
+}
+
+
 @dataclass
 class FeatureToyConfig:
     """Settings of ``d3s toy --kind features``: precomputed "backbone features" with known factors.
 
-    Each row's features are a fixed random two-layer ReLU network applied to three latent parts: a fg
-    code (its class's prototype plus noise), a bg code (likewise) and a nuisance code (noise only). Like
-    real backbone features they are non-negative and wide, and they mix fg and bg nonlinearly: no
-    linear map separates the two, so a model must learn what to keep where. The defaults are the
-    paper's sizes (2048 features, split 1798 / 250; 1000 fg classes, 10 bg classes).
+    Each row's features are a fixed random network applied to three latent parts: a fg code (its class's
+    prototype plus noise), a bg code (likewise) and a nuisance code (noise only, correlated with neither
+    label). With the default mixing (``relu2``, a two-layer ReLU network) they are, like real backbone
+    features, non-negative and wide, and they mix fg and bg nonlinearly: no linear map separates the two, so
+    a model must learn what to keep where. The defaults are the paper's sizes (2048 features, split 1798 /
+    250; 1000 fg classes, 10 bg classes). The other knobs move the regime: how strongly the background is
+    encoded (``bg_scale``), how many rows each class has (``train_per_pair``), how fg and bg are combined
+    (``mixing``, :data:`FEATURE_MIXINGS`: in ``gated``, ``rotate`` and ``product`` they do not merely add),
+    and how much nuisance there is (``nuisance``, ``nuisance_scale``, ``noise_dims``).
 
     Args:
         out (`str`): output folder (the project's dataset format, a ``features`` column).
         fg_classes (`int`, defaults to 1000), bg_classes (`int`, defaults to 10): label counts.
         dim (`int`, defaults to 2048): features per row.
         train_per_pair (`int`, defaults to 1), val_per_pair (`int`, defaults to 1): rows per (fg, bg) pair
-            (10 train rows per fg class by default: the probes of 1000 classes stay affordable on a CPU).
+            (10 train rows per fg class by default: the probes of 1000 classes stay affordable on a CPU; 2 per
+            pair is 20 per fg class with 10 bg classes).
         fg_latent (`int`, defaults to 64), bg_latent (`int`, defaults to 16), nuisance (`int`, defaults to 32):
-            sizes of the latent codes.
-        hidden (`int`, defaults to 512): width of the mixing network's hidden layer.
+            sizes of the latent codes (``nuisance`` 0: no nuisance code).
+        hidden (`int`, defaults to 512): width of the mixing network's hidden layer (unused by ``relu1``).
         fg_noise (`float`, defaults to 1.0), bg_noise (`float`, defaults to 0.6): within-class spread of the fg
-            and bg codes (the prototypes have unit variance): a linear probe on all features then reads fg at
-            about 0.94 and bg at about 0.98.
+            and bg codes (the fg prototypes have unit variance): with the other defaults a linear probe on all
+            features then reads fg at about 0.94 and bg at about 0.98.
+        mixing (`str`, defaults to ``"relu2"``): how the codes become features, one of :data:`FEATURE_MIXINGS`.
+        bg_scale (`float`, defaults to 1.0): spread (standard deviation) of the bg prototypes, against the bg
+            noise and the fg prototypes' unit spread: above 1 the background is more strongly encoded (at 2.5 a
+            linear probe on the raw first 1798 of the 2048 default features reads bg at 1.00), below 1 more weakly.
+        nuisance_scale (`float`, defaults to 1.0): spread of the nuisance code (its share of every feature grows with it).
+        noise_dims (`int`, defaults to 0): features (fixed random columns) replaced by rectified unit Gaussian
+            noise, correlated with nothing (neither label nor the nuisance code).
         seed (`int`, defaults to 0): everything is a function of it.
     """
 
@@ -283,37 +307,82 @@ class FeatureToyConfig:
     hidden: int = 512
     fg_noise: float = 1.0
     bg_noise: float = 0.6
+    mixing: str = "relu2"
+    bg_scale: float = 1.0
+    nuisance_scale: float = 1.0
+    noise_dims: int = 0
     seed: int = 0
 
     def check(self) -> None:
         if self.fg_classes < 2 or self.bg_classes < 2:
             raise ToyError(f"--fg-classes and --bg-classes must be at least 2, got {self.fg_classes} and {self.bg_classes}.")
         if self.dim < 4 or min(self.fg_latent, self.bg_latent, self.hidden) < 1 or self.nuisance < 0:
-            raise ToyError("--dim must be at least 4 and the latent and hidden sizes positive.")
+            raise ToyError(f"--dim must be at least 4, the fg and bg codes and the hidden layer at least 1 wide and the nuisance "
+                           f"code 0 or more; got dim {self.dim}, fg_latent {self.fg_latent}, bg_latent {self.bg_latent}, "
+                           f"hidden {self.hidden}, nuisance {self.nuisance}.")
         if self.train_per_pair < 1 or self.val_per_pair < 1:
-            raise ToyError("--train-per-pair and --val-per-pair must be at least 1.")
-        if min(self.fg_noise, self.bg_noise) < 0:
-            raise ToyError(f"--fg-noise and --bg-noise must be non-negative, got {self.fg_noise} and {self.bg_noise}.")
+            raise ToyError(f"--train-per-pair and --val-per-pair must be at least 1, got {self.train_per_pair} and {self.val_per_pair}.")
+        if not (min(self.fg_noise, self.bg_noise) >= 0 and max(self.fg_noise, self.bg_noise) <= 100):
+            raise ToyError(f"--fg-noise and --bg-noise must be in [0, 100], got {self.fg_noise} and {self.bg_noise}.")
+        if self.mixing not in FEATURE_MIXINGS:
+            raise ToyError(f"--mixing must be one of {', '.join(FEATURE_MIXINGS)}, got {self.mixing!r}.")
+        if self.mixing == "rotate" and self.fg_latent < 2:
+            raise ToyError(f"--mixing rotate turns the fg code in planes, so it needs a fg code of at least 2 dimensions, got {self.fg_latent}.")
+        if not 0 < self.bg_scale <= 100:
+            raise ToyError(f"--bg-scale must be in (0, 100], got {self.bg_scale}.")
+        if not 0 <= self.nuisance_scale <= 100:
+            raise ToyError(f"--nuisance-scale must be in [0, 100], got {self.nuisance_scale}.")
+        if not 0 <= self.noise_dims <= self.dim - 2:
+            raise ToyError(f"--noise-dims must be in 0..{self.dim - 2} (--dim {self.dim} less 2 features that carry the labels), "
+                           f"got {self.noise_dims}.")
+
+
+def latent_codes(cfg: FeatureToyConfig, fg: np.ndarray, bg: np.ndarray, rng: np.random.Generator,
+                 params: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The fg, bg and nuisance codes (float64) of rows with labels ``fg``, ``bg``; fresh noise from ``rng``."""
+    n = len(fg)
+    return (params["fg_proto"][fg] + cfg.fg_noise * rng.standard_normal((n, cfg.fg_latent)),
+            cfg.bg_scale * params["bg_proto"][bg] + cfg.bg_noise * rng.standard_normal((n, cfg.bg_latent)),
+            cfg.nuisance_scale * rng.standard_normal((n, cfg.nuisance)))
 
 
 def mix_features(cfg: FeatureToyConfig, fg: np.ndarray, bg: np.ndarray, rng: np.random.Generator,
                  params: dict[str, np.ndarray]) -> np.ndarray:
-    """float32 features (N, dim) of rows with labels ``fg``, ``bg``; fresh noise from ``rng``."""
-    n = len(fg)
-    u = np.concatenate([
-        params["fg_proto"][fg] + cfg.fg_noise * rng.standard_normal((n, cfg.fg_latent)),
-        params["bg_proto"][bg] + cfg.bg_noise * rng.standard_normal((n, cfg.bg_latent)),
-        rng.standard_normal((n, cfg.nuisance)),
-    ], axis=1)
-    h = np.maximum(u @ params["w1"] + params["b1"], 0)
-    return np.maximum(h @ params["w2"] + params["b2"], 0).astype(np.float32)
+    """float32 features (N, dim) of rows with labels ``fg``, ``bg``; fresh noise from ``rng``.
+
+    Every kind in :data:`FEATURE_MIXINGS` is a few matrix products over the whole batch of rows."""
+    u_fg, u_bg, u_nu = latent_codes(cfg, fg, bg, rng, params)
+    nf, nb = cfg.fg_latent, cfg.fg_latent + cfg.bg_latent  # where the bg and nuisance rows of w1 start
+    if cfg.mixing == "relu1":
+        x = np.maximum(np.concatenate([u_fg, u_bg, u_nu], axis=1) @ params["w"] + params["b"], 0)
+    else:
+        if cfg.mixing in ("relu2", "rotate"):
+            if cfg.mixing == "rotate":
+                angle = 0.25 * math.pi * np.tanh(u_bg @ params["angle"])  # (N, fg_latent // 2), one per plane
+                a, b = u_fg[:, 0 : 2 * angle.shape[1] : 2], u_fg[:, 1 : 2 * angle.shape[1] : 2]
+                cos, sin = np.cos(angle), np.sin(angle)
+                u_fg[:, 0 : 2 * angle.shape[1] : 2], u_fg[:, 1 : 2 * angle.shape[1] : 2] = a * cos - b * sin, a * sin + b * cos
+            pre = np.concatenate([u_fg, u_bg, u_nu], axis=1) @ params["w1"]
+        elif cfg.mixing == "gated":
+            gate = 1.0 + np.tanh(0.5 * (u_bg @ params["gate"]))  # 2 sigmoid(.), in (0, 2), without overflow
+            pre = (u_fg @ params["w1"][:nf]) * gate + u_bg @ params["w1"][nf:nb] + u_nu @ params["w1"][nb:]
+        else:  # product
+            pre = (u_fg @ params["p"] + 1.0) * (u_bg @ params["q"] + 1.0) + u_nu @ params["w1"][nb:]
+        h = np.maximum(pre + params["b1"], 0)
+        x = np.maximum(h @ params["w2"] + params["b2"], 0)
+    if cfg.noise_dims:
+        x[:, params["noise_cols"]] = np.maximum(rng.standard_normal((len(fg), cfg.noise_dims)), 0)
+    return x.astype(np.float32)
 
 
 def mixing_params(cfg: FeatureToyConfig) -> dict[str, np.ndarray]:
-    """The class prototypes and the fixed random mixing network (a function of the seed)."""
+    """The class prototypes and the fixed random mixing network (a function of the seed).
+
+    The prototypes and relu2's weights are drawn first, whatever the mixing, so one seed gives every
+    mixing the same classes; a kind's own weights are drawn after them."""
     rng = np.random.default_rng([cfg.seed, 99])
     width = cfg.fg_latent + cfg.bg_latent + cfg.nuisance
-    return {
+    params = {
         "fg_proto": rng.standard_normal((cfg.fg_classes, cfg.fg_latent)),
         "bg_proto": rng.standard_normal((cfg.bg_classes, cfg.bg_latent)),
         "w1": rng.standard_normal((width, cfg.hidden)) / math.sqrt(width),
@@ -321,12 +390,33 @@ def mixing_params(cfg: FeatureToyConfig) -> dict[str, np.ndarray]:
         "w2": rng.standard_normal((cfg.hidden, cfg.dim)) * math.sqrt(2 / cfg.hidden),
         "b2": 0.1 * rng.standard_normal(cfg.dim) - 0.2,
     }
+    if cfg.mixing == "relu1":
+        params["w"] = rng.standard_normal((width, cfg.dim)) * math.sqrt(2 / width)
+        params["b"] = 0.1 * rng.standard_normal(cfg.dim) - 0.2
+    elif cfg.mixing == "gated":
+        params["gate"] = 1.5 * rng.standard_normal((cfg.bg_latent, cfg.hidden)) / math.sqrt(cfg.bg_latent)
+    elif cfg.mixing == "rotate":
+        params["angle"] = rng.standard_normal((cfg.bg_latent, cfg.fg_latent // 2)) / math.sqrt(cfg.bg_latent)
+    elif cfg.mixing == "product":
+        params["p"] = rng.standard_normal((cfg.fg_latent, cfg.hidden)) / math.sqrt(cfg.fg_latent)
+        params["q"] = rng.standard_normal((cfg.bg_latent, cfg.hidden)) / math.sqrt(cfg.bg_latent)
+    if cfg.noise_dims:
+        params["noise_cols"] = np.sort(rng.permutation(cfg.dim)[: cfg.noise_dims])
+    return params
+
+
+def feature_toy_settings(cfg: FeatureToyConfig) -> str:
+    """The knobs of a features toy in one line, for its card and the commands' reports."""
+    return (f"mixing {cfg.mixing}, bg scale {cfg.bg_scale}, fg / bg noise {cfg.fg_noise} / {cfg.bg_noise}, "
+            f"nuisance {cfg.nuisance} dims at scale {cfg.nuisance_scale}, {cfg.noise_dims} pure-noise features, "
+            f"{cfg.train_per_pair} train / {cfg.val_per_pair} validation rows per pair, seed {cfg.seed}")
 
 
 def write_feature_toy(cfg: FeatureToyConfig, shard_size: int = 4096) -> dict[str, int]:
     """Write the features toy to ``cfg.out``; returns the number of rows per split."""
     import datasets
     import pyarrow as pa
+    from tqdm.auto import tqdm
 
     from .dataset import label_features, write_card, write_table
 
@@ -342,6 +432,8 @@ def write_feature_toy(cfg: FeatureToyConfig, shard_size: int = 4096) -> dict[str
     params = mixing_params(cfg)
     counts: dict[str, int] = {}
     item_id = 0
+    total = cfg.fg_classes * cfg.bg_classes * (cfg.train_per_pair + cfg.val_per_pair)
+    bar = tqdm(total=total, desc="features toy", unit="row", disable=total < 50_000, dynamic_ncols=True)
     for split_index, (split, per_pair) in enumerate((("train", cfg.train_per_pair), ("validation", cfg.val_per_pair))):
         rng = np.random.default_rng([cfg.seed, split_index])
         fg = np.repeat(np.arange(cfg.fg_classes), cfg.bg_classes * per_pair)
@@ -359,14 +451,23 @@ def write_feature_toy(cfg: FeatureToyConfig, shard_size: int = 4096) -> dict[str
             }, schema=features.arrow_schema)
             write_table(out, split, table)
             item_id += len(f)
+            bar.update(len(f))
         counts[split] = len(fg)
+    bar.close()
     (out / "d3s_toy.json").write_text(json.dumps({"kind": "features", **asdict(cfg)}, indent=2) + "\n")
+    knobs = "\n".join(f"| `{k}` | {v} |" for k, v in asdict(cfg).items() if k != "out")
     body = f"""# d3s features toy
 
-Precomputed "backbone features" with known factors: {cfg.dim} non-negative features per row, a fixed random
-two-layer ReLU network of a fg code ({cfg.fg_classes} classes), a bg code ({cfg.bg_classes} classes) and a nuisance
-code, so fg and bg are mixed nonlinearly. Every (fg, bg) pair appears equally often: train {counts['train']} rows,
-validation {counts['validation']}. Settings: `d3s_toy.json`. Train on it with `d3s train --data {out.name}`.
+Precomputed "backbone features" with known factors: {cfg.dim} non-negative features per row made from a fg code
+({cfg.fg_classes} classes), a bg code ({cfg.bg_classes} classes) and a nuisance code by a fixed random network,
+`{cfg.mixing}`: {FEATURE_MIXINGS[cfg.mixing]}. Every (fg, bg) pair appears equally often: train {counts['train']} rows,
+validation {counts['validation']}. Train on it with `d3s train --data {out.name}`.
+
+Settings (also in `d3s_toy.json`; `d3s toy --kind features` takes each as a flag, `_` written `-`):
+
+| setting | value |
+|---|---|
+{knobs}
 """
     write_card(out, features, body)
     return counts

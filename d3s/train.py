@@ -8,7 +8,9 @@ save. A run leaves in ``--out``:
 - ``train_log.jsonl``: one JSON line of losses every ``--log-every`` steps (plot it with any tool);
 - ``checkpoint.pt``: model, critics, optimizers and step, every ``--checkpoint-every`` steps; a
   killed run given the same command continues from it, exactly as if it had not stopped;
-- ``done.json``: written last, with the final validation accuracy of the heads.
+- ``done.json``: written last, with the final validation accuracy of the heads;
+- with ``--erase``: LEACE erasers fitted on the train split after the last step, stored in the extractor
+  (:mod:`d3s.erase`), with ``erasure.json`` (heads and probes before and after) and ``probe.json`` (after).
 
 Batches and every random draw of a step are functions of (seed, step), so a resumed run is
 bit-for-bit the uninterrupted one on the same machine. ``accelerate launch -m d3s train ...``
@@ -74,6 +76,12 @@ class TrainConfig:
         checkpoint_every (`int`, defaults to 500), log_every (`int`, defaults to 10).
         workers (`int`, defaults to 2): data loader processes (0: decode in the main process).
         mixed_precision (`str`, defaults to ``"auto"``): ``auto`` (bf16 on CUDA), ``no``, ``bf16``, ``fp16``.
+        erase (`bool`, defaults to False): after the last step, fit LEACE erasers (bg from z_fg, fg from z_bg) on the
+            train split and save them in the extractor (``d3s erase``, :mod:`d3s.erase`). Not part of the run's
+            identity: rerunning a finished run with ``--erase`` only adds them.
+        erase_parts (`str`, defaults to ``"both"``): ``both``, ``z_fg`` or ``z_bg``: the parts that get an eraser.
+        erase_probe (`str`, defaults to ``"both"``): probes measured before and after erasure on the validation split:
+            ``linear``, ``mlp``, ``both`` or ``none``.
     """
 
     data: str
@@ -99,6 +107,9 @@ class TrainConfig:
     workers: int = 2
     mixed_precision: str = "auto"
     progress: bool = True
+    erase: bool = False
+    erase_parts: str = "both"
+    erase_probe: str = "both"
 
     def check(self) -> None:
         if self.iters < 1:
@@ -119,11 +130,17 @@ class TrainConfig:
             raise TrainError(f"--neck must be one of {', '.join(NECKS)}, got {self.neck!r}.")
         if self.neck_hidden is not None and self.neck_hidden < 1:
             raise TrainError(f"--neck-hidden must be at least 1, got {self.neck_hidden}.")
+        from .erase import PARTS, PROBE_CHOICES
+
+        if self.erase_parts not in PARTS:
+            raise TrainError(f"--erase-parts must be one of {', '.join(PARTS)}, got {self.erase_parts!r}.")
+        if self.erase_probe not in PROBE_CHOICES:
+            raise TrainError(f"--erase-probe must be one of {', '.join(PROBE_CHOICES)}, got {self.erase_probe!r}.")
 
     def identity(self) -> dict[str, Any]:
         """The settings a resumed run must share with the run it continues."""
         d = asdict(self)
-        for k in ("out", "iters", "checkpoint_every", "log_every", "workers", "progress"):
+        for k in ("out", "iters", "checkpoint_every", "log_every", "workers", "progress", "erase", "erase_parts", "erase_probe"):
             d.pop(k)
         return d
 
@@ -321,7 +338,21 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
     summary: dict[str, Any] = {"step": step, "done": True, "seconds_this_run": round(time.time() - t0, 1)}
     if accelerator.is_main_process:
         core = algorithm.core
-        core.save_pretrained(out)
+        if config.erase:  # after the last step, before the final save: the saved extractor holds the erasers
+            from .erase import erase_model, format_report, probe_kinds_of, retire_stale, write_model, write_reports
+
+            report = erase_model(core, config.data, "train", probe_kinds_of(config.erase_probe), device=str(accelerator.device),
+                                 progress=config.progress, parts=config.erase_parts)
+            write_model(core, out)  # each file replaced atomically, as `d3s erase` does (a finished run may be rerun with --erase)
+            retire_stale(out, write_reports(out, report))
+            print(format_report(report))
+            summary["erasure"] = {"z_fg_rank": report["z_fg"]["rank"], "z_bg_rank": report["z_bg"]["rank"],
+                                  **({"heads_before": report["heads"]["before"]} if "heads" in report else {})}
+        else:
+            core.save_pretrained(out)
+            if (out / "erasure.json").exists():
+                print(f"warning: {out} held LEACE erasers (erasure.json), and this run saved its extractor without them; "
+                      "rerun with --erase to fit them again.")
         summary.update(evaluate_heads(core, config.data, accelerator.device))
         (out / "done.json").write_text(json.dumps(summary, indent=2) + "\n")
     return {**summary, "main_process": accelerator.is_main_process}

@@ -1,5 +1,6 @@
 """The GPU throughput script must not rot while no GPU is around: its --smoke mode runs it on CPU."""
 
+import json
 import subprocess
 import sys
 
@@ -12,3 +13,66 @@ def test_gpu_generate_script_runs_in_smoke_mode():
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "faithful" in proc.stdout and "turbo" in proc.stdout and "d3s generate, batch 2" in proc.stdout
     assert proc.stdout.strip().splitlines()[-1].startswith("best faithful")
+
+
+def _grid_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("disentangle_grid", REPO / "benchmarks" / "disentangle_grid.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, module)  # its dataclasses look their module up
+    spec.loader.exec_module(sys.modules[spec.name])
+    return sys.modules[spec.name]
+
+
+def test_disentangle_grid_quick_smoke(tmp_path):
+    """The grid end to end at tiny sizes (one setting, a handful of steps): toy, the defaults and the ablation side by
+    side, both probes, the table's columns, the worst-row line, grid.json and grid.md; a rerun redoes no run."""
+    grid = _grid_module()
+    cmd = [sys.executable, "benchmarks/disentangle_grid.py", "--quick", "--rows", "strong-bg-2pp", "--steps", "3", "--jobs", "2",
+           "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-3].split() == [w for c in grid.COLUMNS for w in c.split()]  # the header: every column, in order
+    row = lines[-2].split()
+    assert row[:2] == ["strong-bg-2pp", "wasserstein"] and len(row) == len(grid.COLUMNS)
+    assert all(0.0 <= float(v) <= 1.0 for v in row[2:11]) and set(row[-4:]) <= {"PASS", "FAIL"}
+    assert lines[-1].startswith("worst: strong-bg-2pp / wasserstein: ") and "targets fail" in lines[-1]
+    result = json.loads((tmp_path / "grid.json").read_text())
+    assert result["settings"][0]["toy"]["bg_scale"] == 2.5 and result["settings"][0]["toy"]["train_per_pair"] == 2
+    assert result["settings"][0]["toy"]["seed"] == 1 and result["settings"][0]["toy"]["dim"] == 256
+    (scored,) = result["rows"]
+    assert set(scored["numbers"]) == {"linear", "mlp"} and set(scored["score"]["pass"]) == set(grid.CRITERIA)
+    assert result["ablations"][0]["commands"][0].endswith("--critic-weight 0") and result["worst_line"] == lines[-1]
+    assert "| strong-bg-2pp | wasserstein |" in (tmp_path / "grid.md").read_text()
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "2 already probed, 0 to do" in again.stdout and again.stdout.splitlines()[-2:] == lines[-2:]
+
+
+def test_disentangle_grid_methods_targets_and_refusals(capsys):
+    grid = _grid_module()
+    methods = grid.parse_methods("wasserstein,adversarial+erase,cw5=--critic-weight 5")
+    assert methods == {"wasserstein": (), "adversarial+erase": ("--method", "adversarial", "--erase"), "cw5": ("--critic-weight", "5")}
+    assert grid.erases("adversarial+erase", methods["adversarial+erase"]) and not grid.erases("cw5", methods["cw5"])
+    assert [s.name for s in grid.pick_rows("weak-bg,default")] == ["default", "weak-bg"]  # the grid's order
+    assert len(grid.GRID) >= 8 and len({s.name for s in grid.GRID}) == len(grid.GRID)
+
+    def numbers(ff, bb, fb, bf):
+        return {"ff": ff, "bb": bb, "fb": fb, "bf": bf, "chance_fg": 0.001, "chance_bg": 0.1}
+
+    ablation = {"linear": numbers(0.98, 0.99, 0.761, 0.985), "mlp": numbers(0.94, 0.98, 0.266, 0.982)}
+    good = grid.score({"linear": numbers(0.955, 0.986, 0.282, 0.408), "mlp": numbers(0.85, 0.98, 0.013, 0.322)}, ablation, False)
+    assert good["failed"] == [] and abs(good["fraction"]["lin_bf"] - 0.308 / 0.885) < 1e-9
+    # the issue's held-out regime: bg left in z_fg (0.95 of the ablation's excess), fg fine
+    bad = grid.score({"linear": numbers(0.97, 0.99, 0.30, 0.9408), "mlp": numbers(0.9, 0.98, 0.05, 0.95)}, ablation, False)
+    assert bad["failed"] == ["lin", "mlp"] and abs(bad["fraction"]["lin_bf"] - 0.95) < 1e-3
+    assert grid.score({"linear": numbers(0.97, 0.99, 0.03, 0.2), "mlp": numbers(0.9, 0.98, 0.05, 0.3)}, ablation, True)["failed"] == ["lin"]
+    rows = [{"setting": "a", "method": "m", "score": good}, {"setting": "b", "method": "m", "score": bad}]
+    assert grid.worst(rows)["setting"] == "b" and grid.worst_line(rows).startswith("worst: b / m: 2 of 4 targets fail (lin, mlp)")
+    for argv, message in ((["--rows", "nope"], "--rows: unknown nope"), (["--methods", "magic"], "unknown method 'magic'"),
+                          (["--jobs", "0"], "--jobs must be in 1..64, got 0"), (["--steps", "0"], "--steps must be at least 1, got 0")):
+        capsys.readouterr()
+        assert grid.main(["--out", "/nonexistent/never-written", *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("disentangle_grid: error: ") and message in err[0], err

@@ -140,10 +140,34 @@ def _check_known_answers(result: dict) -> None:
     assert fgs[4]["image"] == f"original/val/{CLASS_FOLDERS[4]}/n00000004_1.JPEG"
 
 
+# The challenge's IN-9 classes by ImageNet index, written out from its class list (the Backgrounds Challenge paper's
+# in_to_in9 mapping), independently of d3s.labels: the whole 1000 -> 9 table is checked against it.
+IN9_BY_INDEX = {
+    0: [*range(151, 171), *range(173, 269)],
+    1: [*range(7, 25), *range(87, 101), *range(127, 147)],
+    2: [407, 408, 428, 436, 444, 468, 511, 547, 555, 561, 565, 569, 573, 586, 603, 609, 612, 627, 656, 661, 665, 670, 671,
+        675, 690, 705, 717, 734, 751, 757, 791, 802, 803, 817, 820, 829, 847, 864, 866, 867, 870, 880],
+    3: [*range(33, 69)],
+    4: [*range(269, 281), *range(286, 300), *range(356, 363), 387, 388],
+    5: [*range(300, 327)],
+    6: [401, 402, 420, 432, 486, 494, 513, 541, 546, 558, 566, 577, 579, 593, 594, 641, 642, 683, 684, 687, 699, 776, 822,
+        875, 881, 889],
+    7: [*range(365, 385)],
+    8: [*range(0, 7), *range(389, 398)],
+}
+
+
 def test_in9_rule_is_the_superclass_of_the_top1_class():
+    """The whole 1000 -> 9 table, entry by entry: 370 mapped classes (116 dogs ... 16 fish), the other 630 unmapped."""
+    expected = np.full(1000, -1)
+    for k, members in IN9_BY_INDEX.items():
+        assert (expected[members] == -1).all()  # the classes are disjoint
+        expected[members] = k
     table = in9_of_imagenet()
-    assert (table[207], table[10], table[407], table[33], table[300]) == (0, 1, 2, 3, 5)
-    assert table[281] == -1 and (table >= 0).sum() == 370  # tabby: no IN-9 class, so a carnivore read as tabby is wrong
+    assert table.tolist() == expected.tolist()
+    assert (table >= 0).sum() == 370 and (table == -1).sum() == 630
+    assert [int((table == k).sum()) for k in range(9)] == [116, 52, 42, 36, 35, 27, 26, 20, 16]
+    assert table[281] == -1  # tabby: no IN-9 class, so a carnivore read as tabby is wrong
 
 
 def test_adversarial_search_finds_what_brute_force_finds():
@@ -338,3 +362,46 @@ def test_a_d3s_checkpoint_resolves_to_its_own_preprocessing_and_weights(colour_e
         model.fg_head.bias.add_(1.0)
     model.save_pretrained(other)
     assert resolve_classifier(f"d3s:{other}").identity()["weights"] != spec.identity()["weights"]
+
+
+def test_variations_score_a_subset(bg_challenge, colour_extractor, tmp_path):
+    name = f"d3s:{colour_extractor}"
+    config = BgChallengeConfig(data=str(bg_challenge), out=str(tmp_path), models=[name], adversarial_limit=0, workers=1,
+                               progress=False, plots=False, variations=("original", "mixed_rand"))
+    (row,) = run_bgchallenge(config, log=lambda s: None)["models"]
+    assert row["original"] == pytest.approx(5 / 9) and row["mixed_rand"] == pytest.approx(3 / 9)
+    assert row["only_fg"] is None and row["bg_gap"] is None  # not scored: shown as '-'
+    with pytest.raises(Exception, match="--variations takes names among original"):
+        run_bgchallenge(replace(config, variations=("mixed_random",)), log=lambda s: None)
+
+
+def test_a_classifier_of_the_nine_in9_classes_scores_directly(bg_challenge, tmp_path):
+    """A 9-output test_resnet whose head reads the design's colours as IN-9 classes (dog 0, bird 1, vehicle 2,
+    reptile 3, insect 5; 'tabby', outside IN-9 for an ImageNet classifier, is read as fish, 8), fed with the
+    challenge's own preprocessing (IN-9's mean and std). Its answers are the ImageNet colour reader's except where a
+    fish image is read as tabby: only the no_fg image of class 8 (tabby over three quarters) becomes right."""
+    import timm
+    from timm.models import save_for_hf
+
+    from d3s.classifiers import IN9_MEAN, IN9_STD
+    from d3s.labels import imagenet_to_in9
+
+    net = timm.create_model("test_resnet", pretrained=False, num_classes=9)
+    colour_resnet(net)
+    protos = {(imagenet_to_in9().get(cls, 8)): p for cls, p in _protos(IN9_MEAN, IN9_STD).items()}
+    nearest_colour_head(net.fc, protos)
+    save_for_hf(net, str(tmp_path / "in9-model"), safe_serialization=True)
+    name = f"local-dir:{tmp_path / 'in9-model'}"
+    summary = run_bgchallenge(BgChallengeConfig(data=str(bg_challenge), out=str(tmp_path / "out"), models="", in9_models=[name],
+                                                batch_size=9, workers=1, progress=False, plots=False), log=lambda s: None)
+    (result,) = [json.loads(p.read_text()) for p in (tmp_path / "out" / "bgchallenge" / "models").glob("*.json")]
+    assert result["kind"] == "in9" and result["identity"]["data_config"]["mean"] == list(IN9_MEAN)
+    expected = {v: list(BG_EXPECTED[v]) for v in VARIATIONS}
+    expected["no_fg"][8] = 1
+    for v in VARIATIONS:
+        assert list(result["variations"][v]["per_class"].values()) == [float(x) for x in expected[v]], v
+    assert result["adversarial"]["per_class"] == {k: float(x) for k, x in zip(result["adversarial"]["per_class"], BG_EXPECTED_SAFE)}
+    assert summary["models"][0]["bg_gap"] == pytest.approx(1 / 9)
+    with pytest.raises(Exception, match="predicts 1000 classes, not the 9 IN-9 classes"):
+        run_bgchallenge(BgChallengeConfig(data=str(bg_challenge), out=str(tmp_path / "x"), models="",
+                                          in9_models=["test_resnet"], pretrained=False), log=lambda s: None)

@@ -1,0 +1,327 @@
+"""``d3s erase``: linear concept erasure with a guarantee (LEACE) on a trained extractor's two feature parts.
+
+The Wasserstein critics push the bg label out of z_fg and the fg label out of z_bg, but nothing proves they
+succeeded: a linear probe often still reads some of it (``d3s probe``). LEACE (Belrose et al., *LEACE:
+Perfect linear concept erasure in closed form*, NeurIPS 2023, https://arxiv.org/abs/2306.03819; EleutherAI's
+``concept-erasure`` package, ``LeaceFitter`` / ``LeaceEraser`` in ``concept_erasure/leace.py``) gives, in
+closed form, the affine map ``x -> P x + (I - P) mu`` after which x and the concept's one-hot vector have zero
+cross-covariance (every class has the same mean of x) on the data it is fitted on, so that no linear classifier
+predicts the concept better than a constant there (for any convex loss), while changing x as little as possible
+in expected squared distance ``E ||x' - x||^2_M``, for every norm of the paper's broad class (``M`` positive
+semi-definite) at once. ``P`` is a perturbation of the identity of rank at most ``k - 1`` for ``k`` classes.
+The package's defaults are kept: shrinkage of the covariance estimate (the zero cross-covariance holds for any
+invertible estimate), singular values under ``svd_tol`` = 0.01 left alone, the trace constraint.
+
+Two erasers are fitted on one split (``train`` by default) of a dataset, from the model's own features:
+
+- on z_fg, of the bg label (one-hot over the model's bg classes);
+- on z_bg, of the fg label (one-hot over its fg classes).
+
+They are stored in the checkpoint (:class:`d3s.models.LeaceProjection` buffers in ``model.safetensors``, their
+ranks and labels in ``config.json``) and applied in the model's ``forward``, so every user of the extractor
+(``features()``, both heads, ``d3s probe``, ``d3s features``, ``d3s spurious``, the app's Predict tab, publishing)
+reads the erased features. The guarantee is about linear readers on the fitted split: on held-out data it
+holds as far as the class means generalise, and a nonlinear probe (``mlp``) can still read what LEACE leaves.
+
+With many classes and few features (1000 fg classes, 250 z_bg features) the class means may span most of
+z_bg, and equalising them leaves little of it: the report's ``bg_from_bg`` and bg head accuracy show the cost.
+
+::
+
+    d3s erase --checkpoint out/run --data out/toy              # in place; erasure.json and probe.json beside it
+    d3s train --data out/toy --out out/run ... --erase          # the same, at the end of the run
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+PACKAGE = "concept-erasure"
+PAPER = "Belrose et al., LEACE: Perfect linear concept erasure in closed form (NeurIPS 2023), arXiv:2306.03819"
+REPORT = "erasure.json"
+PROBE_CHOICES = ("linear", "mlp", "both", "none")
+PARTS = {"both": ("z_fg", "z_bg"), "z_fg": ("z_fg",), "z_bg": ("z_bg",)}  # --parts: which parts get an eraser
+
+
+class EraseError(ValueError):
+    """A checkpoint or split that erasers cannot be fitted on, or an output folder that cannot take them."""
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(PACKAGE)
+    except PackageNotFoundError:
+        raise EraseError(f"the {PACKAGE} package is not installed; `pip install {PACKAGE}==0.2.4` (see requirements.txt).") from None
+
+
+def fit_eraser(x: torch.Tensor, labels: torch.Tensor, num_classes: int, batch_size: int = 4096, desc: str = "LEACE",
+               progress: bool = True):
+    """A ``concept_erasure.LeaceEraser`` of the class ``labels`` from the rows ``x``.
+
+    Streams the rows into ``concept_erasure.LeaceFitter`` (float64 statistics; the package's defaults: affine,
+    shrinkage of the covariance, ``svd_tol`` 0.01, trace constraint), the labels one-hot over ``num_classes``:
+    a categorical concept is its indicator vector, not its index.
+
+    Args:
+        x (`torch.Tensor`): (N, D) features.
+        labels (`torch.Tensor`): (N,) class indices in ``[0, num_classes)``.
+        num_classes (`int`): number of classes of the concept.
+        batch_size (`int`, defaults to 4096): rows per ``LeaceFitter.update``.
+    """
+    from concept_erasure import LeaceFitter
+    from tqdm.auto import tqdm
+
+    if len(x) < 2:
+        raise EraseError(f"LEACE needs at least 2 rows to estimate covariances, got {len(x)}.")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise EraseError(f"labels must be class indices in [0, {num_classes}), got values from {int(labels.min())} to {int(labels.max())}.")
+    fitter = LeaceFitter(x.shape[1], num_classes, dtype=torch.float64)
+    for rows in tqdm(torch.arange(len(x)).split(batch_size), desc=desc, leave=False, disable=not progress):
+        fitter.update(x[rows].double(), F.one_hot(labels[rows].long(), num_classes).double())
+    return fitter.eraser
+
+
+def cross_covariance(x: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
+    """Largest absolute entry of the cross-covariance of ``x`` and the one-hot labels: 0 when every class has the
+    same mean of x (what LEACE makes true on the rows it is fitted on)."""
+    xc = x.double() - x.double().mean(0)
+    z = F.one_hot(labels.long(), num_classes).double()
+    return float((xc.T @ (z - z.mean(0))).abs().max() / max(1, len(x) - 1))
+
+
+def _erased(model, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        device = model.fg_head.weight.device
+        z = model.erase(torch.cat([feats["z_fg"], feats["z_bg"]], dim=1).to(device)).cpu()
+    z_fg, z_bg = model.split(z)
+    return {**feats, "z_fg": z_fg, "z_bg": z_bg}
+
+
+@torch.no_grad()
+def _head_accuracy(model, feats: dict[str, torch.Tensor]) -> dict[str, float]:
+    device = model.fg_head.weight.device
+    fg = (model.fg_head(feats["z_fg"].to(device)).argmax(1).cpu() == feats["fg"]).float().mean().item()
+    keep = feats["bg"] >= 0
+    bg = (model.bg_head(feats["z_bg"][keep].to(device)).argmax(1).cpu() == feats["bg"][keep]).float().mean().item() if keep.any() else None
+    return {"fg_head": round(fg, 4), "bg_head": None if bg is None else round(bg, 4)}
+
+
+def check_split(data: str, split: str) -> None:
+    """Refuse a split without bg labels (ImageNet-like, fg only): erasers need both labels of every row."""
+    from .data import label_info, load_split
+
+    info = label_info(load_split(data, split, need_bg=False), f"{data} ({split})", need_bg=False)
+    if info.bg_names is None:
+        raise EraseError(f"{data} ({split}) has no 'bg' labels: LEACE erases bg from z_fg and fg from z_bg, so every row it is "
+                         "fitted on needs both; give a split with fg and bg columns (e.g. --split train of a D3S or toy dataset).")
+
+
+def erase_model(model, data: str, split: str = "train", kinds: tuple[str, ...] = ("linear", "mlp"), eval_split: str = "validation",
+                batch_size: int = 256, device: str | None = None, also=(), progress: bool = True, parts: str = "both") -> dict:
+    """Fit the two erasers on ``split`` of ``data`` and store them in ``model`` (and in each model of ``also``, e.g. the
+    frozen-features checkpoint an image extractor was joined from); returns the report (``erasure.json``).
+
+    Erasers the model already holds are replaced: the new ones are fitted on its un-erased features. When
+    ``data`` has ``eval_split``, the report has the heads' accuracy and the probes of ``kinds`` (``d3s.probes``,
+    fitted on ``split``) before and after erasure there.
+
+    Args:
+        model: a :class:`~d3s.models.DisentangledExtractor` or :class:`~d3s.models.FeatureDisentangler` that reads ``data``.
+        data (`str`): dataset folder or Hub id with fg and bg labels.
+        split (`str`, defaults to ``"train"``): the split the erasers are fitted on (every row needs both labels).
+        kinds (`tuple[str]`, defaults to linear and mlp): probes to run before and after; () for none.
+        eval_split (`str`, defaults to ``"validation"``): where heads and probes are scored, if the data has it.
+        also (`Sequence`): more models with the same z to store the same erasers in.
+        parts (`str`, defaults to ``"both"``): ``both``, or ``z_fg`` (bg erased from z_fg only) or ``z_bg`` (fg from
+            z_bg only): the other part keeps all it has (a rank-0 eraser). Erasing 1000 fg classes from a 250-feature
+            z_bg can leave it almost constant; ``z_fg`` keeps the bg head working.
+    """
+    from .data import load_split
+    from .dataset import DatasetFormatError
+    from .probes import run_probes, split_features
+
+    version = package_version()
+    if parts not in PARTS:
+        raise EraseError(f"unknown --parts {parts!r}; choose from {', '.join(PARTS)}.")
+    check_split(data, split)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model.set_erasers(None, None)  # fit on the model's own z, not on what earlier erasers left
+    for other in also:
+        other.set_erasers(None, None)
+    train = split_features(model, data, split, batch_size, device)
+    if (train["bg"] < 0).any():
+        raise EraseError(f"{data} ({split}) has rows without a bg label; LEACE needs both labels of every row it is fitted on.")
+    n_fg, n_bg = len(model.fg_names), len(model.bg_names)
+    fg_eraser = fit_eraser(train["z_fg"], train["bg"], n_bg, desc="LEACE: bg from z_fg", progress=progress) if "z_fg" in PARTS[parts] else None
+    bg_eraser = fit_eraser(train["z_bg"], train["fg"], n_fg, desc="LEACE: fg from z_bg", progress=progress) if "z_bg" in PARTS[parts] else None
+    record = {"method": "leace", "split": split, "rows": len(train["fg"])}
+    for m in (model, *also):
+        m.set_erasers(fg_eraser, bg_eraser, record)
+    after_train = _erased(model, train)
+    report = {
+        "method": "leace", "package": f"{PACKAGE} {version}", "paper": PAPER, "data": data, "split": split, "rows": len(train["fg"]),
+        "z_fg": {**model.erasure["z_fg"], "dim": model.fg_dim}, "z_bg": {**model.erasure["z_bg"], "dim": model.bg_dim},
+        "cross_covariance": {  # on the fitted split: LEACE makes these 0 (up to float error)
+            "bg_in_z_fg": {"before": cross_covariance(train["z_fg"], train["bg"], n_bg), "after": cross_covariance(after_train["z_fg"], train["bg"], n_bg)},
+            "fg_in_z_bg": {"before": cross_covariance(train["z_bg"], train["fg"], n_fg), "after": cross_covariance(after_train["z_bg"], train["fg"], n_fg)},
+        },
+        "eval_split": None,
+    }
+    full = [p for p in ("z_fg", "z_bg") if report[p]["erases"] and report[p]["rank"] == report[p]["dim"]]
+    if full:  # P = 0: the class means span the whole part, and equal means leave it constant
+        report["warnings"] = [f"the {p} eraser has rank {report[p]['rank']}, all of {p}: the {report[p]['erases']} class means span it, "
+                              f"so the erased {p} is constant (its head answers one class); --parts "
+                              f"{'z_fg' if p == 'z_bg' else 'z_bg'} leaves it as it is" for p in full]
+    try:
+        load_split(data, eval_split, need_bg=False)
+    except DatasetFormatError:
+        return report
+    model.set_erasers(None, None)
+    val = split_features(model, data, eval_split, batch_size, device, need_bg=False)
+    model.set_erasers(fg_eraser, bg_eraser, record)
+    after_val = _erased(model, val)
+    report["eval_split"] = eval_split
+    report["heads"] = {"before": _head_accuracy(model, val), "after": _head_accuracy(model, after_val)}
+    if kinds:
+        report["probes"] = {"before": run_probes(train, {eval_split: val}, device=device, kinds=kinds),
+                            "after": run_probes(after_train, {eval_split: after_val}, device=device, kinds=kinds)}
+    return report
+
+
+def probe_kinds_of(spec: str) -> tuple[str, ...]:
+    """``--probe`` of ``d3s erase`` -> the probe kinds to run before and after (``none``: no probes)."""
+    from .probes import probe_kinds
+
+    if spec not in PROBE_CHOICES:
+        raise EraseError(f"unknown --probe {spec!r}; choose from {', '.join(PROBE_CHOICES)}.")
+    return () if spec == "none" else probe_kinds(spec)
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def write_model(model, folder: Path) -> None:
+    """``save_pretrained`` into ``folder``, each file replaced atomically: written beside it, then renamed over it.
+    ``config.json`` goes first: a reader between the two renames gets NaN erasers (or a size mismatch), never a
+    model that silently lacks them (:class:`d3s.models.LeaceProjection`)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".erase-", dir=folder))
+    try:
+        model.save_pretrained(tmp)
+        for name in ("config.json", "model.safetensors"):
+            os.replace(tmp / name, folder / name)
+        if not (folder / "README.md").exists() and (tmp / "README.md").exists():
+            os.replace(tmp / "README.md", folder / "README.md")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_reports(folder: Path, report: dict) -> list[str]:
+    """``erasure.json``, and ``probe.json`` (the probes after erasure: what the checkpoint now gives) when probes ran;
+    returns the names written."""
+    _write_json(folder / REPORT, report)
+    written = [REPORT]
+    if report.get("probes"):
+        _write_json(folder / "probe.json", report["probes"]["after"])
+        written.append("probe.json")
+    return written
+
+
+def retire_stale(folder: Path, written: list[str]) -> dict[str, str]:
+    """Rename the results measured before erasure that were not rewritten (``spurious.json``; ``probe.json`` when no
+    probes ran) to ``*.before_erasure.json``: they no longer describe the checkpoint, and publishing would show them."""
+    moved = {}
+    for name in ("probe.json", "spurious.json"):
+        if name not in written and (folder / name).exists():
+            new = name.replace(".json", ".before_erasure.json")
+            os.replace(folder / name, folder / new)
+            moved[name] = new
+    return moved
+
+
+def erase(checkpoint: str, data: str, split: str = "train", out: str | None = None, kinds: tuple[str, ...] = ("linear", "mlp"),
+          eval_split: str = "validation", batch_size: int = 256, backbone: str | None = None, progress: bool = True,
+          parts: str = "both") -> dict:
+    """``d3s erase``: fit the erasers for a checkpoint on ``split`` of ``data`` and write the checkpoint with them.
+
+    Args:
+        checkpoint (`str`): a ``d3s train --out`` folder (or Hub id, with ``out``).
+        data (`str`): dataset the checkpoint reads (images, or the features of a frozen-features checkpoint).
+        split (`str`, defaults to ``"train"``): the split the erasers are fitted on.
+        out (`str`, *optional*): folder to write the erased checkpoint to; defaults to ``checkpoint`` itself (in
+            place, each file replaced atomically). Elsewhere it must be new or empty.
+        kinds (`tuple[str]`, defaults to linear and mlp): probes before and after erasure on ``eval_split``.
+        backbone (`str`, *optional*): a frozen-features checkpoint on image data: the backbone that made its features.
+        parts (`str`, defaults to ``"both"``): which parts get an eraser (:func:`erase_model`).
+
+    Writes ``config.json`` + ``model.safetensors`` (the erasers inside), ``erasure.json`` (how they were fitted;
+    heads and probes before and after) and, with probes, ``probe.json`` (after). In place, a ``spurious.json``
+    measured before erasure is renamed ``spurious.before_erasure.json`` (and ``probe.json`` likewise when no probes
+    ran): they no longer describe the checkpoint (:func:`retire_stale`).
+    """
+    from .models import DisentangledExtractor, checkpoint_config, is_frozen, load_disentangler
+    from .probes import load_for_data
+
+    if parts not in PARTS:
+        raise EraseError(f"unknown --parts {parts!r}; choose from {', '.join(PARTS)}.")
+    config = checkpoint_config(checkpoint)
+    if not isinstance(config.get("fg_names"), list) or not isinstance(config.get("bg_names"), list):
+        raise EraseError(f"{checkpoint} has no fg and bg class names in its config.json (keys: {', '.join(sorted(config)) or 'none'}): "
+                         "erasers are fitted for the labels of a d3s extractor; give a `d3s train --out` folder.")
+    src = Path(checkpoint)
+    target = Path(out) if out else src
+    if not out and not src.is_dir():
+        raise EraseError(f"{checkpoint} is not a local folder, so it cannot be written in place; give --out DIR for the erased copy.")
+    if out and target.exists() and (not target.is_dir() or (any(target.iterdir()) and target.resolve() != src.resolve())):
+        raise EraseError(f"--out {out} exists and is not an empty folder; give a new folder (or omit --out to write into {checkpoint}).")
+    kinds = tuple(kinds)
+    check_split(data, split)
+    model = load_for_data(checkpoint, data, split, backbone)
+    stored = model
+    if is_frozen(config) and isinstance(model, DisentangledExtractor):  # joined to its backbone to read images
+        stored = load_disentangler(checkpoint)
+    report = erase_model(model, data, split, kinds, eval_split, batch_size, also=(stored,) if stored is not model else (),
+                         progress=progress, parts=parts)
+    write_model(stored.cpu(), target)
+    report["written"] = write_reports(target, report)
+    if target.resolve() == src.resolve():
+        report["moved"] = retire_stale(target, report["written"])
+    report["out"] = str(target)
+    return report
+
+
+def format_report(report: dict) -> str:
+    """The report as a table: ranks, the fitted split's cross-covariances, heads and probes before and after."""
+    lines = [f"LEACE ({report['package']}) fitted on {report['rows']} rows of {report['data']} ({report['split']}):",
+             "  " + "; ".join(f"{part} ({r['dim']}): " + (f"{r['erases']} erased, rank {r['rank']}" if r["erases"] else "not erased")
+                              for part, r in ((p, report[p]) for p in ("z_fg", "z_bg")))]
+    for name, cc in report["cross_covariance"].items():
+        lines.append(f"  max |cross-covariance| {name} on {report['split']}: {cc['before']:.3g} -> {cc['after']:.3g}")
+    lines += [f"  warning: {w}" for w in report.get("warnings", [])]
+    if not report.get("eval_split"):
+        lines.append("  (no validation split: heads and probes not measured)")
+        return "\n".join(lines)
+    split = report["eval_split"]
+    lines.append(f"{'':<24} {'before':>8} {'after':>8}   ({split})")
+    for head in ("fg_head", "bg_head"):
+        b, a = report["heads"]["before"][head], report["heads"]["after"][head]
+        if b is not None:
+            lines.append(f"{head + ' accuracy':<24} {b:8.3f} {a:8.3f}")
+    for kind, before in (report.get("probes") or {}).get("before", {}).items():
+        after = report["probes"]["after"][kind]
+        for name, r in before[split].items():
+            c = before["chance"][name.split("_")[0]]
+            lines.append(f"{kind + ' ' + name:<24} {r['top1']:8.3f} {after[split][name]['top1']:8.3f}   chance {c:.3f}")
+    return "\n".join(lines)
