@@ -112,11 +112,14 @@ GRID: tuple[Setting, ...] = (
 # --methods NAME: the `d3s train` flags beside the toy's (the defaults are no flags). `--method adversarial` and
 # `--erase` come from other work on `d3s train`; a name whose flags this checkout's `d3s train` lacks fails at its
 # first run, with the train log's last lines.
+# `+erase` erases z_fg only: at the paper's sizes the 1000 fg class means span z_bg's 250 dimensions, so erasing fg
+# from z_bg would leave z_bg nearly constant (and bg_from_bg at chance); fg_from_bg is the critics' job there.
+ERASE_FLAGS = ("--erase", "--erase-parts", "z_fg")
 METHODS: dict[str, tuple[str, ...]] = {
     "wasserstein": (),
     "adversarial": ("--method", "adversarial"),
-    "wasserstein+erase": ("--erase",),
-    "adversarial+erase": ("--method", "adversarial", "--erase"),
+    "wasserstein+erase": ERASE_FLAGS,
+    "adversarial+erase": ("--method", "adversarial", *ERASE_FLAGS),
 }
 ABLATION = ("ablation", ("--critic-weight", "0"))  # the defaults without critics: what every row is measured against
 
@@ -267,6 +270,41 @@ def do_run(toy: Path, run: Path, steps: int, flags: tuple[str, ...]) -> dict:
             tail = (run / f"{what}.log").read_text().strip().splitlines()[-3:]
             return {**spent, "error": f"d3s {what} failed ({code}): {' | '.join(tail)}"}
     return spent
+
+
+def erase_base(flags: tuple[str, ...], methods: dict[str, tuple[str, ...]]) -> str | None:
+    """The method whose trained run an ``--erase`` method can copy and erase (the same flags without the erasure's),
+    so the grid erases that checkpoint (``d3s erase --out``) instead of training again: the same result, at the cost of
+    the fit and the probes."""
+    if "--erase" not in flags:
+        return None
+    rest = tuple(flags[: flags.index("--erase")] + flags[flags.index("--erase") + 1 :])
+    rest = tuple(f for i, f in enumerate(rest) if f != "--erase-parts" and (i == 0 or rest[i - 1] != "--erase-parts"))
+    return next((m for m, f in methods.items() if f == rest), None)
+
+
+def do_erase_copy(toy: Path, base: Path, run: Path, flags: tuple[str, ...]) -> dict:
+    """``d3s erase --checkpoint BASE --out RUN`` (with the method's parts), writing RUN/probe.json (both kinds)."""
+    if (run / "probe.json").exists():
+        return {"erase_s": 0.0}
+    if not (base / "done.json").exists():
+        return {"error": f"{base} is not trained; cannot erase a copy of it"}
+    parts = flags[flags.index("--erase-parts") + 1] if "--erase-parts" in flags else "both"
+    if run.exists():
+        shutil.rmtree(run)  # a copy interrupted mid-way: `d3s erase --out` wants a new folder
+    run.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "d3s", "erase", "--checkpoint", str(base), "--data", str(toy), "--out", str(run),
+           "--parts", parts, "--probe", "both", "--no-progress"]
+    t = time.time()
+    log_path = base.parent / f"{run.name}.erase.log"
+    with open(log_path, "a") as log:
+        log.write(f"$ {shlex.join(cmd[2:])}\n")
+        log.flush()
+        code = subprocess.run(cmd, cwd=REPO, env=thread_env(), stdout=log, stderr=subprocess.STDOUT).returncode
+    if code != 0 or not (run / "probe.json").exists():
+        tail = log_path.read_text().strip().splitlines()[-3:]
+        return {"erase_s": round(time.time() - t, 1), "error": f"d3s erase failed ({code}): {' | '.join(tail)}"}
+    return {"erase_s": round(time.time() - t, 1)}
 
 
 def probe_numbers(run: Path) -> dict | None:
@@ -432,19 +470,36 @@ def run_grid(args: argparse.Namespace) -> int:
         toys[s.name] = ensure_toy(s, args.quick, toys_dir)
 
     everything = {ABLATION[0]: ABLATION[1], **methods}
-    jobs = [(s.name, m) for s in settings for m in everything]
+    copies = {m: b for m, f in everything.items() if (b := erase_base(f, everything)) is not None}  # erase a trained copy
+    jobs = [(s.name, m) for s in settings for m in everything if m not in copies]
     spent: dict[tuple[str, str], dict] = {}
-    todo = [j for j in jobs if not (run_folder(runs_dir, *j, steps) / "probe.json").exists()]
+
+    def chain(name: str, m: str) -> dict[tuple[str, str], dict]:
+        """One method's run, then the erased copies of it: one worker, in order."""
+        toy = Path(toys[name]["folder"])
+        base = run_folder(runs_dir, name, m, steps)
+        done = {(name, m): do_run(toy, base, steps, everything[m])}
+        for e, b in copies.items():
+            if b == m:
+                done[(name, e)] = do_erase_copy(toy, base, run_folder(runs_dir, name, e, steps), everything[e])
+        return done
+
+    def finished(job) -> bool:
+        name, m = job
+        return all((run_folder(runs_dir, name, x, steps) / "probe.json").exists() for x in [m, *(e for e, b in copies.items() if b == m)])
+
+    todo = [j for j in jobs if not finished(j)]
     todo.sort(key=lambda j: -toys[j[0]]["toy"]["train_per_pair"])  # the longest runs first (stable), so the jobs end together
-    print(f"{len(settings)} settings x {len(everything)} runs ({', '.join(everything)}), {steps} steps; {len(jobs) - len(todo)} "
-          f"already probed, {len(todo)} to do with {args.jobs} jobs; runs in {runs_dir}", flush=True)
+    print(f"{len(settings)} settings x {len(everything)} runs ({', '.join(everything)}; erased copies: {', '.join(copies) or 'none'}), "
+          f"{steps} steps; {len(jobs) - len(todo)} already probed, {len(todo)} to do with {args.jobs} jobs; runs in {runs_dir}",
+          flush=True)
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {pool.submit(do_run, Path(toys[name]["folder"]), run_folder(runs_dir, name, m, steps), steps, everything[m]):
-                   (name, m) for name, m in todo}
+        futures = {pool.submit(chain, name, m): (name, m) for name, m in todo}
         for fut in tqdm(as_completed(futures), total=len(futures), desc="runs", unit="run", disable=not futures):
-            spent[futures[fut]] = fut.result()
-            if "error" in spent[futures[fut]]:
-                print(f"{futures[fut][0]} / {futures[fut][1]}: {spent[futures[fut]]['error']}", file=sys.stderr, flush=True)
+            for key, value in fut.result().items():
+                spent[key] = value
+                if "error" in value:
+                    print(f"{key[0]} / {key[1]}: {value['error']}", file=sys.stderr, flush=True)
 
     rows, ablations = [], []
     for s in settings:
