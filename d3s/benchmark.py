@@ -7,14 +7,20 @@ A run reads as the steps of :func:`run_benchmark`:
    ``fg`` labels), the ImageNet reference;
 2. plan: models whose result file already matches this data and these settings are skipped (a
    run over many models resumes where it stopped; a new model adds to the table); the rest are
-   grouped by preprocessing setting (input size, interpolation, crop);
-3. per group: decode and resize every image once into a uint8 array shared by the group's models
-   (normalisation, which differs between models, is done per model on the device);
-4. per model: batched inference under ``torch.inference_mode`` (channels-last and bf16/fp16
-   autocast on CUDA; the batch is halved on out-of-memory), top-1/top-5 and the breakdowns,
-   written as ``models/<model>.json`` and ``.csv``; a model that fails is reported, the rest go on;
+   grouped by preprocessing setting (input size, interpolation, crop). The images are cut into
+   fixed chunks (``--chunk-size``), the unit of work and of resuming (:mod:`d3s.chunks`);
+3. per group: each process takes its share of the chunks some model still lacks (all of them when
+   there is one process) and decodes and resizes their images once, into uint8 arrays shared by the
+   group's models (normalisation, which differs between models, is done per model on the device);
+4. per model and chunk: batched inference under ``torch.inference_mode`` (channels-last and bf16/fp16
+   autocast on CUDA; the batch is halved on out-of-memory), the top-5 predictions written as a chunk
+   file; after a barrier the main process merges each model's chunks into top-1/top-5 and the
+   breakdowns, written as ``models/<model>.json`` and ``.csv``; a model that fails is reported, the rest go on;
 5. the summary (``summary.json``, ``summary.csv``, ``per_background.csv``; ``flip_rates.csv`` for
    paired data) over every result in the folder for this data, and the plots (:mod:`d3s.plots`).
+
+Under ``accelerate launch --num_processes N -m d3s benchmark ...`` the N processes share the chunks (each
+on its own GPU) and their union is one process's run, file for file (but for ``seconds`` and ``device``).
 
 On a split whose ``group`` column holds objects seen on several backgrounds (``d3s generate --paired``),
 each model also gets the counterfactual scores of :mod:`d3s.counterfactual`: consistency,
@@ -38,6 +44,7 @@ from typing import Callable
 import numpy as np
 
 from . import __version__
+from .chunks import Chunk, Decoded, build_seeded
 from .classifiers import ClassifierSpec, parse_model_list, resolve_classifiers
 from .counterfactual import counterfactual_scores
 from .dataset import DatasetFormatError, find_splits
@@ -304,6 +311,8 @@ class ModelRun:
         precision (`str`, defaults to ``"fp32"``): ``fp32`` (no autocast on any device: timm's ``validate.py`` and the
             Backgrounds Challenge score so), ``bf16`` or ``fp16`` (autocast). Recorded in every result; a stored
             result made at another precision is not reused.
+        chunk_size (`int`, defaults to 512): images per chunk, the unit of work shared among processes under
+            ``accelerate launch`` and the unit a killed run resumes from (:mod:`d3s.chunks`). Results do not depend on it.
     """
 
     pretrained: bool = True
@@ -316,6 +325,7 @@ class ModelRun:
     plots: bool = True
     progress: bool = True
     precision: str = "fp32"
+    chunk_size: int = 512
 
 
 @dataclass
@@ -346,6 +356,8 @@ def check_config(c: ModelRun) -> None:
         raise BenchmarkError(str(err)) from None
     if c.batch_size < 1:
         raise BenchmarkError(f"--batch-size must be at least 1, got {c.batch_size}.")
+    if c.chunk_size < 1:
+        raise BenchmarkError(f"--chunk-size must be at least 1, got {c.chunk_size}.")
     if c.workers < 0:
         raise BenchmarkError(f"--workers must be 0 or more, got {c.workers}.")
     out = Path(c.out)
@@ -357,10 +369,16 @@ def run_benchmark(c: BenchmarkConfig, specs: list[ClassifierSpec] | None = None,
     """Evaluate ``c.models`` (or the given ``specs``) and write results, summary and plots.
 
     Returns the summary dict, with ``evaluated`` (models run now), ``skipped`` (results reused) and
-    ``failed`` (model, error) lists.
+    ``failed`` (model, error) lists, and ``rank`` 0. Under ``accelerate launch`` every process runs this, each scoring
+    its share of the chunks (:func:`run_models`); the others log nothing and return only ``rank``, ``skipped`` and empty
+    ``evaluated`` and ``failed`` lists.
     """
-    # 1. inputs, all checked before any decoding
+    # 1. inputs, all checked before any decoding (by every process, so a refusal never leaves one waiting)
     check_config(c)
+    from .generate import distributed_state
+
+    rank, _, _, process_device = distributed_state()
+    log = log if rank == 0 else (lambda line: None)  # one process speaks
     if specs is None:
         specs = resolve_classifiers(parse_model_list(c.models), pretrained=c.pretrained, prompts=c.clip_prompts,
                                     names=c.clip_names)
@@ -387,13 +405,7 @@ def run_benchmark(c: BenchmarkConfig, specs: list[ClassifierSpec] | None = None,
     if d3s.skipped:
         log(f"note: {d3s.skipped} rows of non-ImageNet concepts are left out (no ImageNet-1k classifier can predict them)")
 
-    # 2-4. plan (reuse matching results), decode once per preprocessing setting, evaluate each model
-    def decode_group(data_config: dict, tmp: Path) -> dict:
-        arrays = {"d3s": decode(d3s, data_config, tmp / "d3s.npy", c.workers, c.progress)}
-        if ref is not None:
-            arrays["imagenet"] = decode(ref, data_config, tmp / "imagenet.npy", c.workers, c.progress)
-        return arrays
-
+    # 2-4. plan (reuse matching results), decode each process's chunks once per preprocessing setting, score, merge
     def describe(result: dict) -> str:
         drop = "" if result["drop_top1"] is None else f", drop {100 * result['drop_top1']:+.1f} points vs ImageNet"
         text = (f"{result['model']}: D3S top-1 {100 * result['d3s']['top1']:.1f}% top-5 {100 * result['d3s']['top5']:.1f}%{drop}; "
@@ -405,10 +417,18 @@ def run_benchmark(c: BenchmarkConfig, specs: list[ClassifierSpec] | None = None,
                      f"most flips: {cf['most_flips_background'] or 'none (all backgrounds tie)'}")
         return text
 
-    device = resolve_device(c.device)
-    evaluated, skipped, failed = run_models(
-        specs, out, data, decode_group, lambda spec, arrays: evaluate_model(spec, arrays, d3s, ref, data, c, device),
-        write_result, describe, device, log, c.cache_dir, c.precision)
+    device = process_device or resolve_device(c.device)  # under `accelerate launch`, each process's own GPU
+    images = {"d3s": d3s, **({"imagenet": ref} if ref is not None else {})}
+    scoring = Scoring(
+        parts={name: (len(s), c.chunk_size) for name, s in images.items()}, images=images,
+        needs=lambda chunk: {chunk.part: np.arange(chunk.start, chunk.stop)},
+        decode=lambda s, data_config, path: decode(s, data_config, path, c.workers, c.progress and rank == 0),
+        score=lambda spec, clf, chunk, decoded: score_chunk(spec, clf, chunk, decoded, c, device),
+        merge=lambda spec, outputs, seconds, devices: model_result(spec, outputs, seconds, devices, d3s, ref, data, c),
+        write=write_result, describe=describe)
+    evaluated, skipped, failed = run_models(specs, out, data, scoring, device, log, c.cache_dir, c.precision, c.progress)
+    if rank != 0:  # the main process writes the summary
+        return {"rank": rank, "evaluated": evaluated, "skipped": skipped, "failed": failed}
 
     # 5. summary and plots over everything in the folder for this data
     summary = write_summary(out, data, failed, d3s.bg_names, check)
@@ -418,62 +438,168 @@ def run_benchmark(c: BenchmarkConfig, specs: list[ClassifierSpec] | None = None,
         from .plots import draw_all
 
         summary["plots"] = draw_all(out, summary)
-    summary.update(evaluated=evaluated, skipped=skipped)
+    summary.update(evaluated=evaluated, skipped=skipped, rank=rank)
     return summary
 
 
-def run_models(specs: list[ClassifierSpec], out: str | Path, data: dict, decode_group: Callable[[dict, Path], dict],
-               evaluate: Callable[[ClassifierSpec, Callable[[], dict]], dict], write: Callable[[Path, dict], object],
-               describe: Callable[[dict], str], device, log: Callable[[str], None] = print,
-               cache_dir: str | None = None, precision: str = "fp32") -> tuple[list[str], list[str], list[dict]]:
-    """Steps 2-4 of a run, shared with :mod:`d3s.bgchallenge`.
+@dataclass
+class Scoring:
+    """What a scoring command shares among processes, for :func:`run_models`.
 
-    Models whose stored result matches ``data`` (and their own identity and ``precision``) are skipped; the rest are
-    grouped by preprocessing setting. Per group, ``decode_group(data_config, tmp_folder)`` decodes the
-    images once, on the first model's demand (a group whose models all fail to build decodes nothing),
-    and ``evaluate(spec, shared_arrays)`` runs each model; its result is written with ``write(out, result)``
-    and logged with ``describe(result)``. A model that fails is reported and the others go on.
-
-    Returns ``(evaluated, skipped, failed)``: model names, model names, ``{"model", "error"}`` dicts.
+    Args:
+        parts (`dict[str, tuple[int, int]]`): per part, in order, its items and items per chunk (a part is an image
+            set, or another list of items such as the adversarial search's foregrounds).
+        images (`dict[str, ImageSet]`): the image sets chunks read, by name, in decoding order.
+        needs (`Callable[[Chunk], dict[str, np.ndarray]]`): the rows of each image set a chunk reads.
+        decode (`Callable[[ImageSet, dict, Path], np.ndarray]`): images (a subset) -> uint8 array, for a preprocessing
+            setting (the data config), memory-mapped at the path.
+        score (`Callable[[ClassifierSpec, Classifier, Chunk, Decoded], dict[str, np.ndarray]]`): one chunk's outputs,
+            arrays over its items (a scalar as a 1-element array).
+        merge (`Callable[[ClassifierSpec, dict[str, dict[str, np.ndarray]], float, str], dict]`): the result record from
+            every chunk's outputs concatenated per part in order, the seconds the chunks took and the devices that ran them.
+        write (`Callable[[Path, dict], object]`): writes a result; describe (`Callable[[dict], str]`): a line about it.
     """
+
+    parts: dict[str, tuple[int, int]]
+    images: dict[str, ImageSet]
+    needs: Callable[[Chunk], dict[str, np.ndarray]]
+    decode: Callable[[ImageSet, dict, Path], np.ndarray]
+    score: Callable[..., dict[str, np.ndarray]]
+    merge: Callable[..., dict]
+    write: Callable[[Path, dict], object]
+    describe: Callable[[dict], str]
+
+
+def run_models(specs: list[ClassifierSpec], out: str | Path, data: dict, scoring: Scoring, device,
+               log: Callable[[str], None] = print, cache_dir: str | None = None, precision: str = "fp32",
+               progress: bool = True) -> tuple[list[str], list[str], list[dict]]:
+    """Steps 2-4 of :func:`run_benchmark`, shared with :mod:`d3s.bgchallenge`, over one process or many (``accelerate launch``).
+
+    1. models whose stored result matches ``data`` (and their own identity and ``precision``) are skipped; the rest are
+       grouped by preprocessing setting; every process lists the chunks already written (:mod:`d3s.chunks`) before any
+       process writes one;
+    2. per group, this process takes its share of the chunks some model lacks (:func:`d3s.chunks.share`) and decodes
+       the images they read once, on the first model's demand (a group whose models all fail to build decodes nothing);
+    3. per model, each of its missing chunks of that share is scored (``scoring.score``) and written; a model that
+       fails is recorded (``error-<rank>.txt``) and the others go on;
+    4. after a barrier, the main process merges each model's chunks (``scoring.merge``), writes the result
+       (``scoring.write``), logs ``scoring.describe(result)`` and removes the chunks. A model with chunks missing is
+       reported as failed, with a process's error; its written chunks stay for the next run.
+
+    One process is the same code with one share. Returns ``(evaluated, skipped, failed)`` on the main process (model
+    names, model names, ``{"model", "error"}`` dicts); on the others, ``([], skipped, [])``.
+    """
+    from tqdm.auto import tqdm
+
+    from .chunks import (ChunkStore, Decoded, chunk_key, end_process_group, needed_rows, plan_chunks, remaining_count, share,
+                         subset)
+    from .generate import distributed_state
+
     out = Path(out)
+    rank, world, barrier, _ = distributed_state()
     todo = [s for s in specs if not result_matches(load_result(out, s.name), s, data, precision)]
     skipped = [s.name for s in specs if s not in todo]
+    chunks = plan_chunks(scoring.parts)
+    stores = {s.name: ChunkStore(out, s.name, chunk_key(s.identity(), data, precision, scoring.parts)) for s in specs}
+    barrier()  # every process has judged the same folder before any writes
+    if rank == 0:
+        for s in specs:  # chunks of models done go; temporary files, errors and stale chunks of the others
+            if s.name in skipped:
+                stores[s.name].remove()
+            else:
+                stores[s.name].tidy()
+    barrier()
+    done = {s.name: stores[s.name].done() for s in todo}
+    barrier()  # every process has listed the same chunks before any writes one
     if skipped:
         log(f"already evaluated (results reused): {', '.join(skipped)}")
     groups: dict[tuple, list[ClassifierSpec]] = {}
     for s in todo:
         groups.setdefault(s.decode_key, []).append(s)
 
-    evaluated, failed = [], []
+    turn = 0  # the process that takes the next group's first chunk
     for key, members in groups.items():
+        mine = share(chunks, [done[m.name] for m in members], rank, world, turn)
+        turn = (turn + remaining_count(chunks, [done[m.name] for m in members])) % world
         with tempfile.TemporaryDirectory(prefix="d3s-decode-", dir=cache_dir) as tmp:
-            arrays: dict = {}
+            decoded = Decoded()
 
-            def shared_arrays(members=members, key=key, tmp=tmp) -> dict:
-                if not arrays:
+            def shared_arrays(members=members, key=key, tmp=tmp, mine=mine, decoded=decoded) -> Decoded:
+                if not decoded.arrays:
                     t0 = time.perf_counter()
-                    arrays.update(decode_group(members[0].data_config, Path(tmp)))  # all or nothing: a failed decode is retried
-                    log(f"decoded {sum(len(a) for a in arrays.values())} images at {key[0][1]}x{key[0][2]} ({key[1]}, crop {key[2]}) "
+                    wanted = needed_rows([scoring.needs(c) for c in mine])
+                    arrays = {}
+                    for name, images in scoring.images.items():
+                        if name in wanted:
+                            arrays[name] = scoring.decode(subset(images, wanted[name]), members[0].data_config,
+                                                          Path(tmp) / f"{name}.npy")
+                    for name, array in arrays.items():  # all or nothing: a failed decode is retried
+                        decoded.add(name, wanted[name], array)
+                    log(f"decoded {len(decoded)} images at {key[0][1]}x{key[0][2]} ({key[1]}, crop {key[2]}) "
                         f"in {time.perf_counter() - t0:.1f}s, shared by {len(members)} model(s): {', '.join(m.name for m in members)}")
-                return arrays
+                return decoded
 
             for spec in members:
-                try:
-                    result = evaluate(spec, shared_arrays)
-                except Exception as err:  # OOM, a download that failed, a broken model: report it, go on
-                    msg = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"[:500]
-                    failed.append({"model": spec.name, "error": msg})
-                    log(f"FAILED {spec.name}: {msg}")
-                    if os.environ.get("D3S_DEBUG"):
-                        traceback.print_exc()
+                missing = [c for c in mine if c.name not in done[spec.name]]
+                if not missing:
                     continue
+                bar = tqdm(total=sum(len(c) for c in missing), unit="item", desc=spec.name, leave=False,
+                           disable=not (progress and rank == 0))
+                clf = None
+                try:
+                    t0 = time.perf_counter()
+                    clf = build_seeded(spec, device)  # first: a model that cannot be built costs no decoding
+                    arrays = shared_arrays()
+                    for chunk in missing:
+                        outputs = scoring.score(spec, clf, chunk, arrays)
+                        stores[spec.name].write(chunk, outputs, time.perf_counter() - t0, str(device))
+                        bar.update(len(chunk))
+                        t0 = time.perf_counter()
+                except Exception as err:  # OOM, a download that failed, a broken model: record it, go on
+                    stores[spec.name].write_error(rank, _one_line(err))
                 finally:
+                    clf = None
+                    bar.close()
                     _free(device)
-                write(out, result)
-                evaluated.append(spec.name)
-                log(describe(result))
+
+    barrier()  # every process has written its chunks
+    end_process_group(world)  # the merge is the main process's alone
+    evaluated, failed = [], []
+    if rank != 0:
+        return evaluated, skipped, failed
+    for spec in todo:
+        store = stores[spec.name]
+        have = store.done()
+        lacking = sum(c.name not in have for c in chunks)
+        try:
+            if lacking:
+                errors = store.errors()
+                raise _ChunksMissing(errors[0] if errors else f"{lacking} of {len(chunks)} chunks were not scored "
+                                                                  "(a process stopped?)")
+            outputs, seconds, devices = store.merged(chunks)
+            result = scoring.merge(spec, outputs, seconds, devices)
+        except Exception as err:
+            msg = str(err) if isinstance(err, _ChunksMissing) else _one_line(err)
+            failed.append({"model": spec.name, "error": msg})
+            log(f"FAILED {spec.name}: {msg}")
+            continue
+        scoring.write(out, result)
+        store.remove()
+        evaluated.append(spec.name)
+        log(scoring.describe(result))
     return evaluated, skipped, failed
+
+
+class _ChunksMissing(Exception):
+    """A model some of whose chunks no process wrote; the message says why."""
+
+
+def _one_line(err: Exception) -> str:
+    """An error as the results and the log report it (and its traceback printed when ``D3S_DEBUG`` is set)."""
+    if os.environ.get("D3S_DEBUG"):
+        traceback.print_exception(err)
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"[:500]
 
 
 def _free(device) -> None:
@@ -486,29 +612,30 @@ def _free(device) -> None:
         torch.cuda.empty_cache()
 
 
-def evaluate_model(spec: ClassifierSpec, shared_arrays: Callable[[], dict], d3s: ImageSet, ref: ImageSet | None,
-                   data: dict, c: BenchmarkConfig, device) -> dict:
-    """Build one model, run it on the shared arrays (``shared_arrays()``), return its result record."""
-    t0 = time.perf_counter()
-    clf = spec.build(str(device))  # first: a model that cannot be built costs no decoding
-    arrays = shared_arrays()
-    top5 = predict_top5(clf.model, spec.data_config, arrays["d3s"], c.batch_size, device, f"{spec.name} on D3S", c.progress,
-                        c.precision)
+def score_chunk(spec: ClassifierSpec, clf, chunk: Chunk, decoded: Decoded, c: ModelRun, device) -> dict[str, np.ndarray]:
+    """One chunk of an image set (``d3s`` or ``imagenet``) through a built model: its top-5 predictions."""
+    images = decoded.take(chunk.part, np.arange(chunk.start, chunk.stop))
+    return {"top5": predict_top5(clf.model, spec.data_config, images, c.batch_size, device, precision=c.precision)}
+
+
+def model_result(spec: ClassifierSpec, outputs: dict, seconds: float, devices: str, d3s: ImageSet, ref: ImageSet | None,
+                 data: dict, c: BenchmarkConfig) -> dict:
+    """A model's result record from its top-5 predictions on every image (``outputs[part]["top5"]``).
+
+    ``seconds`` and ``devices`` are the run-time fields: the time the model's chunks took, summed over processes
+    (building the model included), and the devices that ran them.
+    """
+    top5 = outputs["d3s"]["top5"]
     result_d3s = {**scores(top5, d3s.fg), **breakdowns(top5, d3s)}
     if d3s.group is not None:
         result_d3s["counterfactual"] = counterfactual_scores(top5[:, 0], d3s.fg, d3s.bg, d3s.group, d3s.bg_names)
-    result_ref = None
-    if ref is not None:
-        ref_top5 = predict_top5(clf.model, spec.data_config, arrays["imagenet"], c.batch_size, device,
-                                f"{spec.name} on ImageNet", c.progress, c.precision)
-        result_ref = scores(ref_top5, ref.fg)
-    del clf
+    result_ref = scores(outputs["imagenet"]["top5"], ref.fg) if ref is not None else None
     return {
         "model": spec.name, "kind": spec.kind, "family": spec.family, "extra_data": spec.extra_data,
         "identity": spec.identity(), "data": data,
         "d3s": result_d3s, "imagenet": result_ref,
         "drop_top1": None if result_ref is None else result_ref["top1"] - result_d3s["top1"],
         "drop_top5": None if result_ref is None else result_ref["top5"] - result_d3s["top5"],
-        "seconds": round(time.perf_counter() - t0, 3), "device": str(device), "precision": c.precision,
+        "seconds": round(seconds, 3), "device": devices, "precision": c.precision,
         "d3s_version": __version__,
     }

@@ -11,11 +11,18 @@ with the class folders ``00_dog`` ... ``08_fish`` in IN-9 order. A run reads as 
 
 1. check the layout and the model names before any image is decoded;
 2. :func:`d3s.benchmark.run_models`: a model whose result matches this folder and these settings is
-   skipped; the others are grouped by preprocessing, and per group every variation (and the masks)
-   is decoded once, shared by the group's models;
-3. per model: the IN-9 accuracy on each variation, the BG-Gap (mixed_same - mixed_rand), and the
-   adversarial-backgrounds accuracy (:func:`adversarial_search`), written to ``models/<model>.json``;
+   skipped; the others are grouped by preprocessing. The work is cut into chunks (:mod:`d3s.chunks`):
+   each variation's images (``chunk_size``) and the search's foregrounds (``search_chunk``); per group,
+   each process decodes the images its share of the chunks reads once (a search chunk reads its
+   foregrounds, their masks and every candidate background), shared by the group's models;
+3. per model and chunk: a variation's top-5 predictions, or the adversarial search of the chunk's
+   foregrounds (:func:`adversarial_search`), written as a chunk file; the main process merges them into
+   the IN-9 accuracy on each variation, the BG-Gap (mixed_same - mixed_rand) and the adversarial-backgrounds
+   accuracy, written to ``models/<model>.json``;
 4. the table (``table.md``, ``table.csv``, ``summary.json``) and the plot, over every result there.
+
+Under ``accelerate launch --num_processes N -m d3s bgchallenge ...`` the N processes share the chunks, and
+their union is one process's run (the search's chunks are the same whatever N).
 
 Predictions over the 1000 ImageNet classes map to IN-9 as the challenge maps them: the IN-9
 superclass of the top-1 class (:func:`d3s.labels.imagenet_to_in9`); a top-1 class outside IN-9 counts as wrong.
@@ -34,7 +41,6 @@ import io
 import json
 import os
 import re
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -42,8 +48,9 @@ from typing import Callable
 import numpy as np
 
 from . import __version__
-from .benchmark import (ImageSet, ModelRun, check_config, decode, on_device, precision_note, predict_top5, resolve_device,
-                        run_models)
+from .benchmark import (ImageSet, ModelRun, Scoring, check_config, decode, on_device, precision_note, predict_top5,
+                        resolve_device, run_models)
+from .chunks import Chunk, Decoded
 from .classifiers import IN9_KIND, D3S_PREFIX, ClassifierSpec, parse_model_list, resolve_classifiers, resolve_in9_classifier
 from .guides import IMAGE_EXTENSIONS
 from .labels import IN9_CLASSES, imagenet_to_in9
@@ -55,6 +62,7 @@ TITLES = {"original": "Original", "only_fg": "Only-FG", "no_fg": "No-FG", "only_
           "adversarial": "Adversarial"}
 MASKS = "fg_mask"
 CANDIDATES = "only_bg_t"  # the challenge's candidate backgrounds
+ADVERSARIAL = "adversarial"  # the part of a run's chunks that are the search's foregrounds
 CLASS_FOLDERS = tuple(f"{k:02d}_{name}" for k, name in enumerate(IN9_CLASSES))
 SUBDIR = "bgchallenge"  # inside --out, beside `d3s benchmark`'s results
 SUMMARY_JSON, TABLE_CSV, TABLE_MD, PLOT = "summary.json", "table.csv", "table.md", "accuracy.png"
@@ -351,6 +359,10 @@ class BgChallengeConfig(ModelRun):
         variations (`tuple[str]`, defaults to all eight): the variations scored (the others show as ``-``).
         in9_models (`list[str]`): classifiers with 9 outputs, the IN-9 classes (timm names or ``local-dir:`` folders),
             scored directly in IN-9 with the challenge's preprocessing.
+        search_chunk (`int`, defaults to 256): foregrounds per chunk of the adversarial search, the unit shared among
+            processes. Each chunk orders the backgrounds anew (by how many of the chunk's foregrounds each has fooled), so
+            it sets which fooling background is named and how many composites are tried, never whether a foreground is
+            safe; recorded in the result.
     """
 
     data: str
@@ -361,27 +373,40 @@ class BgChallengeConfig(ModelRun):
     adversarial_seed: int = 0
     variations: tuple[str, ...] = VARIATIONS
     in9_models: list[str] = field(default_factory=list)
+    search_chunk: int = 256
 
 
-def evaluate_model(spec: ClassifierSpec, shared_arrays: Callable[[], dict], ch: Challenge, data: dict,
-                   c: BgChallengeConfig, device) -> dict:
-    """Build one model, score it on every variation and search adversarial backgrounds; its result record."""
-    t0 = time.perf_counter()
-    clf = spec.build(str(device))  # first: a model that cannot be built costs no decoding
-    arrays = shared_arrays()
-    table = np.arange(len(IN9_CLASSES)) if spec.kind == IN9_KIND else in9_of_imagenet()  # output -> IN-9 class
-    variations = {}
-    for v in c.variations:
-        images = ch.variations[v]
-        top5 = predict_top5(clf.model, spec.data_config, arrays[v], c.batch_size, device, f"{spec.name} on {v}", c.progress,
-                            c.precision)
-        variations[v] = in9_accuracy(table[top5[:, 0]], images.fg)
+def score_chunk(spec: ClassifierSpec, clf, chunk: Chunk, decoded: Decoded, ch: Challenge, c: BgChallengeConfig,
+                device) -> dict[str, np.ndarray]:
+    """One chunk through a built model: a variation's images -> their top-5 predictions; the search's foregrounds
+    (part ``adversarial``) -> :func:`adversarial_search` over every candidate background."""
+    table = _answers(spec)
+    if chunk.part != ADVERSARIAL:
+        images = decoded.take(chunk.part, np.arange(chunk.start, chunk.stop))
+        return {"top5": predict_top5(clf.model, spec.data_config, images, c.batch_size, device, precision=c.precision)}
+    fgs = decoded.take("original", ch.mask_rows[chunk.start:chunk.stop])
+    alphas = decoded.take(MASKS, np.arange(chunk.start, chunk.stop))[:, :1]
+    bgs = decoded.take(CANDIDATES, np.arange(len(ch.variations[CANDIDATES])))
+    found = adversarial_search(on_device(clf.model, spec.data_config, device, c.precision), fgs, alphas,
+                               ch.masks.fg[chunk.start:chunk.stop], bgs, c.batch_size, device, answers=table)
+    return {"fooled_by": found["fooled_by"], "tried": found["tried"], "composites": np.asarray([found["composites"]])}
+
+
+def _answers(spec: ClassifierSpec) -> np.ndarray:
+    """Each output's IN-9 class: itself for a classifier of the 9 classes, :func:`in9_of_imagenet` for ImageNet-1k."""
+    return np.arange(len(IN9_CLASSES)) if spec.kind == IN9_KIND else in9_of_imagenet()
+
+
+def model_result(spec: ClassifierSpec, outputs: dict, seconds: float, devices: str, ch: Challenge, data: dict,
+                 c: BgChallengeConfig) -> dict:
+    """A model's result record from every chunk's outputs: the accuracy on each variation, the BG-Gap, the adversarial
+    accuracy. ``seconds`` (summed over processes) and ``devices`` are the run-time fields."""
+    table = _answers(spec)
+    variations = {v: in9_accuracy(table[outputs[v]["top5"][:, 0]], ch.variations[v].fg) for v in c.variations}
     adversarial = None
     if ch.masks is not None:
+        found = outputs[ADVERSARIAL]
         rows, labels = ch.mask_rows, ch.masks.fg
-        found = adversarial_search(on_device(clf.model, spec.data_config, device, c.precision), arrays["original"][rows],
-                                   arrays[MASKS][:, :1], labels, arrays[CANDIDATES], c.batch_size, device, c.progress,
-                                   f"{spec.name}: adversarial backgrounds", answers=table)
         safe = found["fooled_by"] < 0
         bg_files = ch.files[CANDIDATES]
         sampled = int(len(rows)) < sum(ch.mask_population.values())
@@ -389,17 +414,16 @@ def evaluate_model(spec: ClassifierSpec, shared_arrays: Callable[[], dict], ch: 
             "n": int(len(rows)), "accuracy": float(safe.mean()), "vulnerable": int((~safe).sum()),
             "sampled": sampled, "seed": c.adversarial_seed if sampled else None,
             "standard_error": stratified_standard_error(safe, labels, ch.mask_population),
-            "candidates": len(bg_files), "composites": found["composites"], "per_class": _per_class(safe, labels),
+            "candidates": len(bg_files), "composites": int(found["composites"].sum()), "search_chunk": c.search_chunk,
+            "per_class": _per_class(safe, labels),
             "foregrounds": [{"image": ch.files["original"][r], "fooled_by": bg_files[j] if j >= 0 else None, "tried": int(t)}
                             for r, j, t in zip(rows.tolist(), found["fooled_by"].tolist(), found["tried"].tolist())],
         }
-    del clf
     return {"model": spec.name, "kind": spec.kind, "family": spec.family, "extra_data": spec.extra_data,
             "identity": spec.identity(), "data": data, "variations": variations,
             "bg_gap": (variations["mixed_same"]["top1"] - variations["mixed_rand"]["top1"]
                        if {"mixed_same", "mixed_rand"} <= set(variations) else None), "adversarial": adversarial,
-            "seconds": round(time.perf_counter() - t0, 3), "device": str(device), "precision": c.precision,
-            "d3s_version": __version__}
+            "seconds": round(seconds, 3), "device": devices, "precision": c.precision, "d3s_version": __version__}
 
 
 def write_result(out: Path, result: dict) -> Path:
@@ -472,8 +496,14 @@ def run_bgchallenge(c: BgChallengeConfig, specs: list[ClassifierSpec] | None = N
 
     Returns the summary dict with ``evaluated``, ``skipped`` and ``failed`` lists and ``out`` (the folder written).
     """
-    # 1. inputs, all checked before any decoding
+    # 1. inputs, all checked before any decoding (by every process, so a refusal never leaves one waiting)
     check_config(c)
+    from .generate import distributed_state
+
+    rank, _, _, process_device = distributed_state()
+    log = log if rank == 0 else (lambda line: None)  # one process speaks
+    if c.search_chunk < 1:
+        raise BgChallengeError(f"search_chunk must be at least 1, got {c.search_chunk}.")
     if c.adversarial_limit is not None and c.adversarial_limit < 0:
         raise BgChallengeError(f"--adversarial-limit must be 0 (no search) or more, got {c.adversarial_limit}.")
     unknown = [v for v in c.variations if v not in VARIATIONS]
@@ -493,18 +523,29 @@ def run_bgchallenge(c: BgChallengeConfig, specs: list[ClassifierSpec] | None = N
             "variations": [v for v in VARIATIONS if v in c.variations]}
     out = Path(c.out) / SUBDIR
     out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(c.device)
+    device = process_device or resolve_device(c.device)  # under `accelerate launch`, each process's own GPU
 
-    # 2-3. shared decoding per preprocessing setting, then each model
-    def decode_group(data_config: dict, tmp: Path) -> dict:
-        arrays = {v: decode(images, data_config, tmp / f"{v}.npy", c.workers, c.progress) for v, images in ch.variations.items()}
-        if ch.masks is not None:
-            arrays[MASKS] = decode(ch.masks, data_config, tmp / f"{MASKS}.npy", c.workers, c.progress)
-        return arrays
+    # 2-3. each process's chunks decoded once per preprocessing setting, scored by each model, merged by the main process
+    images = {**ch.variations, **({MASKS: ch.masks} if ch.masks is not None else {})}
+    parts = {v: (len(ch.variations[v]), c.chunk_size) for v in data["variations"]}
+    if ch.masks is not None:
+        parts[ADVERSARIAL] = (len(ch.masks), c.search_chunk)
 
-    evaluated, skipped, failed = run_models(
-        specs, out, data, decode_group, lambda spec, arrays: evaluate_model(spec, arrays, ch, data, c, device),
-        write_result, describe, device, log, c.cache_dir, c.precision)
+    def needs(chunk: Chunk) -> dict[str, np.ndarray]:
+        if chunk.part != ADVERSARIAL:
+            return {chunk.part: np.arange(chunk.start, chunk.stop)}
+        return {"original": ch.mask_rows[chunk.start:chunk.stop], MASKS: np.arange(chunk.start, chunk.stop),
+                CANDIDATES: np.arange(len(ch.variations[CANDIDATES]))}
+
+    scoring = Scoring(
+        parts=parts, images=images, needs=needs,
+        decode=lambda s, data_config, path: decode(s, data_config, path, c.workers, c.progress and rank == 0),
+        score=lambda spec, clf, chunk, decoded: score_chunk(spec, clf, chunk, decoded, ch, c, device),
+        merge=lambda spec, outputs, seconds, devices: model_result(spec, outputs, seconds, devices, ch, data, c),
+        write=write_result, describe=describe)
+    evaluated, skipped, failed = run_models(specs, out, data, scoring, device, log, c.cache_dir, c.precision, c.progress)
+    if rank != 0:  # the main process writes the table
+        return {"rank": rank, "evaluated": evaluated, "skipped": skipped, "failed": failed, "out": str(out)}
 
     # 4. table and plot over every result in the folder for this data
     summary = write_summary(out, data, failed)
@@ -514,5 +555,5 @@ def run_bgchallenge(c: BgChallengeConfig, specs: list[ClassifierSpec] | None = N
         from .plots import bgchallenge_bars
 
         summary["plot"] = bgchallenge_bars(summary["models"], out / PLOT, {c: TITLES[c] for c in (*VARIATIONS, "adversarial")})
-    summary.update(evaluated=evaluated, skipped=skipped, out=str(out))
+    summary.update(evaluated=evaluated, skipped=skipped, out=str(out), rank=rank)
     return summary

@@ -418,7 +418,7 @@ class FgHeadClassifier(torch.nn.Module):
         return self.extractor.forward_normalized(x, with_heads=True)[1][:, :1000]
 
 
-def _extractor_files(path: str) -> tuple[dict, str]:
+def extractor_files(path: str) -> tuple[dict, str]:
     """A checkpoint's ``config.json`` and a digest of its weights, without loading them."""
     import hashlib
     import json
@@ -452,7 +452,7 @@ def _resolve_extractor(name: str) -> ClassifierSpec:
     path = name[len(D3S_PREFIX) :]
     if not path:
         raise ClassifierError("d3s: needs a checkpoint, e.g. d3s:out/wd (a `d3s train --out` folder) or d3s:ORG/NAME.")
-    config, digest = _extractor_files(path)
+    config, digest = extractor_files(path)
     if not isinstance(config.get("backbone"), str):
         raise ClassifierError(f"{path} is not a d3s checkpoint: its config.json names no backbone.")
     fg_names = list(config.get("fg_names") or [])

@@ -3,7 +3,8 @@
 The paper set 20,000 of its 120,000 images aside for validation and had people check each (appendix B):
 10.2% lacked the intended foreground, about 1% were unsafe; the 17,866 left are the D3S benchmark.
 
-``score`` adds per-image columns to a generated folder, shard by shard (atomically):
+``score`` adds per-image columns to a generated folder, shard by shard (atomically; under ``accelerate launch`` the
+processes share the shards, and a shard already scored by the same check is kept, so a killed run resumes):
 ``pixel_std`` and ``blank`` (near-uniform output, e.g. a blacked-out unsafe image), and with a
 zero-shot CLIP classifier ``clip_rank`` (rank of the intended class among the 1000 class prompts, 1 is
 best) and ``clip_margin`` (intended score minus the best other). It reports how many images each
@@ -109,16 +110,19 @@ ZeroShot = Callable[[Sequence[Image.Image]], np.ndarray]  # images -> (N, num_fg
 def zero_shot_scorer(name: str, pretrained: bool = True, device: str | None = None, precision: str = "fp32") -> ZeroShot:
     """The foreground check's classifier: any name of the benchmark's registry (``clip:ViT-B-32/openai``,
     ``clip:tiny``, or a timm ImageNet model), with its own preprocessing; returns images -> 1000 logits.
-    ``precision``: ``fp32`` (default, no autocast), ``bf16`` or ``fp16`` (autocast); recorded by :func:`score`."""
+    ``precision``: ``fp32`` (default, no autocast), ``bf16`` or ``fp16`` (autocast); recorded by :func:`score`.
+    ``device``: by default the process's own GPU under ``accelerate launch``, else CUDA when there is one, else the CPU."""
     import torch
     from timm.data import create_transform
 
+    from .chunks import build_seeded
     from .classifiers import resolve_classifier
+    from .generate import distributed_state
     from .inference import autocast_dtype
 
     spec = resolve_classifier(name, pretrained=pretrained)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = spec.build(device).model
+    device = device or str(distributed_state()[3] or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = build_seeded(spec, device).model  # random weights: the same in every process
     keys = ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std")
     transform = create_transform(**{k: spec.data_config[k] for k in keys if k in spec.data_config})
 
@@ -132,50 +136,109 @@ def zero_shot_scorer(name: str, pretrained: bool = True, device: str | None = No
 
     scores.model_name = spec.name  # recorded by `score`, so the benchmark can say which model filtered it
     scores.precision = precision
+    # recorded in each shard it scores, so a rerun keeps them; random weights differ from build to build: none
+    scores.identity = {**spec.identity(), "precision": precision} if pretrained else None
     return scores
 
 
 def score(data: str | Path, split: str = "train", zero_shot: ZeroShot | None = None, batch_size: int = 64,
           progress: bool = True) -> dict:
-    """Add the automatic-check columns to every shard of ``split``; returns counts of rows and flags."""
+    """Add the automatic-check columns to every shard of ``split``; returns counts of rows and flags.
+
+    1. list the shards (every process, before any rewrites one);
+    2. share them among processes (``accelerate launch``), every ``world``-th from the process's rank;
+    3. per shard: a shard already scored by the same check (recorded in its metadata: the zero-shot model's identity
+       and precision) is kept as it is, so a killed run resumes; otherwise decode, score and rewrite it, atomically;
+    4. after a barrier, the main process counts the rows and flags of every shard and writes the card and
+       ``d3s_score.json``.
+
+    Returns ``{"rows", "blank", "scored", "reused", "rank"}`` (shards scored now by all processes, and kept) on the main
+    process; the others return ``scored``, ``reused`` and ``rank``.
+    """
     from tqdm.auto import tqdm
 
+    from .chunks import end_process_group
+    from .generate import distributed_state
+
+    # 1. shards, listed by every process before any writes
     paths = shard_paths(data, split)
     if not paths:
         raise DatasetFormatError(f"{data} has no shards of split {split!r} under {DATA_DIR}/ (score adds columns to the "
                                  f"shards `d3s generate` writes, {DATA_DIR}/<split>-<first>-<last>.parquet, in place).")
+    rank, world, barrier, _ = distributed_state()
+    check = _check_identity(zero_shot)
+    done = [p for p in paths if check is not None and _scored_with(pq.read_schema(p)) == check]
+    todo = [p for p in paths if p not in done]
+    barrier()  # every process has listed the same shards before any rewrites one
+
+    # 2-3. this process's shards
+    for path in tqdm(todo[rank::world], desc="scoring shards", disable=not (progress and rank == 0)):
+        _score_shard(path, zero_shot, batch_size, check)
+
+    # 4. counts, card and record, by the main process once every shard is written
+    barrier()
+    end_process_group(world)
+    if rank != 0:
+        return {"scored": len(todo), "reused": len(done), "rank": rank}
     rows = blank = 0
-    for path in tqdm(paths, desc="scoring shards", disable=not progress):
-        table = pq.read_table(path)
-        original_schema = table.schema
-        _class_names(table)
-        images = [_decode(c) for c in table.column("image").to_pylist()]
-        stds = [float(np.asarray(im, dtype=np.float32).std()) for im in images]
-        table = _with_column(table, "pixel_std", stds)
-        table = _with_column(table, "blank", [s < BLANK_STD for s in stds])
-        if zero_shot is not None:
-            fg = np.asarray(table.column("fg").to_pylist())
-            ranks, margins = [], []
-            for i in range(0, len(images), batch_size):
-                logits = np.asarray(zero_shot(images[i : i + batch_size]), dtype=np.float64)
-                target = fg[i : i + batch_size]
-                own = logits[np.arange(len(target)), target]
-                ranks.extend((logits > own[:, None]).sum(1) + 1)
-                others = logits.copy()
-                others[np.arange(len(target)), target] = -np.inf
-                margins.extend(own - others.max(1))
-            table = _with_column(table, "clip_rank", [int(x) for x in ranks])
-            table = _with_column(table, "clip_margin", [float(x) for x in margins])
-        feats = _features_with_scores(original_schema, table)
-        _rewrite(path, table.replace_schema_metadata(feats.arrow_schema.metadata))
-        rows += table.num_rows
-        blank += sum(s < BLANK_STD for s in stds)
+    for path in paths:
+        flags = pq.read_table(path, columns=["blank"]).column("blank").to_pylist()
+        rows += len(flags)
+        blank += sum(flags)
     _refresh_card(data)
     if zero_shot is not None:
         record = {"split": split, "zero_shot": getattr(zero_shot, "model_name", None),
                   "precision": getattr(zero_shot, "precision", None)}
         (Path(data) / SCORE_RECORD).write_text(json.dumps(record, indent=2) + "\n")
-    return {"rows": rows, "blank": blank}
+    return {"rows": rows, "blank": blank, "scored": len(todo), "reused": len(done), "rank": rank}
+
+
+SCORE_METADATA = b"d3s_score"  # in a scored shard's schema metadata: the check that scored it (JSON)
+
+
+def _check_identity(zero_shot: ZeroShot | None) -> dict | None:
+    """What a shard scored by this check records, or None when the check cannot be told apart from another (a
+    zero-shot callable without an ``identity``: its shards are always scored again)."""
+    if zero_shot is None:
+        return {"zero_shot": None}
+    identity = getattr(zero_shot, "identity", None)
+    return None if identity is None else {"zero_shot": identity}
+
+
+def _scored_with(schema: pa.Schema) -> dict | None:
+    raw = (schema.metadata or {}).get(SCORE_METADATA)
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
+
+
+def _score_shard(path: Path, zero_shot: ZeroShot | None, batch_size: int, check: dict | None) -> None:
+    """Decode one shard, add the check columns, rewrite it atomically (with the check recorded in its metadata)."""
+    table = pq.read_table(path)
+    original_schema = table.schema
+    _class_names(table)
+    images = [_decode(c) for c in table.column("image").to_pylist()]
+    stds = [float(np.asarray(im, dtype=np.float32).std()) for im in images]
+    table = _with_column(table, "pixel_std", stds)
+    table = _with_column(table, "blank", [s < BLANK_STD for s in stds])
+    if zero_shot is not None:
+        fg = np.asarray(table.column("fg").to_pylist())
+        ranks, margins = [], []
+        for i in range(0, len(images), batch_size):
+            logits = np.asarray(zero_shot(images[i : i + batch_size]), dtype=np.float64)
+            target = fg[i : i + batch_size]
+            own = logits[np.arange(len(target)), target]
+            ranks.extend((logits > own[:, None]).sum(1) + 1)
+            others = logits.copy()
+            others[np.arange(len(target)), target] = -np.inf
+            margins.extend(own - others.max(1))
+        table = _with_column(table, "clip_rank", [int(x) for x in ranks])
+        table = _with_column(table, "clip_margin", [float(x) for x in margins])
+    metadata = dict(_features_with_scores(original_schema, table).arrow_schema.metadata)
+    if check is not None:
+        metadata[SCORE_METADATA] = json.dumps(check, sort_keys=True).encode()
+    _rewrite(path, table.replace_schema_metadata(metadata))
 
 
 def _refresh_card(data: str | Path) -> None:

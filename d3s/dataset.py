@@ -121,14 +121,19 @@ def splits_in(root: str | Path) -> list[str]:
     return sorted({_SHARD_RE.match(p.name).group("split") for p in shard_paths(root)})
 
 
+def card_metadata(root: str | Path, features: datasets.Features) -> dict:
+    """The card YAML that ``datasets.load_dataset(root)`` reads: ``configs`` (one per split found under ``data/``)
+    and ``dataset_info`` (the features, with the ``fg``/``bg`` label names)."""
+    return {
+        "configs": [{"config_name": "default",
+                     "data_files": [{"split": s, "path": f"{DATA_DIR}/{s}-*.parquet"} for s in splits_in(root)]}],
+        "dataset_info": {"features": features._to_yaml_list()},
+    }
+
+
 def write_card(root: str | Path, features: datasets.Features, body: str, extra_yaml: dict | None = None) -> Path:
     """Write ``README.md``: YAML (configs per split found under ``data/``, features) and a Markdown body."""
-    splits = splits_in(root)
-    meta = dict(extra_yaml or {})
-    meta["configs"] = [
-        {"config_name": "default", "data_files": [{"split": s, "path": f"{DATA_DIR}/{s}-*.parquet"} for s in splits]}
-    ]
-    meta["dataset_info"] = {"features": features._to_yaml_list()}
+    meta = {**(extra_yaml or {}), **card_metadata(root, features)}
     text = "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n\n" + body.strip() + "\n"
     path = Path(root) / "README.md"
     tmp = path.with_suffix(".md.tmp")
@@ -139,7 +144,7 @@ def write_card(root: str | Path, features: datasets.Features, body: str, extra_y
 
 # --- any parquet layout `datasets.load_dataset(FOLDER)` reads -------------------------------------------
 
-_HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")  # ORG/NAME (or a legacy NAME); a missing local path like /a/b is not one
+HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")  # ORG/NAME (or a legacy NAME); a missing local path like /a/b is not one
 PEEK_DEPTH = 3  # a folder without a card must hold a parquet file at most this many folders down ...
 PEEK_ENTRIES = 5000  # ... among the first entries looked at; a bigger tree without one is refused unscanned
 
@@ -278,7 +283,7 @@ def local_folder(data: str | Path, token: str | bool | None = None, max_bytes: i
     if path.exists():
         return path
     text = str(data)
-    if not _HUB_ID.fullmatch(text):
+    if not HUB_ID.fullmatch(text):
         raise DatasetFormatError(f"{text} does not exist, and is not a Hub dataset id (ORG/NAME).")
     from fnmatch import fnmatch
 
@@ -321,7 +326,7 @@ def load_raw(root: str | Path, split: str | None = None, cache_dir: str | None =
         files = {split: split_files(local, split)} if split else find_splits(local)
         return datasets.load_dataset("parquet", data_files={s: [str(p) for p in fs] for s, fs in files.items()}, split=split,
                                      cache_dir=cache_dir)
-    if not _HUB_ID.fullmatch(str(root)):
+    if not HUB_ID.fullmatch(str(root)):
         raise DatasetFormatError(f"{root} does not exist, and is not a Hub dataset id (ORG/NAME).")
     return datasets.load_dataset(str(root), split=split, cache_dir=cache_dir)
 

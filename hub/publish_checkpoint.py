@@ -5,9 +5,10 @@
 
 Two repositories: ``ORG/NAME`` holds the full extractor (``DisentangledExtractor.from_pretrained("ORG/NAME")``,
 safetensors + config) with a model card of its probe (Table 2) and spurious-correlation (Table 3) results, read
-from ``probe.json`` / ``spurious.json`` in the checkpoint folder; ``ORG/NAME-timm`` holds the backbone with the
-foreground head in timm's format (``timm.create_model("hf-hub:ORG/NAME-timm", pretrained=True)``; locally
-``local-dir:staged/timm``). The token comes from HF_TOKEN or `huggingface-cli login`.
+from ``probe.json`` / ``spurious.json`` in the checkpoint folder, and of ``d3s benchmark`` / ``d3s bgchallenge``
+with ``--results DIR``: tables, and the card's ``model-index`` (``eval_results``), which the Hub renders. ``ORG/NAME-timm``
+holds the backbone with the foreground head in timm's format (``timm.create_model("hf-hub:ORG/NAME-timm", pretrained=True)``;
+locally ``local-dir:staged/timm``). The token comes from HF_TOKEN or `hf auth login`, and is never printed.
 
 A checkpoint trained on frozen features (`d3s embed` + `d3s train`) is published as the full extractor: the
 backbone that made its features (pretrained weights, or ``--backbone``) with its neck and heads. With an MLP neck
@@ -34,13 +35,18 @@ def main(argv=None) -> int:
     parser.add_argument("--spurious", metavar="FILE", help="spurious results (default: CHECKPOINT/spurious.json)")
     parser.add_argument("--backbone", metavar="NAME", help="a checkpoint trained on frozen features: the backbone that made "
                                                            "them, e.g. local-dir:DIR (default: the one it records)")
+    parser.add_argument("--dataset", metavar="ORG/NAME", help="the Hub dataset the probe and spurious results were measured on "
+                                                              "(default: the training data run.json records, when it is a Hub id)")
+    parser.add_argument("--results", metavar="DIR", help="a `d3s benchmark` / `d3s bgchallenge` --out folder: its results of "
+                                                         "this checkpoint (same weights) go on the card and in its model index")
     args = parser.parse_args(argv)
 
     def uploads(folder, report):
         timm_repo = [(Path(folder) / "timm", report["timm_repo_id"], "model")] if report["timm_repo_id"] else []
         return [(folder, args.repo_id, "model"), *timm_repo]
 
-    return publish(lambda folder: stage_checkpoint(args.checkpoint, folder, args.repo_id, args.probe, args.spurious, args.backbone),
+    return publish(lambda folder: stage_checkpoint(args.checkpoint, folder, args.repo_id, args.probe, args.spurious, args.backbone,
+                                                   dataset=args.dataset, results=args.results),
                    args.dry_run, uploads)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -42,11 +43,16 @@ def test_dry_run_folder_loads_with_all_splits(split_data, tmp_path):
     card = (staged / "README.md").read_text()
     meta = yaml.safe_load(card.split("---\n")[1])  # the card's YAML parses
     assert meta["license"] == "cc-by-4.0" and {c["split"] for c in meta["configs"][0]["data_files"]} == {"train", "validation", "benchmark"}
-    assert "load_dataset(\"someone/d3s-tiny\"" in card and "| in snow |" in card
+    assert "load_dataset(\"someone/d3s-tiny\", split=\"benchmark\")" in card and "| in snow |" in card
     assert (staged / "examples" / "backgrounds.png").exists()
     from huggingface_hub import DatasetCard
 
-    assert DatasetCard.load(staged / "README.md").data.license == "cc-by-4.0"
+    loaded = DatasetCard.load(staged / "README.md")
+    assert loaded.data.license == "cc-by-4.0" and "synthetic" in loaded.data.tags
+    # what the rows are, counted: the tiny run's 3 classes x 10 backgrounds x 2, and how it was made (d3s_run.json)
+    assert "Images of 3 of the 1000 ImageNet classes (tench, golden retriever, tabby) on 10 backgrounds" in loaded.text
+    assert "all 30 (class, background) pairs, 2 images each" in loaded.text and "60 distinct images" in loaded.text
+    assert "with the diffusion model `tiny`" in loaded.text and "More Information Needed" not in card
 
 
 def test_missing_splits_fail_before_upload(tiny_run, tmp_path):
@@ -119,6 +125,14 @@ def test_checkpoint_dry_run_loads_in_d3s_and_timm(trained, tmp_path):
     assert not list(staged.rglob("*.bin")) and not list(staged.rglob("*.pt"))  # safetensors only
     card = (staged / "README.md").read_text()
     assert "fg_from_bg" in card and "hf-hub:someone/d3s-tiny-timm" in card
+    from huggingface_hub import ModelCard
+
+    # the Hub's model index holds the probe numbers of probe.json, as the Hub parses it
+    results = {(r.dataset_split, r.metric_name): r.metric_value for r in ModelCard.load(staged / "README.md").data.eval_results}
+    probe = json.loads((trained / "probe.json").read_text())
+    for name, r in probe["linear"]["validation"].items():
+        assert results[("validation", f"linear probe {name} top-1")] == pytest.approx(r["top1"], abs=1e-4)
+    assert "More Information Needed" not in card
 
 
 def test_checkpoint_without_metrics_fails_before_upload(trained, tmp_path):
