@@ -10,8 +10,9 @@ Wasserstein disentanglement (paper, eq. 9-10), as done here:
 
 - Critics ``D_fg(z_fg, l_bg)`` and ``D_bg(z_bg, l_fg)`` are per-label score MLPs, ``D(z, l) = f(z)[l]``
   (LeakyReLU 0.1, widths halving). The label selects an output; it is not an input, so the
-  gradient penalty is taken with respect to z only (SPEC section 8: a penalty through an
-  interpolated one-hot label cripples this critic, and a critic on ``[z, one-hot]`` removed nothing).
+  gradient penalty is taken with respect to z only (measured in this project's first prototype, a 5 x 5
+  shapes-on-textures toy: a penalty through an interpolated one-hot label crippled this critic, whose gradient
+  with respect to the label is its own score vector, and a critic on ``[z, one-hot]`` removed nothing).
 - The critics see **batch-standardised, whitened** features. A Wasserstein critic measures distances, so
   information kept at a small scale costs it little while a probe still reads it; standardising removes
   that hiding place (and the trivial escape of shrinking z), and whitening (a fixed map from the running
@@ -59,7 +60,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-LR_SCHEDULES = ("cosine", "constant")
+from .choices import LR_SCHEDULES  # noqa: F401 (re-exported: the choices live in d3s.choices)
+
 CRITIC_PENALTIES = ("huber", "abs")
 CRITIC_VIEWS = ("standardize", "whiten")
 ADVERSARY_OBJECTIVES = ("information", "reversal", "confusion")
@@ -357,7 +359,7 @@ class Critic(nn.Module):
 
     def gradient_penalty(self, z: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """WGAN-GP, ``mean (|grad_z D(z, l)| - 1)^2`` on :meth:`interpolate`'s points: on z only, the label
-        selects the critic's output (SPEC section 8: a penalty through the label cripples this critic)."""
+        selects the critic's output (a penalty through the label cripples this critic: see the module docstring)."""
         z_mix, l_mix = self.interpolate(z, labels, generator)
         z_mix = z_mix.detach().requires_grad_(True)  # the penalty trains the critic; z is data here
         score = self(z_mix).gather(1, l_mix[:, None]).sum()

@@ -394,7 +394,7 @@ def run_benchmark(c: BenchmarkConfig, specs: list[ClassifierSpec] | None = None,
     d3s = open_d3s(c.data, split)
     check = benchmark_check(c.data, split)
     if split == BENCHMARK_SPLIT:
-        log(f"scoring split {split!r} of {c.data}: {len(d3s)} images checked by {check['basis']}")
+        log(f"scoring split {split!r} of {c.data}: {len(d3s)} images; how they were kept: {check['basis']}")
     else:
         log(f"warning: scoring split {split!r} of {c.data}: its {len(d3s)} images are unchecked (no human review or automatic "
             f"check removed wrong or unsafe images); the paper's benchmark is the checked {BENCHMARK_SPLIT!r} split (`d3s split`)")

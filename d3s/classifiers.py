@@ -41,6 +41,7 @@ from typing import Any, Callable
 
 import torch
 
+from .choices import CLIP_NAMES as NAME_STYLES, CLIP_PROMPTS as PROMPT_SETS
 from .labels import close_matches
 
 CLIP_PREFIX = "clip:"
@@ -48,8 +49,6 @@ LOCAL_DIR_PREFIX = "local-dir:"
 CLIP_TINY = "clip:tiny"
 D3S_PREFIX = "d3s:"
 SINGLE_PROMPT = "a photo of a {}."
-PROMPT_SETS = ("single", "ensemble")
-NAME_STYLES = ("lemma", "definition", "openai")
 
 # Families of the paper's figure 4/9, with today's timm names (and OpenAI's CLIP weights).
 # ``extra_data``: trained on more than ImageNet-1k train (hatched in the paper's bar chart).

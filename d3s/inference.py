@@ -9,9 +9,7 @@ from typing import Callable
 
 import numpy as np
 
-PRECISIONS = ("fp32", "bf16", "fp16")
-PRECISION_HELP = ("fp32 (default: the reference harnesses' choice; scores are exact), bf16 or fp16 (autocast: faster on "
-                  "GPUs, and a top-1 can change on a few percent of images); recorded in every result")
+from .choices import PRECISION_HELP, PRECISIONS  # noqa: F401 (re-exported)
 
 
 class PrecisionError(ValueError):

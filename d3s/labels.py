@@ -4,7 +4,7 @@ Every foreground is a :class:`Concept`: a WordNet noun synset with its lemmas an
 ImageNet-1k classes come from the synset, lemma and definition tables that timm ships (offline);
 any other WordNet noun synset can be used through nltk's WordNet corpus.
 
-Facts kept here (SPEC.md sections 2 and 5):
+Facts kept here (from the paper, its authors' code and the Backgrounds Challenge):
 - the prompt name of a class is the first lemma (``tench, Tinca tinca`` -> ``tench``);
 - the definition is the WordNet 3.0 gloss of the class's own synset, so class 134 (``crane`` the
   bird, n02012849) gets the bird's gloss, not the machine's;
@@ -233,7 +233,7 @@ def label_space(concepts: Sequence[Concept]) -> list[Concept]:
     return list(imagenet_classes()) + extra
 
 
-# --- IN-9 (Backgrounds Challenge) superclasses, SPEC.md section 5 --------------------------------
+# --- IN-9 (Backgrounds Challenge) superclasses, from the challenge's class list --------------------------------
 
 def _ranges(*parts: int | tuple[int, int]) -> tuple[int, ...]:
     out: list[int] = []

@@ -40,10 +40,9 @@ import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
+from .choices import DEFAULT_NECK, NECKS, PAPER_BACKBONE  # noqa: F401 (re-exported: the choices live in d3s.choices)
+
 PAPER_FEATURES, PAPER_BG_DIM = 2048, 250
-# The paper's backbone and baseline: ResNet-50 with PyTorch's (torchvision's) ImageNet weights. In timm, plain
-# ``resnet50`` is ``resnet50.a1_in1k``, other weights trained another way, so the tag is written out.
-PAPER_BACKBONE = "resnet50.tv_in1k"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -115,8 +114,6 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-NECKS = ("linear", "mlp")
-DEFAULT_NECK = "mlp"  # of `d3s train` on features
 
 
 class Neck(nn.Module):

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from .guides import center_crop_resize
-from .models import PAPER_BACKBONE
+from .choices import PAPER_BACKBONE
 from .offline_weights import NAME as OFFLINE_CLASSIFIER
 
 DEFAULT_CLASSIFIER = PAPER_BACKBONE  # ResNet-50 with PyTorch's ImageNet weights, the paper's reference

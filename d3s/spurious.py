@@ -2,8 +2,8 @@
 
 A pairs file maps fg classes to bg classes. ``corr`` keeps the images of exactly those pairs;
 ``anticorr`` every other image of the paired fg classes: on another paired background, or on a
-background in no pair (``indoors`` for the IN-9 pairs: SPEC section 4's "all other D3S images of IN-9
-classes"). Linear heads for fg and bg are trained on corr (train split), where the two labels are
+background in no pair (``indoors`` for the IN-9 pairs: the paper's "all other D3S images of IN-9
+classes", section 6). Linear heads for fg and bg are trained on corr (train split), where the two labels are
 perfectly correlated, and tested on corr and anticorr (validation split): a head that leans on the
 other factor fails on anticorr. The fg columns score every anticorr image; the bg head only knows
 the paired backgrounds, so the anticorr bg column scores the anticorr images on a paired background.
@@ -15,7 +15,7 @@ Three feature sets:
   or a timm model name: its penultimate features; on a features dataset, ``features``: the
   dataset's own features, i.e. the frozen backbone's penultimate features).
 
-For D3S the default pairs are SPEC section 4's nine IN-9 pairs, the fg labels (ImageNet classes)
+For D3S the default pairs are the paper's nine IN-9 pairs (section 6, Table 3), the fg labels (ImageNet classes)
 mapped to their IN-9 class; ImageNet classes outside IN-9 are left out. The ImageNet column is IN-9's
 own validation set, as the paper's: the Backgrounds Challenge's ``original/val`` (450 images per
 class, ``in9=``), the images of the paired classes, scored by the fg head trained on corr.

@@ -207,6 +207,7 @@ def unpaired(cfg: ToyConfig) -> list[str]:
 def write_toy(cfg: ToyConfig, shard_size: int = 1000) -> dict[str, int]:
     """Write the toy dataset to ``cfg.out``; returns the number of rows per split."""
     import datasets
+    from tqdm.auto import tqdm
 
     from .dataset import label_features, write_card, write_shard
 
@@ -219,6 +220,9 @@ def write_toy(cfg: ToyConfig, shard_size: int = 1000) -> dict[str, int]:
     })
     counts: dict[str, int] = {}
     item_id = 0
+    pairs_count = len(cfg.shape_names) * len(cfg.texture_names)
+    bar = tqdm(total=pairs_count * (cfg.train_per_pair + cfg.val_per_pair), desc="toy images", unit="img", dynamic_ncols=True,
+               disable=pairs_count * (cfg.train_per_pair + cfg.val_per_pair) < 1000)
     for split_index, split in enumerate(("train", "validation")):
         rng = np.random.default_rng([cfg.seed, split_index])
         labels = _labels(cfg, split, rng)
@@ -228,9 +232,11 @@ def write_toy(cfg: ToyConfig, shard_size: int = 1000) -> dict[str, int]:
             f, b = labels[i]
             rows.append({"item_id": item_id, "image": render(cfg.shape_names[f], cfg.texture_names[b], cfg.size, rng), "fg": f, "bg": b})
             item_id += 1
+            bar.update(1)
         for start in range(0, len(rows), shard_size):
             write_shard(out, split, rows[start : start + shard_size], features)
         counts[split] = len(rows)
+    bar.close()
     (out / "pairs.json").write_text(json.dumps(pairs(cfg), indent=2) + "\n")
     (out / "d3s_toy.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     body = f"""# d3s toy dataset

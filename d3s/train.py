@@ -31,11 +31,12 @@ import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from .choices import PAPER_BACKBONE
 
-from .models import PAPER_BACKBONE
+if TYPE_CHECKING:  # torch is imported where it is used, so `d3s train --help` answers at once
+    import torch
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "train_log.jsonl"
@@ -148,6 +149,7 @@ class TrainConfig:
 def _versions() -> dict[str, str]:
     import accelerate
     import timm
+    import torch
 
     from . import __version__
 
@@ -156,6 +158,8 @@ def _versions() -> dict[str, str]:
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
+    import torch
+
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
@@ -173,6 +177,8 @@ def save_checkpoint(algorithm, out: Path, step: int) -> None:
 
 
 def _to_cpu(v):
+    import torch
+
     if isinstance(v, torch.Tensor):
         return v.detach().cpu()
     if isinstance(v, dict):
@@ -188,6 +194,8 @@ def _unwrapped_state(algorithm) -> dict[str, torch.Tensor]:
 
 
 def load_checkpoint(algorithm, out: Path) -> int:
+    import torch
+
     state = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=True)
     target = algorithm.state_dict()
     wrapped = any(k.startswith("model.module.") for k in target)
@@ -219,6 +227,7 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
     ``stop_after`` ends this invocation after that many steps, leaving a checkpoint (for time-sliced
     jobs, and for tests of resuming).
     """
+    import torch
     from accelerate import Accelerator, DistributedDataParallelKwargs
     from tqdm.auto import tqdm
 
@@ -239,8 +248,11 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
             raise TrainError(f"{out} holds a run with other settings ({', '.join(diff)} differ); use another --out or the same settings to resume.")
 
     # 2. data
+    say = print if os.environ.get("RANK", "0") == "0" else (lambda *a, **k: None)  # one voice under accelerate launch
+    say(f"d3s train: reading the train split of {config.data}", flush=True)
     ds = load_split(config.data, "train")
     info = label_info(ds, f"{config.data} (train)")
+    say(f"d3s train: {len(ds):,} rows, {len(info.fg_names)} fg x {len(info.bg_names)} bg classes", flush=True)
     extra_ds = extra_info = None
     if config.extra_data:
         extra_ds = load_split(config.extra_data, "train", need_bg=False)
@@ -256,6 +268,8 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
     image_size = None if frozen else config.image_size or min(224, max(ds[0]["image"].size))
 
     # 3. model and method
+    say(f"d3s train: building {'the neck and heads' if frozen else config.backbone} "
+        f"({'on frozen features' if frozen else 'pretrained' if config.pretrained else 'random init'})", flush=True)
     # The baselines never use the bg head: DDP must be told, or it waits for gradients that never come.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=not METHODS[config.method].trains_bg_head)
     accelerator = Accelerator(
@@ -290,6 +304,8 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
         print(f"d3s train: {what}, z_fg {model.fg_dim} / z_bg {model.bg_dim}, {len(info.fg_names)} fg x {len(info.bg_names)} bg classes, "
               f"{len(ds)} train {'rows' if frozen else f'images at {image_size}px'}" + (f", resuming at step {start}" if start else ""))
         print("hparams: " + json.dumps(hparams, default=list))
+        for line in schedule_lines(config.iters, hparams):
+            print(line)
 
     # 5. steps
     table = table_for(ds, size=image_size)
@@ -378,9 +394,26 @@ def _build_model(config: TrainConfig, ds, extra_ds, info, image_size: int | None
                                pretrained=embed.get("pretrained", True), preprocessing=embed.get("preprocessing"))
 
 
-@torch.no_grad()
+def schedule_lines(iters: int, hparams: dict) -> list[str]:
+    """What a disentangling run does when (warm-up, then the critics' weight ramps up), and a warning when ``iters``
+    ends before the critics count at all; nothing for the baselines."""
+    if "warmup_iters" not in hparams:
+        return []
+    warm, ramp = int(hparams["warmup_iters"]), int(hparams.get("critic_ramp_iters", 0))
+    lines = [f"schedule: steps 0-{warm} cross-entropy only (warm-up); the critics' weight ramps up over steps "
+             f"{warm}-{warm + ramp}, full from step {warm + ramp} to {iters}"]
+    if iters <= warm:
+        lines.append(f"warning: --iters {iters} ends before the critics count (warm-up: {warm} steps): this run trains like the "
+                     f"ablation (--critic-weight 0); pass --iters above {warm + ramp}, or --warmup {max(0, iters // 10)} for a short run")
+    elif iters < warm + ramp:
+        lines.append(f"warning: --iters {iters} ends while the critics' weight is still ramping up (full at step {warm + ramp})")
+    return lines
+
+
 def evaluate_heads(model, data: str, device) -> dict[str, float]:
     """Accuracy of the model's own fg and bg heads on the ``validation`` split, if there is one."""
+    import torch
+
     from .data import extract, load_split, table_for
     from .dataset import DatasetFormatError
 
@@ -389,8 +422,9 @@ def evaluate_heads(model, data: str, device) -> dict[str, float]:
     except DatasetFormatError:
         return {}
     table = table_for(ds, model)
-    z = extract(model, table, device=device).to(device)
-    z_fg, z_bg = model.split(z)
-    fg_acc = (model.fg_head(z_fg).argmax(1).cpu() == table.fg).float().mean().item()
-    bg_acc = (model.bg_head(z_bg).argmax(1).cpu() == table.bg).float().mean().item()
+    with torch.no_grad():
+        z = extract(model, table, device=device).to(device)
+        z_fg, z_bg = model.split(z)
+        fg_acc = (model.fg_head(z_fg).argmax(1).cpu() == table.fg).float().mean().item()
+        bg_acc = (model.bg_head(z_bg).argmax(1).cpu() == table.bg).float().mean().item()
     return {"val_fg_head": round(fg_acc, 4), "val_bg_head": round(bg_acc, 4)}

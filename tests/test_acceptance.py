@@ -1,7 +1,7 @@
 """The science, pinned on a small CPU setting (test_resnet from scratch, 32 px toy, 600 steps).
 
 Measured on a shared 2-core CPU; thresholds leave a margin below the measured numbers (see the
-README's "Disentanglement" section for the 2500-step runs over three seeds).
+docs/disentanglement.md for the 2500-step runs over three seeds).
 """
 
 import os
@@ -45,7 +45,7 @@ def test_critics_reduce_leakage(runs):
     ab = probe(str(runs["data"]), str(runs["ablation"]))
     v = wd["linear"]["validation"]
     # measured (one thread per run, Huber penalty): fg 0.792, bg 0.990, leakage 0.131 against 0.441 without
-    # critics. fg reaches 0.94-0.96 in the README's 2500-step runs; here the critics only just reached full weight.
+    # critics. fg reaches 0.94-0.96 in the 2500-step runs of docs/disentanglement.md; here the critics only just reached full weight.
     assert v["fg_from_fg"]["top1"] >= 0.70 and v["bg_from_bg"]["top1"] >= 0.9
     assert leakage(wd, "validation") <= 0.5 * leakage(ab, "validation")  # acceptance point 1's ratio
 

@@ -66,7 +66,10 @@ def test_tiny_clip_is_a_1000_class_classifier_offline():
 
 
 def test_cli_choices_match_the_registry():
-    assert cli.CLIP_PROMPT_CHOICES == PROMPT_SETS and cli.CLIP_NAME_CHOICES == NAME_STYLES
+    from d3s import algorithms, choices
+
+    assert choices.CLIP_PROMPTS == PROMPT_SETS and choices.CLIP_NAMES == NAME_STYLES
+    assert tuple(algorithms.METHODS) == choices.METHODS and set(algorithms.HPARAMS) == set(choices.METHODS)
 
 
 def test_label_offset_models_drop_the_background_logit():

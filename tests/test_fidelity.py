@@ -62,7 +62,7 @@ def test_benchmark_scores_the_benchmark_split_and_each_default_model_gets_its_fi
     logs = []
     config = bm.BenchmarkConfig(data=str(checked_splits), out=str(tmp_path), progress=False, workers=1, plots=False)
     summary = bm.run_benchmark(config, specs=[tiny_spec(n) for n in names], log=logs.append)
-    assert f"scoring split 'benchmark' of {checked_splits}: 9 images checked by automatic checks" in logs[0]
+    assert f"scoring split 'benchmark' of {checked_splits}: 9 images; how they were kept: automatic checks (" in logs[0]
     assert summary["data"]["d3s"]["split"] == "benchmark" and summary["evaluated"] == names
     assert len(list((tmp_path / "models").glob("*.json"))) == len(list((tmp_path / "models").glob("*.csv"))) == len(names) == 18
     assert sorted(r["model"] for r in summary["models"]) == sorted(names)
@@ -131,7 +131,7 @@ def test_the_paper_resnet50_weights_are_the_default():
     assert sub["train"].parse_args(["--data", "d", "--out", "o"]).backbone == PAPER_BACKBONE
     assert sub["spurious"].parse_args(["--data", "d", "--checkpoint", "c"]).baseline == PAPER_BACKBONE
     assert "resnet50.tv_in1k" in sub["train"].format_help() and "resnet50.tv_in1k" in sub["spurious"].format_help()
-    readme = (REPO / "README.md").read_text()
+    readme = "".join(p.read_text() for p in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))])  # the documentation
     assert "resnet50.tv_in1k" in readme and "--baseline resnet50 " not in readme and "--baseline resnet50`" not in readme
 
 
@@ -153,8 +153,8 @@ def test_hparams_from_json_fit_the_defaults_types():
 
 
 def test_labels_shows_both_senses_of_an_ambiguous_name(capsys):
-    readme = (REPO / "README.md").read_text()
-    assert "d3s labels tabby crane" in readme
+    docs = (REPO / "docs" / "generate.md").read_text()
+    assert "d3s labels tabby crane" in docs
     assert cli.main(["labels", "tabby", "crane"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"^281\tn02123045\ttabby\t", out, re.M)
