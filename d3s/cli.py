@@ -63,8 +63,9 @@ EXAMPLES: dict[str, str] = {
   d3s split --data out/d3s-tiny --out out/d3s-tiny-splits --validation-fraction 0.5
   d3s split --data d3s/ --out d3s-splits/ --reviews reviews.sqlite   # the benchmark: images that pass human review""",
     "benchmark": """\
-  d3s benchmark --data out/d3s-splits --models tf_efficientnet_lite0.pypi_in1k,test_resnet --no-pretrained --out results/
+  d3s benchmark --data out/d3s-splits --models tf_efficientnet_lite0.pypi_in1k --out results/   # real weights, offline
   d3s benchmark --data d3s-splits/ --imagenet-val /data/imagenet/val --out results/   # the paper's model families
+  accelerate launch --multi_gpu --num_processes 8 -m d3s benchmark --data d3s-splits/ --out results/   # over 8 GPUs
   d3s benchmark --list-models""",
     "bgchallenge": """\
   d3s bgchallenge --data bg_challenge/ --out results/                          # PyTorch's ResNet-50, Table 4's baseline
@@ -281,7 +282,10 @@ def cmd_score(args: argparse.Namespace) -> int:
 
         zero_shot = zero_shot_scorer(args.clip, pretrained=not args.no_pretrained, precision=args.precision)
     summary = score(args.data, split=args.split, zero_shot=zero_shot, batch_size=args.batch_size)
-    print(f"scored {summary['rows']} images in {args.data} (split {args.split}); {summary['blank']} near-uniform")
+    if summary["rank"] != 0:  # under `accelerate launch`, the main process reports for all
+        return 0
+    print(f"scored {summary['rows']} images in {args.data} (split {args.split}); {summary['blank']} near-uniform "
+          f"({summary['scored']} shard(s) scored now, {summary['reused']} kept: already scored by this check)")
     print(format_report(removal_report(args.data, args.split, _thresholds(args))))
     return 0
 
@@ -789,6 +793,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     config = BenchmarkConfig(data=args.data, out=args.out, models=args.models, split=args.split,
                              imagenet_val=args.imagenet_val, **_model_run_settings(args))
     summary = run_benchmark(config, log=print)
+    if summary["rank"] != 0:  # under `accelerate launch`, the main process reports for all
+        return 0
     rows = summary["models"]
     if rows:
         print(f"\n{'model':40s} {'D3S top-1':>9s} {'top-5':>6s} {'IN top-1':>8s} {'drop':>6s}  worst background")
@@ -851,6 +857,9 @@ def _add_model_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=4, help="image decoding threads (default: %(default)s)")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS, help=PRECISION_HELP)
     p.add_argument("--cache-dir", metavar="DIR", help="where decoded images are memory-mapped while in use (default: system temp)")
+    p.add_argument("--chunk-size", type=int, default=512, metavar="N",
+                   help="images per chunk: the unit of work the processes of `accelerate launch` share, and the unit a "
+                        "killed run resumes from; results do not depend on it; keep it at least --batch-size (default: %(default)s)")
     p.add_argument("--no-plots", action="store_true", help="write results only")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -858,7 +867,8 @@ def _add_model_run_args(p: argparse.ArgumentParser) -> None:
 def _model_run_settings(args: argparse.Namespace) -> dict:
     return {"pretrained": not args.no_pretrained, "clip_prompts": args.clip_prompts, "clip_names": args.clip_names,
             "batch_size": args.batch_size, "device": args.device, "workers": args.workers, "cache_dir": args.cache_dir,
-            "plots": not args.no_plots, "progress": not args.quiet, "precision": args.precision}
+            "plots": not args.no_plots, "progress": not args.quiet, "precision": args.precision,
+            "chunk_size": args.chunk_size}
 
 
 # --- bgchallenge -----------------------------------------------------------------------------------
@@ -872,6 +882,8 @@ def cmd_bgchallenge(args: argparse.Namespace) -> int:
                                **({"variations": tuple(v.strip() for v in args.variations.split(",") if v.strip())}
                                   if args.variations else {}))
     summary = run_bgchallenge(config, log=print)
+    if summary["rank"] != 0:  # under `accelerate launch`, the main process reports for all
+        return 0
     if summary["models"]:
         with open(f"{summary['out']}/{TABLE_MD}") as f:
             print("\n" + f.read().rstrip())
