@@ -53,7 +53,11 @@ def test_disentangle_grid_quick_smoke(tmp_path):
 def test_disentangle_grid_methods_targets_and_refusals(capsys):
     grid = _grid_module()
     methods = grid.parse_methods("wasserstein,adversarial+erase,cw5=--critic-weight 5")
-    assert methods == {"wasserstein": (), "adversarial+erase": ("--method", "adversarial", "--erase"), "cw5": ("--critic-weight", "5")}
+    assert methods == {"wasserstein": (), "adversarial+erase": ("--method", "adversarial", "--erase", "--erase-parts", "z_fg"),
+                       "cw5": ("--critic-weight", "5")}
+    # an erasing method erases a copy of its base method's run when that method is in the grid too
+    assert grid.erase_base(methods["adversarial+erase"], {**methods, "adversarial": ("--method", "adversarial")}) == "adversarial"
+    assert grid.erase_base(methods["adversarial+erase"], methods) is None and grid.erase_base((), methods) is None
     assert grid.erases("adversarial+erase", methods["adversarial+erase"]) and not grid.erases("cw5", methods["cw5"])
     assert [s.name for s in grid.pick_rows("weak-bg,default")] == ["default", "weak-bg"]  # the grid's order
     assert len(grid.GRID) >= 8 and len({s.name for s in grid.GRID}) == len(grid.GRID)
