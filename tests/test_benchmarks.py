@@ -66,12 +66,16 @@ def test_disentangle_grid_methods_targets_and_refusals(capsys):
         return {"ff": ff, "bb": bb, "fb": fb, "bf": bf, "chance_fg": 0.001, "chance_bg": 0.1}
 
     ablation = {"linear": numbers(0.98, 0.99, 0.761, 0.985), "mlp": numbers(0.94, 0.98, 0.266, 0.982)}
-    good = grid.score({"linear": numbers(0.955, 0.986, 0.282, 0.408), "mlp": numbers(0.85, 0.98, 0.013, 0.322)}, ablation, False)
+    good = grid.score({"linear": numbers(0.955, 0.986, 0.282, 0.408), "mlp": numbers(0.85, 0.98, 0.013, 0.322)}, ablation)
     assert good["failed"] == [] and abs(good["fraction"]["lin_bf"] - 0.308 / 0.885) < 1e-9
     # the issue's held-out regime: bg left in z_fg (0.95 of the ablation's excess), fg fine
-    bad = grid.score({"linear": numbers(0.97, 0.99, 0.30, 0.9408), "mlp": numbers(0.9, 0.98, 0.05, 0.95)}, ablation, False)
+    bad = grid.score({"linear": numbers(0.97, 0.99, 0.30, 0.9408), "mlp": numbers(0.9, 0.98, 0.05, 0.95)}, ablation)
     assert bad["failed"] == ["lin", "mlp"] and abs(bad["fraction"]["lin_bf"] - 0.95) < 1e-3
-    assert grid.score({"linear": numbers(0.97, 0.99, 0.03, 0.2), "mlp": numbers(0.9, 0.98, 0.05, 0.3)}, ablation, True)["failed"] == ["lin"]
+    erased_well = {"linear": numbers(0.97, 0.99, 0.03, 0.11), "mlp": numbers(0.9, 0.98, 0.05, 0.3)}
+    both = frozenset({"z_fg", "z_bg"})
+    assert grid.score(erased_well, ablation, both)["failed"] == ["lin"]  # fg from z_bg 0.029 over chance: erased, so > 0.02
+    assert grid.score(erased_well, ablation, frozenset({"z_fg"}))["failed"] == []  # z_bg not erased: the critics' target
+    assert grid.erases("w", ("--erase", "--erase-parts", "z_fg")) == {"z_fg"} and grid.erases("w+erase", ()) == both
     rows = [{"setting": "a", "method": "m", "score": good}, {"setting": "b", "method": "m", "score": bad}]
     assert grid.worst(rows)["setting"] == "b" and grid.worst_line(rows).startswith("worst: b / m: 2 of 4 targets fail (lin, mlp)")
     for argv, message in ((["--rows", "nope"], "--rows: unknown nope"), (["--methods", "magic"], "unknown method 'magic'"),
