@@ -289,7 +289,7 @@ def erase_base(flags: tuple[str, ...], methods: dict[str, tuple[str, ...]]) -> s
 
 
 def do_erase_copy(toy: Path, base: Path, run: Path, flags: tuple[str, ...]) -> dict:
-    """``d3s erase --checkpoint BASE --out RUN`` (with the method's parts), writing RUN/probe.json (both kinds)."""
+    """``d3s erase --checkpoint BASE --out RUN`` (with the method's parts), then ``d3s probe --probe both`` on it."""
     if (run / "probe.json").exists():
         return {"erase_s": 0.0}
     if not (base / "done.json").exists():
@@ -298,18 +298,20 @@ def do_erase_copy(toy: Path, base: Path, run: Path, flags: tuple[str, ...]) -> d
     if run.exists():
         shutil.rmtree(run)  # a copy interrupted mid-way: `d3s erase --out` wants a new folder
     run.parent.mkdir(parents=True, exist_ok=True)
+    # the probes after erasure only (`d3s probe`, below): those before it are the base run's own probe.json
     cmd = [sys.executable, "-m", "d3s", "erase", "--checkpoint", str(base), "--data", str(toy), "--out", str(run),
-           "--parts", parts, "--probe", "both", "--no-progress"]
+           "--parts", parts, "--probe", "none", "--no-progress"]
     t = time.time()
     log_path = base.parent / f"{run.name}.erase.log"
     with open(log_path, "a") as log:
         log.write(f"$ {shlex.join(cmd[2:])}\n")
         log.flush()
         code = subprocess.run(cmd, cwd=REPO, env=thread_env(), stdout=log, stderr=subprocess.STDOUT).returncode
-    if code != 0 or not (run / "probe.json").exists():
+    if code != 0 or not (run / "config.json").exists():
         tail = log_path.read_text().strip().splitlines()[-3:]
         return {"erase_s": round(time.time() - t, 1), "error": f"d3s erase failed ({code}): {' | '.join(tail)}"}
-    return {"erase_s": round(time.time() - t, 1)}
+    (run / "done.json").write_text((base / "done.json").read_text())  # trained as the base run; do_run only probes it
+    return {"erase_s": round(time.time() - t, 1), **do_run(toy, run, 0, flags)}
 
 
 def probe_numbers(run: Path) -> dict | None:
