@@ -48,8 +48,8 @@ from .chunks import Chunk, Decoded, build_seeded
 from .classifiers import ClassifierSpec, parse_model_list, resolve_classifiers
 from .counterfactual import counterfactual_scores
 from .dataset import DatasetFormatError, find_splits
-from .results import (MODELS_DIR, collect_results, csv_text, load_result, model_slug, result_paths,  # noqa: F401
-                      write_atomic)
+from .results import (MODELS_DIR, collect_results, csv_text, left_out_results, load_result, model_slug,  # noqa: F401
+                      result_paths, write_atomic)
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_CSV = "summary.csv"
@@ -270,7 +270,8 @@ def write_summary(out: str | Path, data: dict, failed: list[dict], bg_names: lis
         row["filtered_by"] = filtered_by(row["model"], row["kind"], check)
     summary = {"d3s_version": __version__, "data": data, "check": check, "models": rows, "failed": failed, "backgrounds": bg_names,
                "per_in9_background": {r["model"]: r["d3s"]["per_in9_background"] for r in results},
-               "precision_note": precision_note(rows)}
+               "precision_note": precision_note(rows),
+               "left_out": left_out_results(out, data, {"d3s": "the D3S split", "imagenet": "the ImageNet reference"})}
     paired = [r for r in rows if "consistency" in r]
     write_atomic(Path(out) / SUMMARY_JSON, json.dumps(summary, indent=1))
     write_atomic(Path(out) / SUMMARY_CSV, csv_text(rows, SUMMARY_COLUMNS + (COUNTERFACTUAL_COLUMNS if paired else ())))
@@ -280,6 +281,14 @@ def write_summary(out: str | Path, data: dict, failed: list[dict], bg_names: lis
         flip_rows = [{"model": r["model"], **r["flip_rate"]} for r in paired]
         write_atomic(Path(out) / FLIP_RATES_CSV, csv_text(flip_rows, ["model", *bg_names]))
     return summary
+
+
+def summary_notes(summary: dict) -> list[str]:
+    """What a reader of a summary table must know: mixed precisions, and results in the folder it does not show."""
+    notes = [summary["precision_note"]] if summary.get("precision_note") else []
+    if summary.get("left_out"):
+        notes.append("left out of this table, " + "; ".join(f"{r['model']} ({r['why']})" for r in summary["left_out"]))
+    return notes
 
 
 def precision_note(rows: list[dict]) -> str | None:
@@ -432,8 +441,8 @@ def run_benchmark(c: BenchmarkConfig, specs: list[ClassifierSpec] | None = None,
 
     # 5. summary and plots over everything in the folder for this data
     summary = write_summary(out, data, failed, d3s.bg_names, check)
-    if summary["precision_note"]:
-        log(f"note: {summary['precision_note']}")
+    for note in summary_notes(summary):
+        log(f"note: {note}")
     if c.plots and summary["models"]:
         from .plots import draw_all
 
