@@ -78,12 +78,16 @@ def breakdowns(top5: np.ndarray, images: ImageSet) -> dict:
     hit1 = top5[:, 0] == fg
     hit5 = (top5 == fg[:, None]).any(axis=1)
     classes = imagenet_classes()
+    # the (fg, bg) cells in order, counted in one pass (not a pass over every row per cell: D3S has 10,000 cells)
+    pairs, inverse = np.unique(np.stack([fg, bg], axis=1).reshape(-1, 2), axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    sizes = np.bincount(inverse, minlength=len(pairs)).tolist()
+    ones = np.bincount(inverse, weights=hit1, minlength=len(pairs)).tolist()
+    fives = np.bincount(inverse, weights=hit5, minlength=len(pairs)).tolist()
     cells = []
-    for f, b in sorted(set(zip(fg.tolist(), bg.tolist()))):
-        m = (fg == f) & (bg == b)
-        cells.append({"fg": f, "fg_name": classes[f].name, "bg": b, "bg_name": names[b], "n": int(m.sum()),
-                      "correct_top1": int(hit1[m].sum()), "correct_top5": int(hit5[m].sum()),
-                      "top1": float(hit1[m].mean()), "top5": float(hit5[m].mean())})
+    for (f, b), n, c1, c5 in zip(pairs.tolist(), sizes, ones, fives):
+        cells.append({"fg": f, "fg_name": classes[f].name, "bg": b, "bg_name": names[b], "n": n,
+                      "correct_top1": int(c1), "correct_top5": int(c5), "top1": c1 / n, "top5": c5 / n})
     per_bg = {}
     for b in sorted(set(bg.tolist())):
         m = bg == b
