@@ -48,8 +48,8 @@ from .chunks import Chunk, Decoded, build_seeded
 from .classifiers import ClassifierSpec, parse_model_list, resolve_classifiers
 from .counterfactual import counterfactual_scores
 from .dataset import DatasetFormatError, find_splits
-from .results import (MODELS_DIR, collect_results, csv_text, load_result, model_slug, result_paths,  # noqa: F401
-                      write_atomic)
+from .results import (MODELS_DIR, collect_results, csv_text, left_out_results, load_result, model_slug,  # noqa: F401
+                      result_paths, write_atomic)
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_CSV = "summary.csv"
@@ -78,12 +78,16 @@ def breakdowns(top5: np.ndarray, images: ImageSet) -> dict:
     hit1 = top5[:, 0] == fg
     hit5 = (top5 == fg[:, None]).any(axis=1)
     classes = imagenet_classes()
+    # the (fg, bg) cells in order, counted in one pass (not a pass over every row per cell: D3S has 10,000 cells)
+    pairs, inverse = np.unique(np.stack([fg, bg], axis=1).reshape(-1, 2), axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    sizes = np.bincount(inverse, minlength=len(pairs)).tolist()
+    ones = np.bincount(inverse, weights=hit1, minlength=len(pairs)).tolist()
+    fives = np.bincount(inverse, weights=hit5, minlength=len(pairs)).tolist()
     cells = []
-    for f, b in sorted(set(zip(fg.tolist(), bg.tolist()))):
-        m = (fg == f) & (bg == b)
-        cells.append({"fg": f, "fg_name": classes[f].name, "bg": b, "bg_name": names[b], "n": int(m.sum()),
-                      "correct_top1": int(hit1[m].sum()), "correct_top5": int(hit5[m].sum()),
-                      "top1": float(hit1[m].mean()), "top5": float(hit5[m].mean())})
+    for (f, b), n, c1, c5 in zip(pairs.tolist(), sizes, ones, fives):
+        cells.append({"fg": f, "fg_name": classes[f].name, "bg": b, "bg_name": names[b], "n": n,
+                      "correct_top1": int(c1), "correct_top5": int(c5), "top1": c1 / n, "top5": c5 / n})
     per_bg = {}
     for b in sorted(set(bg.tolist())):
         m = bg == b
@@ -270,7 +274,8 @@ def write_summary(out: str | Path, data: dict, failed: list[dict], bg_names: lis
         row["filtered_by"] = filtered_by(row["model"], row["kind"], check)
     summary = {"d3s_version": __version__, "data": data, "check": check, "models": rows, "failed": failed, "backgrounds": bg_names,
                "per_in9_background": {r["model"]: r["d3s"]["per_in9_background"] for r in results},
-               "precision_note": precision_note(rows)}
+               "precision_note": precision_note(rows),
+               "left_out": left_out_results(out, data, {"d3s": "the D3S split", "imagenet": "the ImageNet reference"})}
     paired = [r for r in rows if "consistency" in r]
     write_atomic(Path(out) / SUMMARY_JSON, json.dumps(summary, indent=1))
     write_atomic(Path(out) / SUMMARY_CSV, csv_text(rows, SUMMARY_COLUMNS + (COUNTERFACTUAL_COLUMNS if paired else ())))
@@ -280,6 +285,14 @@ def write_summary(out: str | Path, data: dict, failed: list[dict], bg_names: lis
         flip_rows = [{"model": r["model"], **r["flip_rate"]} for r in paired]
         write_atomic(Path(out) / FLIP_RATES_CSV, csv_text(flip_rows, ["model", *bg_names]))
     return summary
+
+
+def summary_notes(summary: dict) -> list[str]:
+    """What a reader of a summary table must know: mixed precisions, and results in the folder it does not show."""
+    notes = [summary["precision_note"]] if summary.get("precision_note") else []
+    if summary.get("left_out"):
+        notes.append("left out of this table, " + "; ".join(f"{r['model']} ({r['why']})" for r in summary["left_out"]))
+    return notes
 
 
 def precision_note(rows: list[dict]) -> str | None:
@@ -432,8 +445,8 @@ def run_benchmark(c: BenchmarkConfig, specs: list[ClassifierSpec] | None = None,
 
     # 5. summary and plots over everything in the folder for this data
     summary = write_summary(out, data, failed, d3s.bg_names, check)
-    if summary["precision_note"]:
-        log(f"note: {summary['precision_note']}")
+    for note in summary_notes(summary):
+        log(f"note: {note}")
     if c.plots and summary["models"]:
         from .plots import draw_all
 

@@ -49,12 +49,12 @@ import numpy as np
 
 from . import __version__
 from .benchmark import (ImageSet, ModelRun, Scoring, check_config, decode, on_device, precision_note, predict_top5,
-                        resolve_device, run_models)
+                        resolve_device, run_models, summary_notes)
 from .chunks import Chunk, Decoded
 from .classifiers import IN9_KIND, D3S_PREFIX, ClassifierSpec, parse_model_list, resolve_classifiers, resolve_in9_classifier
 from .guides import IMAGE_EXTENSIONS
 from .labels import IN9_CLASSES, imagenet_to_in9
-from .results import collect_results, csv_text, result_paths, write_atomic
+from .results import collect_results, csv_text, left_out_results, result_paths, write_atomic
 
 VARIATIONS = ("original", "only_fg", "no_fg", "only_bg_b", "only_bg_t", "mixed_same", "mixed_rand", "mixed_next")
 TITLES = {"original": "Original", "only_fg": "Only-FG", "no_fg": "No-FG", "only_bg_b": "Only-BG-B", "only_bg_t": "Only-BG-T",
@@ -474,7 +474,9 @@ def markdown_table(rows: list[dict]) -> str:
 
 def write_summary(out: Path, data: dict, failed: list[dict]) -> dict:
     rows = [summary_row(r) for r in collect_results(out, data)]
-    summary = {"d3s_version": __version__, "data": data, "models": rows, "failed": failed, "precision_note": precision_note(rows)}
+    summary = {"d3s_version": __version__, "data": data, "models": rows, "failed": failed, "precision_note": precision_note(rows),
+               "left_out": left_out_results(out, data, {"bgchallenge": "the challenge folder", "adversarial_limit": "--adversarial-limit",
+                                                        "adversarial_seed": "--seed", "variations": "--variations"})}
     write_atomic(out / SUMMARY_JSON, json.dumps(summary, indent=1))
     write_atomic(out / TABLE_CSV, csv_text(rows, COLUMNS))
     write_atomic(out / TABLE_MD, markdown_table(rows) + "\n")
@@ -549,8 +551,8 @@ def run_bgchallenge(c: BgChallengeConfig, specs: list[ClassifierSpec] | None = N
 
     # 4. table and plot over every result in the folder for this data
     summary = write_summary(out, data, failed)
-    if summary["precision_note"]:
-        log(f"note: {summary['precision_note']}")
+    for note in summary_notes(summary):
+        log(f"note: {note}")
     if c.plots and summary["models"]:
         from .plots import bgchallenge_bars
 

@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from .dataset import DATA_DIR, DatasetFormatError, local_folder, shard_paths, split_files, write_card
+from .dataset import DATA_DIR, DatasetFormatError, local_folder, read_parquet, shard_paths, split_files, write_card
 
 VALIDATION_FRACTION = 20_000 / 120_000  # the paper's share: 2 of every 12 images of a (fg, bg) pair
 BLANK_STD = 2.0  # pixel standard deviation (0..255) under which an image counts as blank
@@ -40,6 +40,7 @@ BLANK_STD = 2.0  # pixel standard deviation (0..255) under which an image counts
 SCORE_COLUMNS = {"pixel_std": "float32", "blank": "bool", "clip_rank": "int32", "clip_margin": "float32"}
 SCORE_RECORD = "d3s_score.json"  # which zero-shot model gave the clip_rank / clip_margin columns
 SPLIT_REPORT = "split_report.json"
+CHECK_COLUMNS = ("nsfw", "blank", "clip_rank", "clip_margin")  # what the automatic checks read (Thresholds.reasons)
 
 
 @dataclass
@@ -182,7 +183,7 @@ def score(data: str | Path, split: str = "train", zero_shot: ZeroShot | None = N
         return {"scored": len(todo), "reused": len(done), "rank": rank}
     rows = blank = 0
     for path in paths:
-        flags = pq.read_table(path, columns=["blank"]).column("blank").to_pylist()
+        flags = read_parquet(path, ["blank"]).column("blank").to_pylist()
         rows += len(flags)
         blank += sum(flags)
     _refresh_card(data)
@@ -215,7 +216,7 @@ def _scored_with(schema: pa.Schema) -> dict | None:
 
 def _score_shard(path: Path, zero_shot: ZeroShot | None, batch_size: int, check: dict | None) -> None:
     """Decode one shard, add the check columns, rewrite it atomically (with the check recorded in its metadata)."""
-    table = pq.read_table(path)
+    table = read_parquet(path)
     original_schema = table.schema
     _class_names(table)
     images = [_decode(c) for c in table.column("image").to_pylist()]
@@ -252,8 +253,42 @@ def _refresh_card(data: str | Path) -> None:
 
 
 def _read_all(data: str | Path, split: str, columns: Sequence[str] | None = None) -> pa.Table:
-    """One split of a local dataset folder (any parquet layout, see :func:`d3s.dataset.find_splits`) as one table."""
-    return pa.concat_tables([pq.read_table(p, columns=columns) for p in split_files(data, split)], promote_options="default")
+    """One split of a local dataset folder (any parquet layout, see :func:`d3s.dataset.find_splits`) as one table
+    (only ``columns``, those of them a file has: a column some files lack is null in their rows)."""
+    tables = []
+    for p in split_files(data, split):
+        with pq.ParquetFile(p) as f:
+            names = f.schema_arrow.names
+            tables.append(f.read(columns=None if columns is None else [c for c in columns if c in names]))
+    return pa.concat_tables(tables, promote_options="default")
+
+
+class _ShardWriter:
+    """Rows of one output split, written as shards of ``rows`` rows (``<name>-<k>-<last row>.parquet``) as they come,
+    so a split never has to be held in memory whole."""
+
+    def __init__(self, folder: Path, name: str, rows: int, metadata: dict | None):
+        self.folder, self.name, self.rows, self.metadata = folder, name, rows, metadata
+        self.buffer: list[pa.Table] = []
+        self.buffered = self.written = self.shards = 0
+
+    def add(self, table: pa.Table) -> None:
+        self.buffer.append(table)
+        self.buffered += table.num_rows
+        while self.buffered >= self.rows:
+            self._flush(self.rows)
+
+    def close(self) -> None:
+        if self.buffered:
+            self._flush(self.buffered)
+
+    def _flush(self, n: int) -> None:
+        table = pa.concat_tables(self.buffer)
+        chunk, rest = table.slice(0, n), table.slice(n)
+        pq.write_table(chunk.replace_schema_metadata(self.metadata),
+                       self.folder / f"{self.name}-{self.shards:08d}-{(self.written + n - 1):08d}.parquet")
+        self.shards, self.written = self.shards + 1, self.written + n
+        self.buffer, self.buffered = ([rest] if rest.num_rows else []), rest.num_rows
 
 
 def removal_report(data: str | Path, split: str = "train", thresholds: Thresholds = Thresholds()) -> dict:
@@ -319,8 +354,11 @@ def split(data: str | Path, out: str | Path, source_split: str = "train", fracti
     if out.exists() and any(out.iterdir()):
         raise DatasetFormatError(f"{out} is not empty; choose a new --out for the split dataset.")
     data = local_folder(data)
-    table = _read_all(data, source_split)
-    schema = pq.read_schema(split_files(data, source_split)[0])
+    files = split_files(data, source_split)
+    schemas = [pq.read_schema(p) for p in files]
+    schema, unified = schemas[0], pa.unify_schemas(schemas, promote_options="default")
+    # what the cut and the checks read; the rows themselves are copied shard by shard below
+    table = _read_all(data, source_split, [c for c in ("item_id", "fg", "bg", "seed", *CHECK_COLUMNS) if c in unified.names])
     fg_names, bg_names = _class_names(schema)
     fg, bg = table.column("fg").to_pylist(), table.column("bg").to_pylist()
     seeds = table.column("seed").to_pylist() if "seed" in table.column_names else list(range(table.num_rows))
@@ -343,7 +381,7 @@ def split(data: str | Path, out: str | Path, source_split: str = "train", fracti
             keep.append(ok)
         basis = f"human review ({rule}, dataset key {key})"
     else:
-        rows = table.select([c for c in ("nsfw", "blank", "clip_rank", "clip_margin") if c in table.column_names]).to_pylist()
+        rows = table.select([c for c in CHECK_COLUMNS if c in table.column_names]).to_pylist()
         keep = []
         for i, row in enumerate(rows):
             why = thresholds.reasons(row)
@@ -367,15 +405,22 @@ def split(data: str | Path, out: str | Path, source_split: str = "train", fracti
     (out / DATA_DIR).mkdir(parents=True)
     report: dict = {"source": str(data), "basis": basis, "filter_model": filter_model, "validation_fraction": fraction,
                     "splits": {}, "removed": dict(removed), "validation_note": validation_note(fg, bg, is_val, fraction)}
+    writers = {name: _ShardWriter(out / DATA_DIR, name, rows_per_shard, schema.metadata) for name in parts}
+    start = 0
+    for path in files:  # one source shard in memory at a time, its rows sent to the splits they belong to
+        rows_of = read_parquet(path)
+        if not rows_of.schema.equals(unified):  # a column other shards have (null here), or a wider type
+            rows_of = pa.concat_tables([unified.empty_table(), rows_of], promote_options="default")
+        stop = start + rows_of.num_rows
+        for name, mask in parts.items():
+            picked = np.flatnonzero(mask[start:stop])
+            if len(picked):
+                writers[name].add(rows_of.take(pa.array(picked, type=pa.int64())))
+        start = stop
     for name, mask in parts.items():
-        idx = np.flatnonzero(mask)
-        part = table.take(pa.array(idx, type=pa.int64())).replace_schema_metadata(schema.metadata)
-        for k, start in enumerate(range(0, max(len(idx), 1), rows_per_shard)):
-            chunk = part.slice(start, rows_per_shard)
-            if chunk.num_rows:
-                pq.write_table(chunk, out / DATA_DIR / f"{name}-{k:08d}-{(start + chunk.num_rows - 1):08d}.parquet")
-        per_bg = Counter(bg_names[bg[i]] for i in idx)
-        report["splits"][name] = {"rows": int(len(idx)), "per_background": {b: per_bg.get(b, 0) for b in bg_names}}
+        writers[name].close()
+        per_bg = Counter(bg_names[b] for b in np.asarray(bg)[mask].tolist())
+        report["splits"][name] = {"rows": int(mask.sum()), "per_background": {b: per_bg.get(b, 0) for b in bg_names}}
     (out / SPLIT_REPORT).write_text(json.dumps(report, indent=2))
     manifest = Path(data) / "d3s_run.json"
     if manifest.exists():

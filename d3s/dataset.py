@@ -108,13 +108,25 @@ def remove_partial_files(root: str | Path) -> int:
     return removed
 
 
+def read_parquet(path: str | Path, columns: Sequence[str] | None = None) -> pa.Table:
+    """One parquet file as a table (``columns``: only those; a missing one raises ``pa.ArrowInvalid``, as
+    ``pq.read_table`` does). Through ``pq.ParquetFile``: a third of ``pq.read_table``'s time per file, which goes
+    through the dataset API and counts when a split of 100,000 rows is 391 shards."""
+    with pq.ParquetFile(path) as f:
+        if columns is not None:
+            missing = [c for c in columns if c not in f.schema_arrow.names]
+            if missing:
+                raise pa.ArrowInvalid(f"{path} has no column {missing[0]!r}")
+        return f.read(columns=None if columns is None else list(columns))
+
+
 def read_column(paths: Iterable[Path], column: str) -> tuple[list, list[Path]]:
     """Read one column from shards; returns (values, unreadable shard paths)."""
     values: list = []
     bad: list[Path] = []
     for p in paths:
         try:
-            values.extend(pq.read_table(p, columns=[column]).column(column).to_pylist())
+            values.extend(read_parquet(p, [column]).column(column).to_pylist())
         except (pa.ArrowException, OSError):
             bad.append(p)
     return values, bad

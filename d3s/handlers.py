@@ -402,7 +402,7 @@ def _view(settings: Settings, label: str | None, split: str | None = None):
 def _class_index(view, choice: str | None) -> int | None:
     if choice in (None, "", ALL):
         return None
-    if choice not in view.classes_present():
+    if not view.has_class_choice(choice):
         raise Refused("Choose a class of this dataset from the list.")
     return int(parse_class_choice(choice))
 
@@ -419,7 +419,7 @@ def make_browse_fn(settings: Settings):
         bg = view.bg_names.index(bg_choice) if bg_choice in view.bg_names else None
         items, skipped = view.gallery(fg, bg)
         summary = (f"**{len(view)}** images in split `{view.split}` of `{source}` "
-                   f"({len(set(view.fg))} classes x {len(set(view.bg))} backgrounds); showing {len(items)}."
+                   f"({view.class_count} classes x {view.background_count} backgrounds); showing {len(items)}."
                    + (f" {skipped} image(s) not shown: stored as a path or address, or too large." if skipped else ""))
         return (items, summary, gr.update(choices=view.splits, value=view.split),
                 gr.update(choices=[ALL] + view.classes_present(), value=fg_choice or ALL),

@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from .dataset import check_labels, find_splits, split_files
+from .dataset import check_labels, find_splits, read_parquet, split_files
 from .guides import IMAGE_EXTENSIONS
 
 BENCHMARK_SPLIT = "benchmark"  # the checked images (`d3s split`: human review or the automatic checks), as the paper
@@ -84,18 +84,14 @@ class _Shards:
         return int(self.starts[-1])
 
     def column(self, name: str) -> np.ndarray:
-        import pyarrow.parquet as pq
-
-        return np.concatenate([pq.read_table(p, columns=[name]).column(name).to_numpy() for p in self.paths]).astype(np.int64)
+        return np.concatenate([read_parquet(p, [name]).column(name).to_numpy() for p in self.paths]).astype(np.int64)
 
     def _shard_images(self, k: int) -> list:
-        import pyarrow.parquet as pq
-
         with self._lock:
             if k not in self._cache:
                 if len(self._cache) >= 4:
                     self._cache.pop(next(iter(self._cache)))
-                self._cache[k] = pq.read_table(self.paths[k], columns=["image"]).column("image").to_pylist()
+                self._cache[k] = read_parquet(self.paths[k], ["image"]).column("image").to_pylist()
             return self._cache[k]
 
     def images(self, rows: np.ndarray) -> list:

@@ -233,7 +233,8 @@ def format_table(result: dict) -> str:
                 continue
             for name, r in probes.items():
                 c = result[kind]["chance"][name.split("_")[0]]
-                lines.append(f"{kind:<7} {split:<12} {name:<11} {r['top1']:7.3f} {r['top5']:7.3f} {r['train_top1']:7.3f} {c:7.3f}")
+                top5 = f"{r['top5']:7.3f}" if c < 0.2 else f"{'-':>7}"  # chance >= 1/5: 5 classes or fewer, top-5 is always right
+                lines.append(f"{kind:<7} {split:<12} {name:<11} {r['top1']:7.3f} {top5} {r['train_top1']:7.3f} {c:7.3f}")
     return "\n".join(lines)
 
 

@@ -89,3 +89,23 @@ def collect_results(out: str | Path, data: dict) -> list[dict]:
         if r.get("data") == data and (name not in results or p == result_paths(out, name)[0]):
             results[name] = r
     return [results[k] for k in sorted(results)]
+
+
+def left_out_results(out: str | Path, data: dict, what: dict[str, str] | None = None) -> list[dict]:
+    """The results in ``out`` that :func:`collect_results` leaves out for this data: ``{"model", "why"}`` each, the
+    why naming the parts of the data that differ (``what`` maps a data key to its words, e.g. ``{"imagenet": "the
+    ImageNet reference"}``), so a summary can say what it does not show instead of dropping it silently."""
+    what = what or {}
+    kept = {r["model"] for r in collect_results(out, data)}
+    left: dict[str, str] = {}
+    for p in sorted((Path(out) / MODELS_DIR).glob("*.json")):
+        try:
+            r = json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue
+        name, theirs = r.get("model"), r.get("data") or {}
+        if name is None or name in kept or name in left:
+            continue
+        differ = [what.get(k, k) for k in sorted(set(data) | set(theirs)) if data.get(k) != theirs.get(k)]
+        left[name] = "made on other data: " + ", ".join(differ or ["unrecorded"])
+    return [{"model": m, "why": w} for m, w in sorted(left.items())]

@@ -104,12 +104,13 @@ def dataset_key(folder: str | Path) -> str:
     for split, paths in find_splits(folder).items():
         offset = 0
         for p in paths:
-            names = set(pq.read_schema(p).names)
-            missing = [c for c in ("fg", "bg") if c not in names]
-            if missing:
-                raise DatasetFormatError(f"{p} (split {split!r}) has no {' or '.join(missing)} column; "
-                                         "a d3s dataset needs 'image', 'fg' and 'bg'.")
-            table = pq.read_table(p, columns=[c for c in ("item_id", "fg", "bg") if c in names])
+            with pq.ParquetFile(p) as f:  # one open per shard for its schema and its three columns
+                names = set(f.schema_arrow.names)
+                missing = [c for c in ("fg", "bg") if c not in names]
+                if missing:
+                    raise DatasetFormatError(f"{p} (split {split!r}) has no {' or '.join(missing)} column; "
+                                             "a d3s dataset needs 'image', 'fg' and 'bg'.")
+                table = f.read(columns=[c for c in ("item_id", "fg", "bg") if c in names])
             n = table.num_rows
             cols = []
             for c in ("item_id", "fg", "bg"):
@@ -306,6 +307,29 @@ class ReviewStore:
         """The first image in ``item_ids`` that this reviewer has not answered yet for ``dataset``."""
         done = self.reviewed_by(dataset, reviewer)
         return next((i for i in item_ids if int(i) not in done), None)
+
+    def answered_since(self, dataset: str, reviewer: str, after: int = 0) -> tuple[list[int], int]:
+        """What :meth:`reviewed_by` gains over time, read in pieces: the items of ``dataset`` this reviewer answered in
+        the rows stored after position ``after`` (0: every answer), and the position to pass next time.
+
+        For a queue that must not read every answer on every request (the app's Review tab): answers are only ever added
+        or replaced, never removed, and a new (dataset, item, reviewer) answer is stored in a row after every earlier
+        one, so ``reviewed_by`` equals the union of the pieces. A position past the end (the file was rebuilt) returns
+        ``([], -1)``: start again from 0. Item ids may repeat (a replaced answer)."""
+        if isinstance(reviewer, str):
+            reviewer = unicodedata.normalize("NFC", reviewer.strip())
+        with self._connect() as db:
+            db.execute("BEGIN")  # one snapshot for both reads
+            try:
+                end = db.execute("SELECT coalesce(max(rowid), 0) FROM reviews").fetchone()[0]
+                if end < after:
+                    return [], -1
+                # '+': scan the rows after `after` by rowid, not the dataset's whole primary-key range
+                ids = [r[0] for r in db.execute("SELECT item_id FROM reviews WHERE rowid > ? AND rowid <= ? AND "
+                                                "+dataset IN (?, ?) AND reviewer = ?", (after, end, dataset, LEGACY, reviewer))]
+            finally:
+                db.execute("COMMIT")
+        return ids, end
 
     def verdicts(self, dataset: str | None, rule: str = "unanimous") -> dict[int, Verdict]:
         """The consensus for every reviewed image of ``dataset`` (its answers as :meth:`reviews` gives them).

@@ -423,3 +423,16 @@ def test_precision_is_fp32_unless_asked_recorded_and_mixed_tables_say_so(tmp_pat
     assert again["evaluated"] == ["exact"] and bm.load_result(tmp_path, "exact")["precision"] == "bf16"
     with pytest.raises(BenchmarkError, match="--precision must be one of fp32, bf16, fp16"):
         run_benchmark(BenchmarkConfig(**config, precision="fp8"), specs=[spy_spec("x")], log=lambda s: None)
+
+
+def test_the_summary_names_results_it_leaves_out(tmp_path, synth_d3s, colour_photos):
+    """A result made with another ImageNet reference is not mixed into the table, and the table says so."""
+    config = dict(data=str(synth_d3s), out=str(tmp_path), progress=False, workers=1, plots=False)
+    run_benchmark(BenchmarkConfig(**config, imagenet_val=str(colour_photos)), specs=[colour_spec("with-reference")],
+                  log=lambda s: None)
+    lines = []
+    summary = run_benchmark(BenchmarkConfig(**config), specs=[colour_spec("without")], log=lines.append)
+    assert [r["model"] for r in summary["models"]] == ["without"]
+    assert summary["left_out"] == [{"model": "with-reference", "why": "made on other data: the ImageNet reference"}]
+    assert any(line.startswith("note: left out of this table, with-reference (made on other data: the ImageNet reference)")
+               for line in lines)

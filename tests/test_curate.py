@@ -105,3 +105,43 @@ def test_score_cli_with_a_tiny_clip(tiny_run, tmp_path):
     assert "scored 60 images" in proc.stdout and "0 of 60 images would be removed" in proc.stdout
     ranks = load_dataset(str(data), split="train")["clip_rank"]
     assert len(ranks) == 60 and all(1 <= r <= 1000 for r in ranks)
+
+
+def test_split_streams_shard_by_shard_with_the_same_rows_as_reading_all(tmp_path):
+    """The source read a shard at a time (never whole): each split gets the source's rows in order, cut into shards of
+    ``rows_per_shard`` named by their last row, and shards that lack a column other shards have (a partial `d3s score`)
+    get it as nulls, as when the whole split was one table."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from conftest import write_d3s_split
+
+    from d3s.dataset import shard_paths, write_table
+
+    one = write_d3s_split(tmp_path / "one", split="train", per_cell=2)
+    table = pq.read_table(shard_paths(one)[0])
+    src = tmp_path / "src"
+    for k, start in enumerate(range(0, table.num_rows, 7)):
+        part = table.slice(start, 7)
+        if k % 2 == 0:  # every other shard scored
+            ids = part.column("item_id").to_numpy()
+            part = part.append_column("clip_rank", pa.array(ids % 3 + 1, type=pa.int32()))
+        write_table(src, "train", part)
+    shutil.copy(one / "README.md", src / "README.md")
+    report = split(src, tmp_path / "out", fraction=0.5, thresholds=Thresholds(max_rank=2), rows_per_shard=4)
+
+    whole = pa.concat_tables([pq.read_table(p) for p in shard_paths(src, "train")], promote_options="default")
+    fg, bg = whole.column("fg").to_pylist(), whole.column("bg").to_pylist()
+    is_val = assign_validation(fg, bg, list(range(whole.num_rows)), 0.5)
+    ranks = whole.column("clip_rank").to_pylist()
+    keep = np.array([r is None or r <= 2 for r in ranks])
+    for name, mask in {"train": ~is_val, "validation": is_val, "benchmark": is_val & keep}.items():
+        paths = shard_paths(tmp_path / "out", name)
+        expected = whole.filter(pa.array(mask))
+        sizes = [pq.ParquetFile(p).metadata.num_rows for p in paths]
+        assert sizes == [4] * (expected.num_rows // 4) + ([expected.num_rows % 4] if expected.num_rows % 4 else [])
+        assert [p.name for p in paths] == [f"{name}-{k:08d}-{4 * k + n - 1:08d}.parquet" for k, n in enumerate(sizes)]
+        got = pa.concat_tables([pq.read_table(p) for p in paths])
+        assert got.to_pylist() == expected.to_pylist() and report["splits"][name]["rows"] == expected.num_rows
+    assert 0 < report["splits"]["benchmark"]["rows"] < report["splits"]["validation"]["rows"]
+    ds = load_dataset(str(tmp_path / "out"), split="benchmark")
+    assert ds.features["bg"].names[7] == "in snow" and ds.num_rows == report["splits"]["benchmark"]["rows"]
