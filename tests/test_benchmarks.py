@@ -50,10 +50,10 @@ def test_disentangle_grid_quick_smoke(tmp_path):
     assert again.returncode == 0 and "2 already probed, 0 to do" in again.stdout and again.stdout.splitlines()[-2:] == lines[-2:]
 
 
-def test_disentangle_grid_methods_targets_and_refusals(capsys):
+def test_disentangle_grid_methods_targets_and_refusals(capsys, tmp_path):
     grid = _grid_module()
     methods = grid.parse_methods("wasserstein,adversarial+erase,cw5=--critic-weight 5")
-    assert methods == {"wasserstein": (), "adversarial+erase": ("--method", "adversarial", "--erase", "--erase-parts", "z_fg"),
+    assert methods == {"wasserstein": (), "adversarial+erase": ("--method", "adversarial", "--erase"),
                        "cw5": ("--critic-weight", "5")}
     # an erasing method erases a copy of its base method's run when that method is in the grid too
     assert grid.erase_base(methods["adversarial+erase"], {**methods, "adversarial": ("--method", "adversarial")}) == "adversarial"
@@ -76,6 +76,15 @@ def test_disentangle_grid_methods_targets_and_refusals(capsys):
     assert grid.score(erased_well, ablation, both)["failed"] == ["lin"]  # fg from z_bg 0.029 over chance: erased, so > 0.02
     assert grid.score(erased_well, ablation, frozenset({"z_fg"}))["failed"] == []  # z_bg not erased: the critics' target
     assert grid.erases("w", ("--erase", "--erase-parts", "z_fg")) == {"z_fg"} and grid.erases("w+erase", ()) == both
+    # which parts are held to the erasure's target: those whose eraser reached k - 1 directions (or the part's width)
+    import json
+    report = {"fg_classes": 1000, "bg_classes": 10, "z_fg": {"erases": "bg", "rank": 9, "dim": 1798},
+              "z_bg": {"erases": "fg", "rank": 92, "dim": 250}}
+    (tmp_path / "erasure.json").write_text(json.dumps(report))
+    assert grid.complete_erasers(tmp_path) == {"z_fg"}  # 1000 class means over 250 features: 92 directions erased
+    report["z_bg"]["rank"] = 250
+    (tmp_path / "erasure.json").write_text(json.dumps(report))
+    assert grid.complete_erasers(tmp_path) == both and grid.complete_erasers(tmp_path / "none") == frozenset()
     rows = [{"setting": "a", "method": "m", "score": good}, {"setting": "b", "method": "m", "score": bad}]
     assert grid.worst(rows)["setting"] == "b" and grid.worst_line(rows).startswith("worst: b / m: 2 of 4 targets fail (lin, mlp)")
     for argv, message in ((["--rows", "nope"], "--rows: unknown nope"), (["--methods", "magic"], "unknown method 'magic'"),

@@ -71,6 +71,7 @@ def test_train_erase_puts_linear_cross_probes_at_chance_and_keeps_fg_from_fg(fto
     for cc in report["cross_covariance"].values():
         assert cc["before"] > 1e-2 and cc["after"] < 1e-6
     assert report["z_fg"] == {"erases": "bg", "rank": 4, "dim": 96}  # 5 bg classes: rank 4 at most
+    assert (report["fg_classes"], report["bg_classes"]) == (20, 5)  # so a reader can tell whether an eraser is complete
     assert report["z_bg"]["rank"] <= 19 and "warnings" not in report
     done = json.loads((erased / "done.json").read_text())
     assert done["val_fg_head"] == pytest.approx(report["heads"]["after"]["fg_head"], abs=1e-4)
