@@ -8,9 +8,10 @@ bg are mixed, nuisance). For each setting it
 
 1. writes the toy (``d3s toy --kind features``, the seed in the setting) and reads bg from its raw first
    1798/2048 features with a linear probe (``raw bg``: how strongly the background is encoded);
-2. trains the ablation (``--critic-weight 0``: the same training without critics) and each method of ``--methods``
-   (default: just the defaults) with ``d3s train --data TOY --out RUN`` (subprocesses with one thread each,
-   ``--jobs`` side by side);
+2. trains the ablation (``--critic-weight 0 --no-erase``: the same training without critics nor erasers) and each
+   method of ``--methods`` (default: just the defaults, ``wasserstein+erase``: ``d3s train`` with no flags erases)
+   with ``d3s train --data TOY --out RUN`` (subprocesses with one thread each, ``--jobs`` side by side; an erasing
+   method whose un-erased twin is in the grid too erases a copy of the twin's run with ``d3s erase --out``);
 3. probes each run with ``d3s probe --probe both``;
 
 and prints one row per setting and method: linear and MLP ff, bb, fb, bf (fg_from_fg, bg_from_bg, fg_from_bg,
@@ -116,16 +117,17 @@ GRID: tuple[Setting, ...] = (
 # --methods NAME: the `d3s train` flags beside the toy's (the defaults are no flags). `--method adversarial` and
 # `--erase` come from other work on `d3s train`; a name whose flags this checkout's `d3s train` lacks fails at its
 # first run, with the train log's last lines.
-# `+erase` erases both parts (`d3s train --erase`'s default): on `strong-bg-2pp` erasing fg from z_bg too took
-# linear fg_from_bg from 0.286 to 0.039 with bg_from_bg still 1.00, so erasing z_fg alone would leave leakage behind.
-ERASE_FLAGS = ("--erase",)
+# `d3s train` erases by default (LEACE after the last step, both parts) for wasserstein and adversarial: "+erase" is
+# that default, spelled out; the names without it are the same training with --no-erase. Both parts: on
+# `strong-bg-2pp` erasing fg from z_bg too took linear fg_from_bg from 0.286 to 0.039 with bg_from_bg still 1.00.
 METHODS: dict[str, tuple[str, ...]] = {
-    "wasserstein": (),
-    "adversarial": ("--method", "adversarial"),
-    "wasserstein+erase": ERASE_FLAGS,
-    "adversarial+erase": ("--method", "adversarial", *ERASE_FLAGS),
+    "wasserstein": ("--no-erase",),
+    "adversarial": ("--method", "adversarial", "--no-erase"),
+    "wasserstein+erase": ("--erase",),
+    "adversarial+erase": ("--method", "adversarial", "--erase"),
 }
-ABLATION = ("ablation", ("--critic-weight", "0"))  # the defaults without critics: what every row is measured against
+DEFAULTS = "wasserstein+erase"  # what `d3s train` does with no flags
+ABLATION = ("ablation", ("--critic-weight", "0", "--no-erase"))  # the defaults without critics nor erasers: the reference
 
 PAPER = {"fg_classes": 1000, "bg_classes": 10, "dim": 2048}
 QUICK = {"fg_classes": 50, "bg_classes": 10, "dim": 256}
@@ -271,7 +273,7 @@ def run_folder(runs: Path, setting: str, method: str, steps: int) -> Path:
 
 def run_commands(toy: Path, run: Path, steps: int, flags: tuple[str, ...]) -> tuple[list[str], list[str]]:
     train = [sys.executable, "-m", "d3s", "train", "--data", str(toy), "--out", str(run), "--iters", str(steps),
-             "--no-progress", *flags]
+             "--no-progress", "--erase-probe", "none", *flags]  # the grid probes every run itself, below
     probe = [sys.executable, "-m", "d3s", "probe", "--data", str(toy), "--checkpoint", str(run), "--probe", "both",
              "--out", str(run / "probe.json")]
     return train, probe
@@ -303,9 +305,14 @@ def erase_base(flags: tuple[str, ...], methods: dict[str, tuple[str, ...]]) -> s
     the fit and the probes."""
     if "--erase" not in flags:
         return None
-    rest = tuple(flags[: flags.index("--erase")] + flags[flags.index("--erase") + 1 :])
-    rest = tuple(f for i, f in enumerate(rest) if f != "--erase-parts" and (i == 0 or rest[i - 1] != "--erase-parts"))
-    return next((m for m, f in methods.items() if f == rest), None)
+    rest = _without_erasure(flags)
+    return next((m for m, f in methods.items() if "--erase" not in f and _without_erasure(f) == rest), None)
+
+
+def _without_erasure(flags: tuple[str, ...]) -> tuple[str, ...]:
+    """``flags`` without ``--erase``, ``--no-erase`` and ``--erase-parts PARTS``: what the training itself depends on."""
+    return tuple(f for i, f in enumerate(flags)
+                 if f not in ("--erase", "--no-erase", "--erase-parts") and (i == 0 or flags[i - 1] != "--erase-parts"))
 
 
 def do_erase_copy(toy: Path, base: Path, run: Path, flags: tuple[str, ...]) -> dict:
@@ -418,7 +425,7 @@ def table_cells(row: dict) -> list[str]:
         return cells + ["-"] * (len(COLUMNS) - len(cells))
     f = s["fraction"]
     cells += [_num(f[k], 2) for k in ("lin_fb", "lin_bf", "mlp_fb", "mlp_bf", "mlp_mean")]
-    cells.append(" ".join(row.get("complete_erasers") or []) or "-")  # parts held to the erasure's target
+    cells.append("+".join(row.get("complete_erasers") or []) or "-")  # parts held to the erasure's target
     return cells + ["PASS" if s["pass"][c] else "FAIL" for c in CRITERIA]
 
 
@@ -465,7 +472,7 @@ def _finite(v):
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, metavar="DIR", help="toys, runs, grid.json and grid.md go here (rerun to resume)")
-    ap.add_argument("--methods", default="wasserstein", metavar="LIST",
+    ap.add_argument("--methods", default=DEFAULTS, metavar="LIST",
                     help=f"methods scored beside the ablation: names of {', '.join(METHODS)} or NAME=FLAGS (extra `d3s train` "
                          "flags), comma-separated (default: %(default)s, the defaults)")
     ap.add_argument("--rows", metavar="NAMES", help=f"run only these settings: {', '.join(s.name for s in GRID)} (default: all)")

@@ -12,6 +12,8 @@ from __future__ import annotations
 PAPER_BACKBONE = "resnet50.tv_in1k"
 
 METHODS = ("wasserstein", "erm", "groupdro", "irm", "adversarial")  # d3s.algorithms.METHODS, in this order
+ERASE_PARTS = ("auto", "both", "z_fg", "z_bg")  # d3s.erase.PARTS: which parts get a LEACE eraser (auto: see d3s.erase)
+DISENTANGLING = ("wasserstein", "adversarial")  # the methods that make z_fg and z_bg independent (the rest are baselines)
 LR_SCHEDULES = ("cosine", "constant")
 NECKS = ("linear", "mlp")
 DEFAULT_NECK = "mlp"  # of `d3s train` on features

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .choices import (CLIP_NAMES, CLIP_PROMPTS, DEFAULT_NECK, LR_SCHEDULES, METHODS, NECKS, PAPER_BACKBONE, PRECISION_HELP,
+from .choices import (CLIP_NAMES, CLIP_PROMPTS, DEFAULT_NECK, ERASE_PARTS, LR_SCHEDULES, METHODS, NECKS, PAPER_BACKBONE, PRECISION_HELP,
                       PRECISIONS)
 
 EXIT_USAGE = 2
@@ -593,11 +593,13 @@ def _register_train(sub) -> None:
     r.add_argument("--mixed-precision", default=T.mixed_precision, choices=("auto", "no", "bf16", "fp16"), help="(default: %(default)s: bf16 on CUDA)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     e = p.add_argument_group("erasure (after the last step; see `d3s erase`)")
-    e.add_argument("--erase", action="store_true",
+    e.add_argument("--erase", action=argparse.BooleanOptionalAction, default=None,
                    help="fit LEACE erasers (bg from z_fg, fg from z_bg) on the train split after the last step and save them in "
-                        "the extractor; rerunning a finished run with --erase only adds them")
-    e.add_argument("--erase-parts", default=T.erase_parts, choices=("both", "z_fg", "z_bg"),
-                   help="parts that get an eraser: both, z_fg (bg erased from z_fg only) or z_bg (default: %(default)s)")
+                        "the extractor (default: on for wasserstein and adversarial with their critics on, off for the "
+                        "baselines and --critic-weight 0); rerunning a finished run with --erase only adds them")
+    e.add_argument("--erase-parts", default=T.erase_parts, choices=ERASE_PARTS,
+                   help="parts that get an eraser: auto (both, less one that would cost its own part's head over 0.05 of "
+                        "train accuracy), both, z_fg (bg erased from z_fg only) or z_bg (default: %(default)s)")
     e.add_argument("--erase-probe", default=T.erase_probe, choices=("linear", "mlp", "both", "none"),
                    help="probes before and after erasure on the validation split, in erasure.json (default: %(default)s)")
     p.set_defaults(func=cmd_train)
@@ -731,8 +733,9 @@ def _register_erase(sub) -> None:
     p.add_argument("--split", default="train", help="split the erasers are fitted on (default: %(default)s)")
     p.add_argument("--out", metavar="CKPT2", help="write the erased checkpoint to this new folder (default: into --checkpoint, "
                                                   "each file replaced atomically)")
-    p.add_argument("--parts", default="both", choices=("both", "z_fg", "z_bg"),
-                   help="parts that get an eraser: both, z_fg (bg erased from z_fg only; z_bg and the bg head untouched) or "
+    p.add_argument("--parts", default="auto", choices=ERASE_PARTS,
+                   help="parts that get an eraser: auto (both, less one that would cost its own part's head over 0.05 of "
+                        "accuracy on --split), both, z_fg (bg erased from z_fg only; z_bg and the bg head untouched) or "
                         "z_bg (default: %(default)s)")
     p.add_argument("--probe", default="both", choices=("linear", "mlp", "both", "none"),
                    help="probes fitted on --split and scored on --eval-split before and after erasure (default: %(default)s)")

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .choices import PAPER_BACKBONE
+from .choices import DISENTANGLING, PAPER_BACKBONE
 
 if TYPE_CHECKING:  # torch is imported where it is used, so `d3s train --help` answers at once
     import torch
@@ -77,12 +77,15 @@ class TrainConfig:
         checkpoint_every (`int`, defaults to 500), log_every (`int`, defaults to 10).
         workers (`int`, defaults to 2): data loader processes (0: decode in the main process).
         mixed_precision (`str`, defaults to ``"auto"``): ``auto`` (bf16 on CUDA), ``no``, ``bf16``, ``fp16``.
-        erase (`bool`, defaults to False): after the last step, fit LEACE erasers (bg from z_fg, fg from z_bg) on the
-            train split and save them in the extractor (``d3s erase``, :mod:`d3s.erase`). Not part of the run's
-            identity: rerunning a finished run with ``--erase`` only adds them.
-        erase_parts (`str`, defaults to ``"both"``): ``both``, ``z_fg`` or ``z_bg``: the parts that get an eraser.
-        erase_probe (`str`, defaults to ``"both"``): probes measured before and after erasure on the validation split:
-            ``linear``, ``mlp``, ``both`` or ``none``.
+        erase (`bool`, *optional*): after the last step, fit LEACE erasers (bg from z_fg, fg from z_bg) on the
+            train split and save them in the extractor (``d3s erase``, :mod:`d3s.erase`). Defaults to
+            :func:`erases_by_default`: on for a disentangling method (wasserstein, adversarial) with its critics on,
+            off for the baselines and the ablation (``--critic-weight 0``). Not part of the run's identity:
+            rerunning a finished run with ``--erase`` only adds them.
+        erase_parts (`str`, defaults to ``"auto"``): ``auto``, ``both``, ``z_fg`` or ``z_bg``: the parts that get an
+            eraser (:func:`d3s.erase.erase_model`; auto leaves out one that would cost its own part's head).
+        erase_probe (`str`, defaults to ``"linear"``): probes measured before and after erasure on the validation
+            split: ``linear``, ``mlp``, ``both`` or ``none`` (``d3s probe --probe both`` measures both later).
     """
 
     data: str
@@ -108,9 +111,9 @@ class TrainConfig:
     workers: int = 2
     mixed_precision: str = "auto"
     progress: bool = True
-    erase: bool = False
-    erase_parts: str = "both"
-    erase_probe: str = "both"
+    erase: bool | None = None
+    erase_parts: str = "auto"
+    erase_probe: str = "linear"
 
     def check(self) -> None:
         if self.iters < 1:
@@ -237,6 +240,7 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
     # 1. check inputs
     config.check()
     hparams = _model_hparams(config)
+    erase = config.erase if config.erase is not None else erases_by_default(config.method, hparams)
     out = Path(config.out)
     run_file = out / "run.json"
     if run_file.exists():
@@ -306,6 +310,9 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
         print("hparams: " + json.dumps(hparams, default=list))
         for line in schedule_lines(config.iters, hparams):
             print(line)
+        if erase:
+            print("erasure: LEACE erasers fitted on the train split after the last step (bg from z_fg, fg from z_bg: "
+                  f"{config.erase_parts}); --no-erase leaves them out")
 
     # 5. steps
     table = table_for(ds, size=image_size)
@@ -354,7 +361,7 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
     summary: dict[str, Any] = {"step": step, "done": True, "seconds_this_run": round(time.time() - t0, 1)}
     if accelerator.is_main_process:
         core = algorithm.core
-        if config.erase:  # after the last step, before the final save: the saved extractor holds the erasers
+        if erase:  # after the last step, before the final save: the saved extractor holds the erasers
             from .erase import erase_model, format_report, probe_kinds_of, retire_stale, write_model, write_reports
 
             report = erase_model(core, config.data, "train", probe_kinds_of(config.erase_probe), device=str(accelerator.device),
@@ -392,6 +399,15 @@ def _build_model(config: TrainConfig, ds, extra_ds, info, image_size: int | None
     return FeatureDisentangler(dim, info.fg_names, info.bg_names, fg_dim=config.fg_dim, bg_dim=config.bg_dim,
                                neck=config.neck or DEFAULT_NECK, neck_hidden=config.neck_hidden, backbone=embed.get("backbone"),
                                pretrained=embed.get("pretrained", True), preprocessing=embed.get("preprocessing"))
+
+
+def erases_by_default(method: str, hparams: dict) -> bool:
+    """Whether ``d3s train`` fits LEACE erasers when ``--erase``/``--no-erase`` is not given: for a disentangling
+    method with its critics (or adversaries) on. Erasure never makes a linear probe read more, and the critics alone
+    left the background linearly readable in z_fg on some regimes (``benchmarks/disentangle_grid.py``); a baseline
+    has no cross-leakage to remove, and the ablation (``--critic-weight 0``) is the reference the leakage is measured
+    against."""
+    return method in DISENTANGLING and float(hparams.get("critic_weight", 0)) > 0
 
 
 def schedule_lines(iters: int, hparams: dict) -> list[str]:

@@ -213,7 +213,7 @@ def test_adversaries_reduce_the_cross_probes_on_the_features_toy(features_toy, t
     probes = {}
     for name, weight in (("ablation", 0.0), ("adversarial", 1.0)):
         cfg = TrainConfig(data=str(features_toy), out=str(tmp_path / name), method="adversarial", iters=1000, batch_size=64,
-                          progress=False, checkpoint_every=10**6,
+                          progress=False, checkpoint_every=10**6, erase=False,  # the adversaries alone, no LEACE after
                           hparams={"critic_weight": weight, "warmup_iters": 50, "critic_ramp_iters": 100})
         assert train(cfg)["done"]
         probes[name] = _linear_probes(features_toy, tmp_path / name)

@@ -36,16 +36,18 @@ def test_disentangle_grid_quick_smoke(tmp_path):
     lines = proc.stdout.strip().splitlines()
     assert lines[-3].split() == [w for c in grid.COLUMNS for w in c.split()]  # the header: every column, in order
     row = lines[-2].split()
-    assert row[:2] == ["strong-bg-2pp", "wasserstein"] and len(row) == len(grid.COLUMNS)
+    assert row[:2] == ["strong-bg-2pp", "wasserstein+erase"] and len(row) == len(grid.COLUMNS)  # the defaults: they erase
+    assert "z_fg" in row[grid.COLUMNS.index("complete LEACE")]  # 10 bg classes: bg erased from z_fg along all 9 directions
     assert all(0.0 <= float(v) <= 1.0 for v in row[2:11]) and set(row[-4:]) <= {"PASS", "FAIL"}
-    assert lines[-1].startswith("worst: strong-bg-2pp / wasserstein: ") and "targets fail" in lines[-1]
+    assert lines[-1].startswith("worst: strong-bg-2pp / wasserstein+erase: ") and "targets fail" in lines[-1]
     result = json.loads((tmp_path / "grid.json").read_text())
     assert result["settings"][0]["toy"]["bg_scale"] == 2.5 and result["settings"][0]["toy"]["train_per_pair"] == 2
     assert result["settings"][0]["toy"]["seed"] == 1 and result["settings"][0]["toy"]["dim"] == 256
     (scored,) = result["rows"]
     assert set(scored["numbers"]) == {"linear", "mlp"} and set(scored["score"]["pass"]) == set(grid.CRITERIA)
-    assert result["ablations"][0]["commands"][0].endswith("--critic-weight 0") and result["worst_line"] == lines[-1]
-    assert "| strong-bg-2pp | wasserstein |" in (tmp_path / "grid.md").read_text()
+    assert result["ablations"][0]["commands"][0].endswith("--critic-weight 0 --no-erase") and result["worst_line"] == lines[-1]
+    assert scored["commands"][0].endswith("--erase") and (tmp_path / "runs-quick" / "strong-bg-2pp" / "wasserstein+erase-3" / "erasure.json").exists()
+    assert "| strong-bg-2pp | wasserstein+erase |" in (tmp_path / "grid.md").read_text()
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "2 already probed, 0 to do" in again.stdout and again.stdout.splitlines()[-2:] == lines[-2:]
 
@@ -53,7 +55,7 @@ def test_disentangle_grid_quick_smoke(tmp_path):
 def test_disentangle_grid_methods_targets_and_refusals(capsys, tmp_path):
     grid = _grid_module()
     methods = grid.parse_methods("wasserstein,adversarial+erase,cw5=--critic-weight 5")
-    assert methods == {"wasserstein": (), "adversarial+erase": ("--method", "adversarial", "--erase"),
+    assert methods == {"wasserstein": ("--no-erase",), "adversarial+erase": ("--method", "adversarial", "--erase"),
                        "cw5": ("--critic-weight", "5")}
     # an erasing method erases a copy of its base method's run when that method is in the grid too
     assert grid.erase_base(methods["adversarial+erase"], {**methods, "adversarial": ("--method", "adversarial")}) == "adversarial"

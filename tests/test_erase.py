@@ -42,8 +42,9 @@ def _train(data, out, **kw):
 def runs(ftoy, tmp_path_factory):
     """The same run twice (same seed: the same weights), plain and with --erase (linear and MLP probes)."""
     root = tmp_path_factory.mktemp("runs")
-    plain = _train(ftoy, root / "plain")
-    erased = _train(ftoy, root / "erased", erase=True, erase_probe="both")
+    plain = _train(ftoy, root / "plain", erase=False)
+    # both parts: on this short run erasing fg from z_bg costs the bg head 0.2, so --parts auto would leave z_bg alone
+    erased = _train(ftoy, root / "erased", erase=True, erase_parts="both", erase_probe="both")
     assert plain["done"] and erased["done"] and "erasure" in erased and "erasure" not in plain
     return root / "plain", root / "erased"
 
@@ -155,7 +156,7 @@ def test_erase_cli_in_place_and_to_a_new_folder(runs, ftoy, tmp_path, capsys):
     shutil.copytree(plain, ckpt)
     (ckpt / "spurious.json").write_text("{}")
     (ckpt / "probe.json").write_text("{}")
-    assert main(["erase", "--checkpoint", str(ckpt), "--data", str(ftoy), "--probe", "none", "--no-progress"]) == 0
+    assert main(["erase", "--checkpoint", str(ckpt), "--data", str(ftoy), "--probe", "none", "--no-progress", "--parts", "both"]) == 0
     out = capsys.readouterr().out
     assert "z_fg (96): bg erased, rank 4" in out and "spurious.json (measured before erasure) renamed spurious.before_erasure.json" in out
     for name in ("spurious", "probe"):  # results of the model before erasure no longer describe it (no probes ran now)
@@ -181,7 +182,7 @@ def test_rerunning_a_finished_run_with_erase_only_adds_the_erasers(ftoy, tmp_pat
     from d3s.cli import main
 
     args = ["train", "--data", str(ftoy), "--out", str(tmp_path / "run"), "--iters", "5", "--no-progress"]
-    assert main(args) == 0
+    assert main(args + ["--no-erase"]) == 0
     weights = load_disentangler(str(tmp_path / "run")).state_dict()
     assert main(args + ["--erase", "--erase-parts", "z_fg", "--erase-probe", "none"]) == 0  # not part of the run's identity
     assert "with LEACE erasers (erasure.json)" in capsys.readouterr().out
@@ -255,3 +256,48 @@ def test_bad_checkpoints_and_splits_get_one_line(tiny_toy, tmp_path, capsys):
         code, err = run_main(capsys, *args)
         assert code == 2 and len(err) == 1 and err[0].startswith("d3s erase: error:") and message in err[0], (args, err)
     assert not (tmp_path / "ckpt" / "erasure.json").exists()
+
+
+def test_disentangling_runs_erase_by_default_and_baselines_do_not(ftoy, tmp_path, capsys):
+    """`d3s train` with no --erase/--no-erase: erasers for wasserstein and adversarial with their critics on; none for
+    the ablation (--critic-weight 0: the reference leakage is measured against) nor for a baseline; --no-erase wins."""
+    from d3s.cli import build_parser, main
+    from d3s.train import erases_by_default
+
+    assert erases_by_default("wasserstein", {"critic_weight": 2.5}) and erases_by_default("adversarial", {"critic_weight": 1.0})
+    assert not erases_by_default("wasserstein", {"critic_weight": 0}) and not erases_by_default("erm", {})
+    parse = build_parser().parse_args
+    assert [parse(["train", "--data", "d", "--out", "o", *flag]).erase for flag in ([], ["--erase"], ["--no-erase"])] == [None, True, False]
+
+    base = ["train", "--data", str(ftoy), "--iters", "5", "--no-progress", "--fg-dim", "96", "--bg-dim", "32"]
+    assert main(base + ["--out", str(tmp_path / "default")]) == 0
+    out = capsys.readouterr().out
+    assert "erasure: LEACE erasers fitted on the train split" in out and "with LEACE erasers (erasure.json)" in out
+    report = json.loads((tmp_path / "default" / "erasure.json").read_text())
+    assert set(report["probes"]["after"]) == {"linear"}  # the default probes around erasure: linear only (cheap)
+    assert load_disentangler(str(tmp_path / "default")).erasure["z_fg"]["rank"] == 4
+    for name, flags in (("ablation", ["--critic-weight", "0"]), ("off", ["--no-erase"])):
+        assert main(base + ["--out", str(tmp_path / name), *flags]) == 0
+        assert "erasure:" not in capsys.readouterr().out and not (tmp_path / name / "erasure.json").exists()
+        assert load_disentangler(str(tmp_path / name)).erasure is None
+
+
+def test_auto_leaves_out_an_eraser_that_would_empty_its_part(ftoy, tmp_path, capsys):
+    """20 fg classes over a 4-feature z_bg: the fg class means span all of it, so erasing fg leaves z_bg constant and the
+    bg head at chance. --parts auto (the default) leaves that eraser out and says why; --parts both keeps it."""
+    from d3s.cli import main
+
+    run = tmp_path / "narrow"
+    assert main(["train", "--data", str(ftoy), "--out", str(run), "--iters", "150", "--no-progress", "--fg-dim", "124",
+                 "--bg-dim", "4", "--no-erase"]) == 0
+    capsys.readouterr()
+    assert main(["erase", "--checkpoint", str(run), "--data", str(ftoy), "--out", str(tmp_path / "auto"), "--probe", "none"]) == 0
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "auto" / "erasure.json").read_text())
+    assert report["z_bg"]["erases"] is None and report["z_fg"] == {"erases": "bg", "rank": 4, "dim": 124}
+    assert len(report["left_out"]) == 1 and report["left_out"][0].startswith("z_bg: fg not erased") and "z_bg: fg not erased" in out
+    assert report["heads"]["after"]["bg_head"] == report["heads"]["before"]["bg_head"] > 0.5
+    assert main(["erase", "--checkpoint", str(run), "--data", str(ftoy), "--out", str(tmp_path / "both"), "--probe", "none",
+                 "--parts", "both"]) == 0
+    both = json.loads((tmp_path / "both" / "erasure.json").read_text())
+    assert both["z_bg"]["rank"] == 4 and "left_out" not in both and both["heads"]["after"]["bg_head"] < 0.3  # constant: chance 0.2
