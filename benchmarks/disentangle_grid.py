@@ -199,11 +199,12 @@ def complete_erasers(run: Path) -> frozenset[str]:
 
 
 def erases(name: str, flags: tuple[str, ...]) -> frozenset[str]:
-    """The parts a method erases (LEACE): ``--erase-parts`` of its flags (``both`` by default), none without ``--erase``."""
+    """The parts a method may erase (LEACE): ``--erase-parts`` of its flags (``auto`` by default: both, less one that
+    would cost its own head), none without ``--erase``."""
     if "--erase" not in flags and "erase" not in name:
         return frozenset()
-    parts = flags[flags.index("--erase-parts") + 1] if "--erase-parts" in flags else "both"
-    return frozenset(("z_fg", "z_bg") if parts == "both" else (parts,))
+    parts = flags[flags.index("--erase-parts") + 1] if "--erase-parts" in flags else "auto"
+    return frozenset(("z_fg", "z_bg") if parts in ("both", "auto") else (parts,))
 
 
 # --- the toys ----------------------------------------------------------------------------------------------
@@ -321,7 +322,7 @@ def do_erase_copy(toy: Path, base: Path, run: Path, flags: tuple[str, ...]) -> d
         return {"erase_s": 0.0}
     if not (base / "done.json").exists():
         return {"error": f"{base} is not trained; cannot erase a copy of it"}
-    parts = flags[flags.index("--erase-parts") + 1] if "--erase-parts" in flags else "both"
+    parts = flags[flags.index("--erase-parts") + 1] if "--erase-parts" in flags else "auto"  # `d3s train --erase`'s default
     if run.exists():
         shutil.rmtree(run)  # a copy interrupted mid-way: `d3s erase --out` wants a new folder
     run.parent.mkdir(parents=True, exist_ok=True)
