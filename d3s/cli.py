@@ -80,9 +80,9 @@ EXAMPLES: dict[str, str] = {
   d3s embed --data d3s/ --backbone vit_base_patch14_dinov2.lvd142m --out d3s-dinov2/   # then d3s train --data d3s-dinov2/
   accelerate launch --multi_gpu --num_processes 4 --no_python d3s embed ...""",
     "train": """\
-  d3s train --data out/toy --backbone test_resnet --no-pretrained --iters 1500 --out out/wd
+  d3s train --data out/toy --backbone test_resnet --no-pretrained --iters 1500 --out out/wd   # critics, then LEACE erasers
   d3s train --data out/toy --backbone test_resnet --no-pretrained --iters 1500 --critic-weight 0 --out out/ablation
-  d3s train --data out/ftoy --method adversarial --erase --out out/adv   # on frozen features: neck, heads, adversaries""",
+  d3s train --data out/ftoy --method adversarial --no-erase --out out/adv   # frozen features: neck, heads, adversaries only""",
     "probe": """\
   d3s probe --data out/toy --checkpoint out/wd --out out/wd/probe.json             # linear and MLP (both)
   d3s probe --data out/toy --checkpoint out/wd --probe linear --imagenet-split train""",
@@ -90,7 +90,7 @@ EXAMPLES: dict[str, str] = {
   d3s features --data out/toy --checkpoint out/wd --split validation --out out/wd/val.npz""",
     "erase": """\
   d3s erase --checkpoint out/wd --data out/toy                    # in place; erasure.json has the probes before and after
-  d3s erase --checkpoint out/wd --data out/ftoy --parts z_fg --out out/wd-erased""",
+  d3s erase --checkpoint out/wd --data out/ftoy --parts both --out out/wd-erased  # both erasers, whatever they cost the heads""",
     "spurious": """\
   d3s spurious --data out/toy --checkpoint out/wd --baseline out/erm --pairs out/toy/pairs.json --out out/wd/spurious.json
   d3s spurious --data d3s-splits/ --checkpoint out/wd --in9 bg_challenge/ --out spurious.json   # with the IN-9 column""",
