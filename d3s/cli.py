@@ -539,7 +539,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0  # one report per run, from the main process
     if summary.get("done"):
         heads = f" (validation: fg head {summary['val_fg_head']:.3f}, bg head {summary['val_bg_head']:.3f})" if "val_fg_head" in summary else ""
-        erased = " with LEACE erasers (erasure.json)" if summary.get("erasure") else ""
+        erasure = summary.get("erasure")
+        erased = "" if not erasure else (" with LEACE erasers (erasure.json)" if erasure["z_fg_rank"] or erasure["z_bg_rank"]
+                                        else " without LEACE erasers: both cost their heads too much (erasure.json says why)")
         print(f"done: {summary['step']} iterations; extractor saved in {args.out}{erased}{heads}")
     elif summary:
         print(f"stopped at step {summary['step']}; run the same command again to continue")

@@ -188,7 +188,8 @@ def erase_model(model, data: str, split: str = "train", kinds: tuple[str, ...] =
     report = {
         "method": "leace", "package": f"{PACKAGE} {version}", "paper": PAPER, "data": data, "split": split, "rows": len(train["fg"]),
         "fg_classes": n_fg, "bg_classes": n_bg, "parts": parts,
-        "z_fg": {**model.erasure["z_fg"], "dim": model.fg_dim}, "z_bg": {**model.erasure["z_bg"], "dim": model.bg_dim},
+        **{part: {**((model.erasure or {}).get(part) or {"erases": None, "rank": 0}), "dim": dim}  # none: auto left both out
+           for part, dim in (("z_fg", model.fg_dim), ("z_bg", model.bg_dim))},
         "cross_covariance": {  # on the fitted split: LEACE makes these 0 (up to float error)
             "bg_in_z_fg": {"before": cross_covariance(train["z_fg"], train["bg"], n_bg), "after": cross_covariance(after_train["z_fg"], train["bg"], n_bg)},
             "fg_in_z_bg": {"before": cross_covariance(train["z_bg"], train["fg"], n_fg), "after": cross_covariance(after_train["z_bg"], train["fg"], n_fg)},

@@ -375,3 +375,15 @@ def write_bgchallenge(root: Path, size: int = 32, masks: bool = True) -> Path:
 @pytest.fixture(scope="session")
 def bg_challenge(tmp_path_factory) -> Path:
     return write_bgchallenge(tmp_path_factory.mktemp("bgchallenge") / "bg_challenge")
+
+
+def feature_stub(fg_dim: int, bg_dim: int, fg_classes: int, bg_classes: int):
+    """The attributes a disentangling method reads from an extractor (sizes, class names, heads); the tests give it
+    features directly."""
+    import torch.nn as nn
+
+    stub = nn.Module()
+    stub.fg_dim, stub.bg_dim = fg_dim, bg_dim
+    stub.fg_names, stub.bg_names = [f"c{i}" for i in range(fg_classes)], [f"b{i}" for i in range(bg_classes)]
+    stub.fg_head, stub.bg_head = nn.Linear(fg_dim, fg_classes), nn.Linear(bg_dim, bg_classes)
+    return stub

@@ -19,7 +19,7 @@ from d3s.algorithms import AdversarialDisentanglement, HparamError, hparams_for
 from d3s.models import load_extractor
 from d3s.train import TrainConfig, train
 
-from conftest import fg_only_copy
+from conftest import fg_only_copy, feature_stub
 
 
 def _cfg(data, out, **kw):
@@ -106,23 +106,13 @@ def test_hparams_from_the_command_line_and_unknown_ones_refused(tiny_toy, tmp_pa
     assert hparams_for("wasserstein")["critic_lr"] == 2e-3 and "adversary_objective" not in hparams_for("wasserstein")
 
 
-class _Features(nn.Module):
-    """The attributes the method reads from an extractor; features are given directly."""
-
-    def __init__(self, fg_dim, bg_dim, fg_classes, bg_classes):
-        super().__init__()
-        self.fg_dim, self.bg_dim = fg_dim, bg_dim
-        self.fg_names, self.bg_names = [f"c{i}" for i in range(fg_classes)], [f"b{i}" for i in range(bg_classes)]
-        self.fg_head, self.bg_head = nn.Linear(fg_dim, fg_classes), nn.Linear(bg_dim, bg_classes)
-
-
 def _held_out(shift: float, objective: str, steps: int = 60, batch: int = 64):
     """Per step, on a batch the adversaries have not seen: the information estimates (fg side: bg from a 56-d
     z_fg, 5 labels; bg side: fg from an 8-d z_bg, 20 labels), and the norm of the gradient the penalty sends
     into z. ``shift`` plants dependence: each label moves z by ``shift`` along its own direction."""
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    method = AdversarialDisentanglement(_Features(56, 8, 20, 5), hparams_for("adversarial", {"adversary_objective": objective}))
+    method = AdversarialDisentanglement(feature_stub(56, 8, 20, 5), hparams_for("adversarial", {"adversary_objective": objective}))
     dir_fg = nn.functional.normalize(torch.randn(5, 56, generator=g), dim=1)
     dir_bg = nn.functional.normalize(torch.randn(20, 8, generator=g), dim=1)
     infos, grads = [], []
@@ -162,7 +152,7 @@ def _paper_size_information(mixture: float, shift: float, seed: int, steps: int 
     """Held-out information of the fg adversary on z_bg at the paper's sizes (250 features, 1000 fg classes)."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    method = AdversarialDisentanglement(_Features(250, 4, 2, 1000), hparams_for("adversarial", {"adversary_mixture": mixture}))
+    method = AdversarialDisentanglement(feature_stub(250, 4, 2, 1000), hparams_for("adversarial", {"adversary_mixture": mixture}))
     direction = nn.functional.normalize(torch.randn(1000, 250, generator=g), dim=1)
     infos = []
     for _ in range(steps):

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import feature_stub
 from d3s.algorithms import Critic, HparamError, WassersteinDisentanglement, hparams_for, standardize
 
 
@@ -65,10 +66,10 @@ def test_gradient_penalty_is_on_z_only():
 
 def test_penalty_is_symmetric_huber_by_default_and_abs_on_request():
     gaps = torch.tensor([-3.0, -0.5, 0.0, 0.5, 3.0])
-    huber = WassersteinDisentanglement(_Features(4, 4, 2, 2), hparams_for("wasserstein"))
+    huber = WassersteinDisentanglement(feature_stub(4, 4, 2, 2), hparams_for("wasserstein"))
     # quadratic below delta = 1, linear beyond, the same for a gap and its negative
     assert huber.penalty(gaps).tolist() == pytest.approx([2.5, 0.125, 0.0, 0.125, 2.5])
-    absolute = WassersteinDisentanglement(_Features(4, 4, 2, 2), hparams_for("wasserstein", {"critic_penalty": "abs"}))
+    absolute = WassersteinDisentanglement(feature_stub(4, 4, 2, 2), hparams_for("wasserstein", {"critic_penalty": "abs"}))
     assert absolute.penalty(gaps).tolist() == pytest.approx([3.0, 0.5, 0.0, 0.5, 3.0])
     with pytest.raises(HparamError, match="huber, abs"):
         hparams_for("wasserstein", {"critic_penalty": "square"})
@@ -79,7 +80,7 @@ def test_whitened_view_decorrelates_from_earlier_batches_only():
     seen (shrunk towards the identity, here not at all). On strongly correlated features it gives a
     covariance near the identity; the batch being scored never enters the map."""
     g = torch.Generator().manual_seed(0)
-    method = WassersteinDisentanglement(_Features(6, 4, 2, 2), hparams_for("wasserstein", {"whiten_momentum": 0.1, "whiten_shrinkage": 0.0}))
+    method = WassersteinDisentanglement(feature_stub(6, 4, 2, 2), hparams_for("wasserstein", {"whiten_momentum": 0.1, "whiten_shrinkage": 0.0}))
     mix = torch.randn(6, 6, generator=g)
     draw = lambda n: torch.randn(n, 6, generator=g) @ mix  # noqa: E731
     first = draw(64)
@@ -98,16 +99,6 @@ def test_whitened_view_decorrelates_from_earlier_batches_only():
         hparams_for("wasserstein", {"critic_view": "pca"})
 
 
-class _Features(nn.Module):
-    """The attributes the method reads from an extractor; features are given directly."""
-
-    def __init__(self, fg_dim, bg_dim, fg_classes, bg_classes):
-        super().__init__()
-        self.fg_dim, self.bg_dim = fg_dim, bg_dim
-        self.fg_names, self.bg_names = [f"c{i}" for i in range(fg_classes)], [f"b{i}" for i in range(bg_classes)]
-        self.fg_head, self.bg_head = nn.Linear(fg_dim, fg_classes), nn.Linear(bg_dim, bg_classes)
-
-
 def _model_gaps(dim: int, labels: int, shift: float, steps: int, seed: int = 0, batch: int = 64):
     """Gaps the model step sees, step by step, for z (``dim``) against ``labels`` classes (the fg critic
     D_fg(z_fg, l_bg) at these sizes; the bg critic is given 4 dimensions and 2 labels, out of the way);
@@ -115,7 +106,7 @@ def _model_gaps(dim: int, labels: int, shift: float, steps: int, seed: int = 0, 
     it. ``shift`` plants dependence: each label moves z by ``shift`` along its own random direction."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    method = WassersteinDisentanglement(_Features(dim, 4, 2, labels), hparams_for("wasserstein"))
+    method = WassersteinDisentanglement(feature_stub(dim, 4, 2, labels), hparams_for("wasserstein"))
     direction = nn.functional.normalize(torch.randn(labels, dim, generator=g), dim=1)
     held_out = []
     for _ in range(steps):

@@ -301,3 +301,20 @@ def test_auto_leaves_out_an_eraser_that_would_empty_its_part(ftoy, tmp_path, cap
                  "--parts", "both"]) == 0
     both = json.loads((tmp_path / "both" / "erasure.json").read_text())
     assert both["z_bg"]["rank"] == 4 and "left_out" not in both and both["heads"]["after"]["bg_head"] < 0.3  # constant: chance 0.2
+
+
+def test_auto_may_leave_both_erasers_out_and_says_so(tmp_path, capsys):
+    """The README tour's toy (20 fg x 5 bg over 64 features, z_fg 56 / z_bg 8) after a short run: both erasers cost
+    their heads over 0.05 on train, so the defaults save the extractor without erasers and say why (not a crash)."""
+    from d3s.cli import main
+    from d3s.toy import FeatureToyConfig, write_feature_toy
+
+    toy = tmp_path / "toy"
+    write_feature_toy(FeatureToyConfig(out=str(toy), fg_classes=20, bg_classes=5, dim=64, train_per_pair=20, val_per_pair=8))
+    assert main(["train", "--data", str(toy), "--out", str(tmp_path / "wd"), "--iters", "600", "--warmup", "100",
+                 "--critic-ramp", "200", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "wd" / "erasure.json").read_text())
+    assert report["z_fg"] == {"erases": None, "rank": 0, "dim": 56} and report["z_bg"] == {"erases": None, "rank": 0, "dim": 8}
+    assert [line.split(":")[0] for line in report["left_out"]] == ["z_fg", "z_bg"]
+    assert "without LEACE erasers: both cost their heads too much" in out and load_disentangler(str(tmp_path / "wd")).erasure is None
