@@ -175,7 +175,8 @@ def erase_model(model, data: str, split: str = "train", kinds: tuple[str, ...] =
     if parts == "auto":  # leave out an eraser that would take its part's own head with it
         model.set_erasers(fg_eraser, bg_eraser, record)
         ranks = {p: model.erasure[p]["rank"] for p in ("z_fg", "z_bg")}
-        before, after = _head_accuracy(model, train), _head_accuracy(model, _erased(model, train))
+        trial = _erased(model, train)
+        before, after = _head_accuracy(model, train), _head_accuracy(model, trial)
         for part, head, label in (("z_fg", "fg_head", "bg"), ("z_bg", "bg_head", "fg")):
             if before[head] is not None and before[head] - after[head] > AUTO_HEAD_DROP:
                 left_out.append(f"{part}: {label} not erased: its eraser (rank {ranks[part]} of {model.fg_dim if part == 'z_fg' else model.bg_dim}) "
@@ -184,7 +185,7 @@ def erase_model(model, data: str, split: str = "train", kinds: tuple[str, ...] =
                 fg_eraser, bg_eraser = (None, bg_eraser) if part == "z_fg" else (fg_eraser, None)
     for m in (model, *also):
         m.set_erasers(fg_eraser, bg_eraser, record)
-    after_train = _erased(model, train)
+    after_train = trial if parts == "auto" and not left_out else _erased(model, train)  # auto's trial is this, unless it left one out
     report = {
         "method": "leace", "package": f"{PACKAGE} {version}", "paper": PAPER, "data": data, "split": split, "rows": len(train["fg"]),
         "fg_classes": n_fg, "bg_classes": n_bg, "parts": parts,

@@ -23,7 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from d3s.hub import publish, stage_checkpoint  # noqa: E402
+from d3s.hub import publish  # noqa: E402
+from d3s.hub_checkpoint import stage_checkpoint  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -200,7 +200,7 @@ def test_erasers_travel_to_the_image_extractor_the_timm_copy_and_the_card(tiny_t
     from timm.models import save_for_hf
 
     from d3s.cli import main
-    from d3s.hub import stage_checkpoint
+    from d3s.hub_checkpoint import stage_checkpoint
     from d3s.probes import export_features
 
     torch.manual_seed(0)

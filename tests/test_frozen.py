@@ -186,7 +186,7 @@ def test_spurious_on_features_with_an_untrained_linear_neck_equals_the_raw_featu
 def test_predict_and_publish_a_frozen_checkpoint(frozen, backbone, tmp_path):
     import timm
 
-    from d3s.hub import stage_checkpoint
+    from d3s.hub_checkpoint import stage_checkpoint
     from d3s.predict import load_predictors, predict
 
     p = load_predictors(str(frozen), classifier=backbone)  # a local classifier: nothing here is a fallback
@@ -218,7 +218,7 @@ def test_predict_and_publish_a_frozen_checkpoint(frozen, backbone, tmp_path):
 def test_a_linear_neck_folds_into_the_timm_classifier(frozen, backbone, tmp_path):
     import timm
 
-    from d3s.hub import stage_checkpoint
+    from d3s.hub_checkpoint import stage_checkpoint
 
     torch.manual_seed(1)
     model = FeatureDisentangler(96, SHAPES, TEXTURES, neck="linear", backbone=backbone)

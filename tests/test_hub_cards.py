@@ -16,7 +16,8 @@ import pytest
 from huggingface_hub import DatasetCard, HfApi, ModelCard
 
 from conftest import REPO, write_d3s_split
-from d3s.hub import PublishError, stage_checkpoint, stage_dataset
+from d3s.hub import PublishError, stage_dataset
+from d3s.hub_checkpoint import stage_checkpoint
 
 PLACEHOLDERS = (r"More Information Needed", r"\[More", r"TODO", r"\{\{", r"\|\s*\?\s*\|", r"`\?`", r"\bNone\b", r"\bnan\b")
 SHAPES, TEXTURES = ["circle", "square", "triangle"], ["h-stripes", "v-stripes", "checker"]
