@@ -149,10 +149,29 @@ def thread_env() -> dict[str, str]:
             "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
+def _top_level_split(spec: str) -> list[str]:
+    """``spec`` cut at the commas outside quotes and braces."""
+    parts, start, depth, quote = [], 0, 0, ""
+    for i, ch in enumerate(spec):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "{[":
+            depth += 1
+        elif ch in "}]":
+            depth = max(depth - 1, 0)
+        elif ch == "," and depth == 0:
+            parts.append(spec[start:i])
+            start = i + 1
+    return [*parts, spec[start:]]
+
+
 def parse_methods(spec: str) -> dict[str, tuple[str, ...]]:
-    """``--methods``: a comma list of names of :data:`METHODS`, or ``NAME=FLAGS`` (extra `d3s train` flags)."""
+    """``--methods``: a comma list of names of :data:`METHODS`, or ``NAME=FLAGS`` (extra `d3s train` flags, split as
+    a shell would; a comma inside quotes or braces belongs to the flags: ``wd=--hparams '{"a": 1, "b": 2}'``)."""
     methods: dict[str, tuple[str, ...]] = {}
-    for entry in (e.strip() for e in spec.split(",")):
+    for entry in (e.strip() for e in _top_level_split(spec)):
         if not entry:
             continue
         name, eq, flags = entry.partition("=")

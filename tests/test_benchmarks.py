@@ -57,6 +57,9 @@ def test_disentangle_grid_methods_targets_and_refusals(capsys, tmp_path):
     methods = grid.parse_methods("wasserstein,adversarial+erase,cw5=--critic-weight 5")
     assert methods == {"wasserstein": ("--no-erase",), "adversarial+erase": ("--method", "adversarial", "--erase"),
                        "cw5": ("--critic-weight", "5")}
+    # a comma inside the flags' JSON (or quotes) does not start another method
+    assert grid.parse_methods("""wd=--hparams '{"weight_decay": 0.01, "lr": 0.002}',relu1x=--neck linear""") == {
+        "wd": ("--hparams", '{"weight_decay": 0.01, "lr": 0.002}'), "relu1x": ("--neck", "linear")}
     # an erasing method erases a copy of its base method's run when that method is in the grid too
     assert grid.erase_base(methods["adversarial+erase"], {**methods, "adversarial": ("--method", "adversarial")}) == "adversarial"
     assert grid.erase_base(methods["adversarial+erase"], methods) is None and grid.erase_base((), methods) is None
