@@ -171,21 +171,23 @@ def erase_model(model, data: str, split: str = "train", kinds: tuple[str, ...] =
     fg_eraser = fit_eraser(train["z_fg"], train["bg"], n_bg, desc="LEACE: bg from z_fg", progress=progress) if "z_fg" in PARTS[parts] else None
     bg_eraser = fit_eraser(train["z_bg"], train["fg"], n_fg, desc="LEACE: fg from z_bg", progress=progress) if "z_bg" in PARTS[parts] else None
     record = {"method": "leace", "split": split, "rows": len(train["fg"])}
-    left_out = []
+    left_out, after_train = [], None  # after_train: the train features under the erasers kept, once known
     if parts == "auto":  # leave out an eraser that would take its part's own head with it
         model.set_erasers(fg_eraser, bg_eraser, record)
         ranks = {p: model.erasure[p]["rank"] for p in ("z_fg", "z_bg")}
-        trial = _erased(model, train)
-        before, after = _head_accuracy(model, train), _head_accuracy(model, trial)
+        after_train = _erased(model, train)
+        before, after = _head_accuracy(model, train), _head_accuracy(model, after_train)
         for part, head, label in (("z_fg", "fg_head", "bg"), ("z_bg", "bg_head", "fg")):
             if before[head] is not None and before[head] - after[head] > AUTO_HEAD_DROP:
                 left_out.append(f"{part}: {label} not erased: its eraser (rank {ranks[part]} of {model.fg_dim if part == 'z_fg' else model.bg_dim}) "
                                 f"took the {head.replace('_', ' ')} from {before[head]:.3f} to {after[head]:.3f} on {split} "
                                 f"(--parts auto leaves out an eraser that costs its part's head more than {AUTO_HEAD_DROP}; --parts both keeps it)")
                 fg_eraser, bg_eraser = (None, bg_eraser) if part == "z_fg" else (fg_eraser, None)
+                after_train = None  # fitted with an eraser now left out
     for m in (model, *also):
         m.set_erasers(fg_eraser, bg_eraser, record)
-    after_train = trial if parts == "auto" and not left_out else _erased(model, train)  # auto's trial is this, unless it left one out
+    if after_train is None:
+        after_train = _erased(model, train)
     report = {
         "method": "leace", "package": f"{PACKAGE} {version}", "paper": PAPER, "data": data, "split": split, "rows": len(train["fg"]),
         "fg_classes": n_fg, "bg_classes": n_bg, "parts": parts,

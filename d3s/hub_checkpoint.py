@@ -7,15 +7,18 @@ The card is ``huggingface_hub``'s ``ModelCard``: the checkpoint's probe, spuriou
 
 from __future__ import annotations
 
-from __future__ import annotations
-
 import json
 import math
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .dataset import HUB_ID
 from .hub import PAPER_CITATION, PublishError, check_repo_id
+
+if TYPE_CHECKING:
+    import torch
+
 
 def timm_backbone(model) -> "torch.nn.Module | None":
     """The extractor as a plain timm classifier: its backbone, with the fg head as ``fc`` over all features
@@ -37,7 +40,7 @@ def timm_backbone(model) -> "torch.nn.Module | None":
     if affine is None and not isinstance(model.neck, torch.nn.Identity):
         return None
     net = create_timm_model(model.backbone_name, pretrained=False, num_classes=len(model.fg_names), **(model.backbone_args or {}))
-    state = {k: v for k, v in model.backbone.state_dict().items()}
+    state = dict(model.backbone.state_dict())
     head = net.get_classifier()
     prefix = next(name for name, module in net.named_modules() if module is head)
     w_fg, b_fg = model.fg_head_on_z_fg()  # the z_fg eraser, if any, folded in
