@@ -78,6 +78,7 @@ HPARAMS: dict[str, dict[str, Any]] = {
         **COMMON,
         "betas": (0.0, 0.9),
         "alpha": 1.0,  # weight of the two cross-entropies
+        "label_smoothing": 0.0,  # of the two cross-entropies: > 0 keeps their gradient alive once train rows are memorised
         "critic_weight": 2.5,  # weight of the two critic gaps in the model loss; 0 = no disentanglement
         "critic_lr": 2e-3,  # two time-scales: the critics learn twice as fast as the model
         "critic_steps": 5,  # critic updates per model update (on the same detached features)
@@ -105,6 +106,7 @@ HPARAMS: dict[str, dict[str, Any]] = {
     "adversarial": {
         **COMMON,
         "alpha": 1.0,  # weight of the two cross-entropies
+        "label_smoothing": 0.0,  # as "wasserstein"
         "critic_weight": 1.0,  # weight of the adversaries' held-out information (nats) in the model loss; 0 = no disentanglement
         "critic_lr": 5e-3,  # Adam, above the critics' rate: an adversary lagging behind the encoder reads little
         "critic_steps": 5,  # adversary updates per model update (on the same detached features)
@@ -163,6 +165,8 @@ def hparams_for(method: str, overrides: dict[str, Any] | None = None) -> dict[st
         raise HparamError(f"critic_penalty must be one of {', '.join(CRITIC_PENALTIES)}; got {hp['critic_penalty']!r}.")
     if "critic_view" in hp and hp["critic_view"] not in CRITIC_VIEWS:
         raise HparamError(f"critic_view must be one of {', '.join(CRITIC_VIEWS)}; got {hp['critic_view']!r}.")
+    if "label_smoothing" in hp and not 0.0 <= hp["label_smoothing"] < 1.0:
+        raise HparamError(f"label_smoothing must be in [0, 1); got {hp['label_smoothing']!r}.")
     if "adversary_mixture" in hp and not 0.0 <= hp["adversary_mixture"] <= 1.0:
         raise HparamError(f"adversary_mixture must be in [0, 1]; got {hp['adversary_mixture']!r}.")
     if "adversary_objective" in hp and hp["adversary_objective"] not in ADVERSARY_OBJECTIVES:
@@ -505,8 +509,9 @@ class Disentanglement(Algorithm):
         logs = self.critic_update(len(fg), generator)  # fitted on earlier batches only
 
         labelled = bg >= 0
-        ce_fg = F.cross_entropy(fg_logits, fg)
-        ce_bg = F.cross_entropy(bg_logits[labelled], bg[labelled]) if labelled.any() else ce_fg.new_zeros(())
+        smoothing = hp["label_smoothing"]
+        ce_fg = F.cross_entropy(fg_logits, fg, label_smoothing=smoothing)
+        ce_bg = F.cross_entropy(bg_logits[labelled], bg[labelled], label_smoothing=smoothing) if labelled.any() else ce_fg.new_zeros(())
         d_fg, d_bg = self.dependence(z_fg, z_bg, fg, bg)  # held out: the critics have not seen this batch
         weight = hp["critic_weight"] * self.ramp(int(self.step))
         loss = hp["alpha"] * (ce_fg + ce_bg) + weight * (self.penalty(d_fg) + self.penalty(d_bg))

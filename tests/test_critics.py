@@ -145,3 +145,31 @@ def test_model_gap_is_unbiased_at_paper_sizes(dim, labels, steps, shift):
     assert refit > 10 * se, (refit.item(), se.item())
     dep = _model_gaps(dim, labels, shift, steps, seed=1)[0][burn_in:]
     assert dep.mean() > 10 * se and dep.mean() > 6 * dep.std() / math.sqrt(len(dep)), (dep.mean().item(), se.item())
+
+
+@pytest.mark.parametrize("method", ["wasserstein", "adversarial"])
+def test_label_smoothing_reaches_both_cross_entropies_and_is_range_checked(method):
+    """``label_smoothing`` is what the logged (and paid) fg and bg cross-entropies are computed with: on a batch the
+    heads already classify confidently, eps = 0.1 costs about eps x log(classes) more per cross-entropy than eps = 0."""
+    from d3s.algorithms import METHODS
+    from d3s.models import FeatureDisentangler
+
+    def first_step(smoothing):
+        torch.manual_seed(0)
+        model = FeatureDisentangler(12, [f"c{i}" for i in range(4)], [f"b{i}" for i in range(3)], fg_dim=8, bg_dim=4, neck="linear")
+        with torch.no_grad():  # heads that read the labels planted below with margin 20
+            model.fg_head.weight.copy_(torch.eye(4, 8) * 20)
+            model.bg_head.weight.copy_(torch.eye(3, 4) * 20)
+        fg, bg = torch.arange(32) % 4, torch.arange(32) % 3
+        x = torch.zeros(32, 12)
+        x[torch.arange(32), fg] = 1.0
+        x[torch.arange(32), 8 + bg] = 1.0
+        algo = METHODS[method](model, hparams_for(method, {"label_smoothing": smoothing}))
+        return algo.update(x, fg, bg, torch.Generator().manual_seed(0))
+
+    plain, smoothed = first_step(0.0), first_step(0.1)
+    assert plain["ce_fg"] < 1e-3 and plain["ce_bg"] < 1e-3
+    assert smoothed["ce_fg"] > 0.1 * 20 * 3 / 4 * 0.9 and smoothed["ce_bg"] > 0.1 * 20 * 2 / 3 * 0.9
+    for bad in (1.0, -0.1):
+        with pytest.raises(HparamError, match="label_smoothing"):
+            hparams_for(method, {"label_smoothing": bad})
