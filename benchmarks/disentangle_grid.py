@@ -192,6 +192,45 @@ def parse_methods(spec: str) -> dict[str, tuple[str, ...]]:
     return methods
 
 
+def parse_common(spec: str | None) -> tuple[str, tuple[str, ...]]:
+    """``--common NAME=FLAGS``: `d3s train` flags given to every run of the sweep, the ablation included, so a
+    candidate that changes something the ablation shares (weight decay, label smoothing) is scored against an ablation
+    with the same change. Returns ``("@NAME", flags)``, the suffix of every run's name and folder (``ablation@NAME``):
+    such runs never mix with those of the plain sweep; ``("", ())`` without it."""
+    if not spec:
+        return "", ()
+    name, eq, flags = spec.partition("=")
+    name = name.strip()
+    if not eq or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9+._-]*", name) or not flags.strip():
+        raise GridError(f"--common: give NAME=FLAGS (e.g. wd=--hparams '{{\"weight_decay\": 0.0001}}'), got {spec!r}.")
+    return f"@{name}", tuple(shlex.split(flags))
+
+
+def with_common(flags: tuple[str, ...], common: tuple[str, ...]) -> tuple[str, ...]:
+    """A run's flags followed by the sweep's common ones; two ``--hparams`` become one (`d3s train` would keep only the
+    last), and a key both set differently is refused."""
+    if "--hparams" not in flags or "--hparams" not in common:
+        return (*flags, *common)
+    (own, rest), (shared, common_rest) = _split_hparams(flags), _split_hparams(common)
+    clash = sorted(k for k in own.keys() & shared.keys() if own[k] != shared[k])
+    if clash:
+        raise GridError(f"--common and a method both set {', '.join(clash)} in --hparams; set it in one of them.")
+    return (*rest, *common_rest, "--hparams", json.dumps({**shared, **own}))
+
+
+def _split_hparams(flags: tuple[str, ...]) -> tuple[dict, tuple[str, ...]]:
+    """The JSON object of ``--hparams`` in ``flags``, and the flags without it."""
+    i = flags.index("--hparams")
+    text = flags[i + 1] if i + 1 < len(flags) else ""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise GridError(f"--hparams wants a JSON object, got {text!r}.")
+    return value, (*flags[:i], *flags[i + 2:])
+
+
 def pick_rows(spec: str | None) -> list[Setting]:
     """``--rows``: the settings of :data:`GRID` named in a comma list (all without it), in the grid's order."""
     if not spec:
@@ -498,6 +537,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default=DEFAULTS, metavar="LIST",
                     help=f"methods scored beside the ablation: names of {', '.join(METHODS)} or NAME=FLAGS (extra `d3s train` "
                          "flags), comma-separated (default: %(default)s, the defaults)")
+    ap.add_argument("--common", metavar="NAME=FLAGS",
+                    help="d3s train flags added to every run, the ablation included (runs named METHOD@NAME, in their own "
+                         "folders): a candidate that changes what the ablation shares, scored against the same ablation "
+                         "with that change, e.g. --common \"wd=--hparams '{\\\"weight_decay\\\": 0.0001}'\"")
     ap.add_argument("--rows", metavar="NAMES", help=f"run only these settings: {', '.join(s.name for s in GRID)} (default: all)")
     ap.add_argument("--steps", type=int, metavar="N",
                     help=f"d3s train --iters of every run (default: {DEFAULT_STEPS}; --quick: {QUICK_STEPS})")
@@ -515,7 +558,9 @@ def main(argv: list[str] | None = None) -> int:
 def run_grid(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    methods = parse_methods(args.methods)
+    tag, common = parse_common(args.common)
+    methods = {m + tag: with_common(f, common) for m, f in parse_methods(args.methods).items()}
+    ablation = (ABLATION[0] + tag, with_common(ABLATION[1], common))
     settings = pick_rows(args.rows)
     steps = args.steps if args.steps is not None else (QUICK_STEPS if args.quick else DEFAULT_STEPS)
     if steps < 1:
@@ -530,7 +575,7 @@ def run_grid(args: argparse.Namespace) -> int:
     for s in tqdm(settings, desc="toys", unit="toy", disable=len(settings) < 2):
         toys[s.name] = ensure_toy(s, args.quick, toys_dir)
 
-    everything = {ABLATION[0]: ABLATION[1], **methods}
+    everything = {ablation[0]: ablation[1], **methods}
     copies = {m: b for m, f in everything.items() if (b := erase_base(f, everything)) is not None}  # erase a trained copy
     jobs = [(s.name, m) for s in settings for m in everything if m not in copies]
     spent: dict[tuple[str, str], dict] = {}
@@ -564,12 +609,12 @@ def run_grid(args: argparse.Namespace) -> int:
 
     rows, ablations = [], []
     for s in settings:
-        abl_run = run_folder(runs_dir, s.name, ABLATION[0], steps)
+        abl_run = run_folder(runs_dir, s.name, ablation[0], steps)
         abl = probe_numbers(abl_run)
         base = {"setting": s.name, "raw_bg": toys[s.name]["raw"]["bg_first"]}
-        ablations.append({**base, "method": ABLATION[0], "flags": list(ABLATION[1]), "numbers": abl, "run": str(abl_run),
-                          "commands": [shlex.join(c[2:]) for c in run_commands(Path(toys[s.name]["folder"]), abl_run, steps, ABLATION[1])],
-                          **spent.get((s.name, ABLATION[0]), {})})
+        ablations.append({**base, "method": ablation[0], "flags": list(ablation[1]), "numbers": abl, "run": str(abl_run),
+                          "commands": [shlex.join(c[2:]) for c in run_commands(Path(toys[s.name]["folder"]), abl_run, steps, ablation[1])],
+                          **spent.get((s.name, ablation[0]), {})})
         for m, flags in methods.items():
             run = run_folder(runs_dir, s.name, m, steps)
             numbers = probe_numbers(run)
@@ -586,7 +631,8 @@ def run_grid(args: argparse.Namespace) -> int:
     print(text)
     print(last)
     size = QUICK if args.quick else PAPER
-    header = (f"# Disentanglement grid: {', '.join(methods)} against the ablation (`--critic-weight 0`)\n\n"
+    header = (f"# Disentanglement grid: {', '.join(methods)} against the ablation (`--critic-weight 0`"
+              f"{', every run with ' + shlex.join(common) if common else ''})\n\n"
               f"Toys {size['dim']}-d, {size['fg_classes']} fg x {size['bg_classes']} bg; {steps} steps; validation top-1. "
               f"Targets: ff within {FF_WITHIN} of the ablation's (linear); bb >= {BB_MIN} (linear); each linear cross excess "
               f"<= {LIN_FRACTION} of the ablation's (<= {ERASE_EXCESS} over chance when erasing); MLP mean cross excess "
@@ -594,7 +640,7 @@ def run_grid(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "grid.md").write_text(format_markdown(rows, ablations, header))
     result = {"steps": steps, "quick": args.quick, "size": size, "methods": {m: list(f) for m, f in methods.items()},
-              "ablation": list(ABLATION[1]), "targets": {"ff_within": FF_WITHIN, "bb_min": BB_MIN, "lin_fraction": LIN_FRACTION,
+              "common": list(common), "ablation": list(ablation[1]), "targets": {"ff_within": FF_WITHIN, "bb_min": BB_MIN, "lin_fraction": LIN_FRACTION,
                                                          "erase_excess": ERASE_EXCESS, "mlp_fraction": MLP_FRACTION},
               "settings": [toys[s.name] for s in settings], "rows": rows, "ablations": ablations,
               "worst": (worst(rows) or {}).get("setting"), "worst_line": last, "seconds": round(time.time() - t0, 1)}

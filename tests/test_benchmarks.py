@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 
@@ -50,6 +52,16 @@ def test_disentangle_grid_quick_smoke(tmp_path):
     assert "| strong-bg-2pp | wasserstein+erase |" in (tmp_path / "grid.md").read_text()
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "2 already probed, 0 to do" in again.stdout and again.stdout.splitlines()[-2:] == lines[-2:]
+    # --common: flags for every run, the ablation too, in runs of their own (the plain sweep's are not reused)
+    common = subprocess.run([*cmd, "--common", "s1=--seed 1"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert common.returncode == 0 and "0 already probed, 2 to do" in common.stdout, common.stderr[-3000:]
+    assert common.stdout.splitlines()[-2].split()[:2] == ["strong-bg-2pp", "wasserstein+erase@s1"]
+    result = json.loads((tmp_path / "grid.json").read_text())
+    assert result["common"] == ["--seed", "1"] and result["ablations"][0]["method"] == "ablation@s1"
+    assert result["ablations"][0]["commands"][0].endswith("--critic-weight 0 --no-erase --seed 1")
+    assert result["rows"][0]["commands"][0].endswith("--erase --seed 1")
+    assert (tmp_path / "runs-quick" / "strong-bg-2pp" / "ablation@s1-3" / "probe.json").exists()
+    assert json.loads((tmp_path / "runs-quick" / "strong-bg-2pp" / "ablation@s1-3" / "run.json").read_text())["config"]["seed"] == 1
 
 
 def test_disentangle_grid_methods_targets_and_refusals(capsys, tmp_path):
@@ -92,7 +104,18 @@ def test_disentangle_grid_methods_targets_and_refusals(capsys, tmp_path):
     assert grid.complete_erasers(tmp_path) == both and grid.complete_erasers(tmp_path / "none") == frozenset()
     rows = [{"setting": "a", "method": "m", "score": good}, {"setting": "b", "method": "m", "score": bad}]
     assert grid.worst(rows)["setting"] == "b" and grid.worst_line(rows).startswith("worst: b / m: 2 of 4 targets fail (lin, mlp)")
-    for argv, message in ((["--rows", "nope"], "--rows: unknown nope"), (["--methods", "magic"], "unknown method 'magic'"),
+    # --common: added to every run; two --hparams become one, a key set twice differently is refused
+    tag, common = grid.parse_common("""wd=--hparams '{"weight_decay": 0.0001}'""")
+    assert tag == "@wd" and common == ("--hparams", '{"weight_decay": 0.0001}') and grid.parse_common(None) == ("", ())
+    assert grid.with_common(("--critic-weight", "0", "--no-erase"), common) == ("--critic-weight", "0", "--no-erase", *common)
+    merged = grid.with_common(("--hparams", '{"lr": 0.002}', "--erase"), common)
+    assert merged[:-1] == ("--erase", "--hparams") and json.loads(merged[-1]) == {"weight_decay": 0.0001, "lr": 0.002}
+    for bad, message in ((lambda: grid.with_common(("--hparams", '{"weight_decay": 0.1}'), common), "both set weight_decay"),
+                         (lambda: grid.with_common(("--hparams", "[1]"), common), "wants a JSON object"),
+                         (lambda: grid.parse_common("wd"), "give NAME=FLAGS")):
+        with pytest.raises(grid.GridError, match=message):
+            bad()
+    for argv, message in ((["--rows", "nope"], "--rows: unknown nope"), (["--common", "a b=--seed 1"], "give NAME=FLAGS"), (["--methods", "magic"], "unknown method 'magic'"),
                           (["--jobs", "0"], "--jobs must be in 1..64, got 0"), (["--steps", "0"], "--steps must be at least 1, got 0")):
         capsys.readouterr()
         assert grid.main(["--out", "/nonexistent/never-written", *argv]) == 2
