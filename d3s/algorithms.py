@@ -79,6 +79,7 @@ HPARAMS: dict[str, dict[str, Any]] = {
         "betas": (0.0, 0.9),
         "alpha": 1.0,  # weight of the two cross-entropies
         "label_smoothing": 0.0,  # of the two cross-entropies: > 0 keeps their gradient alive once train rows are memorised
+        "weight_decay": 1e-4,  # Adam's L2 on the model: chosen on the disentanglement grid (docs/disentanglement.md)
         "critic_weight": 2.5,  # weight of the two critic gaps in the model loss; 0 = no disentanglement
         "critic_lr": 2e-3,  # two time-scales: the critics learn twice as fast as the model
         "critic_steps": 5,  # critic updates per model update (on the same detached features)
