@@ -121,3 +121,28 @@ def test_disentangle_grid_methods_targets_and_refusals(capsys, tmp_path):
         assert grid.main(["--out", "/nonexistent/never-written", *argv]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("disentangle_grid: error: ") and message in err[0], err
+
+
+def test_image_toys_quick_smoke(tmp_path):
+    """The image toys' score end to end at tiny sizes (one toy, 3 steps): the toy as its row says, the defaults and the
+    ablation with the row's backbone and augmentation, scored by the grid's targets; a rerun redoes no run."""
+    grid = _grid_module()
+    cmd = [sys.executable, "benchmarks/image_toys.py", "--quick", "--toys", "6x4", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    row = lines[-2].split()
+    assert row[:2] == ["6x4", "wasserstein+erase"] and len(row) == len(grid.COLUMNS) and set(row[-4:]) <= {"PASS", "FAIL"}
+    assert lines[-1].startswith("worst: 6x4 / wasserstein+erase: ")
+    toy = json.loads((tmp_path / "toys-quick" / "6x4" / "d3s_toy.json").read_text())
+    assert toy["seed"] == 3 and len(toy["shapes"]) == 6 and len(toy["textures"]) == 4 and toy["train_per_pair"] == 8, toy
+    result = json.loads((tmp_path / "image_toys.json").read_text())
+    (scored,) = result["rows"]
+    assert scored["flags"][:5] == ["--backbone", "test_resnet", "--no-pretrained", "--seed", "0"] and scored["chosen_on"] is False
+    ablation = json.loads((tmp_path / "runs-quick" / "6x4" / "ablation-3" / "run.json").read_text())["config"]
+    assert ablation["hparams"]["critic_weight"] == 0.0 and ablation["backbone"] == "test_resnet"
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "2 already probed, 0 to do" in again.stdout and again.stdout.splitlines()[-2:] == lines[-2:]
+    bad = subprocess.run([*cmd[:2], "--toys", "nope", "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and bad.stderr.strip() == ("image_toys: error: --toys: unknown nope; choose from readme, 64px, "
+                                                          "resnet10t-5x5, 6x4.")
