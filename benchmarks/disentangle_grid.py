@@ -60,7 +60,7 @@ per step count, so both are kept).
     python benchmarks/disentangle_grid.py --out out/grid --rows default,strong-bg-2pp --methods wasserstein,wasserstein+erase
     python benchmarks/disentangle_grid.py --out out/grid-quick --quick --steps 20   # tiny sizes: a smoke test
     # a candidate that changes what the ablation shares: every run, the ablation too, with the flags (runs METHOD@wd)
-    python benchmarks/disentangle_grid.py --out out/grid --common "wd=--hparams '{\"weight_decay\": 0.001}'"
+    python benchmarks/disentangle_grid.py --out out/grid --common "wd=--hparams '{\\"weight_decay\\": 0.001}'"
 """
 
 from __future__ import annotations
