@@ -235,13 +235,19 @@ def _split_hparams(flags: tuple[str, ...]) -> tuple[dict, tuple[str, ...]]:
 
 def pick_rows(spec: str | None) -> list[Setting]:
     """``--rows``: the settings of :data:`GRID` named in a comma list (all without it), in the grid's order."""
+    return pick_named(spec, GRID, "--rows")
+
+
+def pick_named(spec: str | None, items: tuple, option: str) -> list:
+    """The ``items`` (each with a ``name``) named in the comma list ``spec`` of ``option``, in their order; all of them
+    without it."""
     if not spec:
-        return list(GRID)
+        return list(items)
     names = [n.strip() for n in spec.split(",") if n.strip()]
-    unknown = [n for n in names if n not in {s.name for s in GRID}]
+    unknown = [n for n in names if n not in {s.name for s in items}]
     if unknown or not names:
-        raise GridError(f"--rows: unknown {', '.join(unknown) or 'nothing'}; choose from {', '.join(s.name for s in GRID)}.")
-    return [s for s in GRID if s.name in names]
+        raise GridError(f"{option}: unknown {', '.join(unknown) or 'nothing'}; choose from {', '.join(s.name for s in items)}.")
+    return [s for s in items if s.name in names]
 
 
 def complete_erasers(run: Path) -> frozenset[str]:

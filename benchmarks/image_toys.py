@@ -70,16 +70,6 @@ QUICK_TOY = ("--train-per-pair", "8", "--val-per-pair", "4")  # --quick: 200 + 1
 QUICK_STEPS = 3
 
 
-def pick_toys(spec: str | None) -> list[ImageToy]:
-    if not spec:
-        return list(TOYS)
-    names = [n.strip() for n in spec.split(",") if n.strip()]
-    unknown = [n for n in names if n not in {t.name for t in TOYS}]
-    if unknown or not names:
-        raise grid.GridError(f"--toys: unknown {', '.join(unknown) or 'nothing'}; choose from {', '.join(t.name for t in TOYS)}.")
-    return [t for t in TOYS if t.name in names]
-
-
 def ensure_toy(toy: ImageToy, quick: bool, root: Path) -> Path:
     folder = root / toy.name
     if not (folder / "d3s_toy.json").exists():
@@ -112,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     tag, common = grid.parse_common(args.common)
     methods = {m + tag: grid.with_common(f, common) for m, f in grid.parse_methods(args.methods).items()}
     everything = {grid.ABLATION[0] + tag: grid.with_common(grid.ABLATION[1], common), **methods}
-    toys = pick_toys(args.toys)
+    toys = grid.pick_named(args.toys, TOYS, "--toys")
     if not 1 <= args.jobs <= 64:
         raise grid.GridError(f"--jobs must be in 1..64, got {args.jobs}.")
     out = Path(args.out)
