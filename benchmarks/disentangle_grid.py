@@ -221,6 +221,14 @@ def with_common(flags: tuple[str, ...], common: tuple[str, ...]) -> tuple[str, .
     return (*rest, *common_rest, "--hparams", json.dumps({**shared, **own}))
 
 
+def sweep(methods_spec: str, common_spec: str | None) -> tuple[tuple[str, tuple[str, ...]], dict[str, tuple[str, ...]], tuple[str, ...]]:
+    """The runs of a sweep from ``--methods`` and ``--common``: the ablation ``(name, flags)``, the methods
+    ``{name: flags}`` (names suffixed ``@NAME`` and flags extended by ``--common``'s), and the common flags."""
+    tag, common = parse_common(common_spec)
+    methods = {m + tag: with_common(f, common) for m, f in parse_methods(methods_spec).items()}
+    return (ABLATION[0] + tag, with_common(ABLATION[1], common)), methods, common
+
+
 def _split_hparams(flags: tuple[str, ...]) -> tuple[dict, tuple[str, ...]]:
     """The JSON object of ``--hparams`` in ``flags``, and the flags without it."""
     i = flags.index("--hparams")
@@ -567,9 +575,7 @@ def main(argv: list[str] | None = None) -> int:
 def run_grid(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    tag, common = parse_common(args.common)
-    methods = {m + tag: with_common(f, common) for m, f in parse_methods(args.methods).items()}
-    ablation = (ABLATION[0] + tag, with_common(ABLATION[1], common))
+    ablation, methods, common = sweep(args.methods, args.common)
     settings = pick_rows(args.rows)
     steps = args.steps if args.steps is not None else (QUICK_STEPS if args.quick else DEFAULT_STEPS)
     if steps < 1:

@@ -100,9 +100,8 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    tag, common = grid.parse_common(args.common)
-    methods = {m + tag: grid.with_common(f, common) for m, f in grid.parse_methods(args.methods).items()}
-    everything = {grid.ABLATION[0] + tag: grid.with_common(grid.ABLATION[1], common), **methods}
+    ablation, methods, common = grid.sweep(args.methods, args.common)
+    everything = {ablation[0]: ablation[1], **methods}
     toys = grid.pick_named(args.toys, TOYS, "--toys")
     if not 1 <= args.jobs <= 64:
         raise grid.GridError(f"--jobs must be in 1..64, got {args.jobs}.")
@@ -132,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
 
     rows = []
     for t in toys:
-        abl = grid.probe_numbers(grid.run_folder(runs_dir, t.name, grid.ABLATION[0] + tag, steps_of(t)))
+        abl = grid.probe_numbers(grid.run_folder(runs_dir, t.name, ablation[0], steps_of(t)))
         for m in methods:
             run_dir = grid.run_folder(runs_dir, t.name, m, steps_of(t))
             numbers = grid.probe_numbers(run_dir)
