@@ -1,26 +1,24 @@
-"""Score the disentanglement defaults on the four image toys of docs/disentanglement.md (issue 17, acceptance 4).
+"""Score the disentanglement defaults on the four image toys of docs/disentanglement.md, held out and over fresh seeds.
 
 The features grid (``disentangle_grid.py``) is where the defaults were chosen; these toys are images, through a real
-timm backbone, and two of them played no part in choosing anything. For each toy of :data:`TOYS` the script
+timm backbone. For each toy of :data:`TOYS` and each seed pair of ``--seeds`` (the toy's seed, the training's seed;
+by default the grid's three, drawn after the defaults were fixed) the script
 
-1. writes it with ``d3s toy`` (the flags in :data:`TOYS`; kept and reused when the folder has its ``d3s_toy.json``);
-2. trains the defaults (``d3s train`` with no method flags: critics, then LEACE) and the ablation (``--critic-weight 0
-   --no-erase``), seed 0, one thread each, ``--jobs`` side by side, with the backbone, steps and augmentation of the
-   toy's row;
-3. probes each with ``d3s probe --probe both``;
+1. writes the toy with ``d3s toy`` (the flags in :data:`TOYS`, its seed replaced by the pair's);
+2. trains the ablation (``--critic-weight 0 --no-erase``) and the defaults (``d3s train`` with no method flags:
+   critics, then LEACE, made as the grid makes them: the un-erased run, erased with ``d3s erase --out``), one thread
+   each, ``--jobs`` side by side, with the backbone, steps and augmentation of the toy's row;
+3. probes each run held out (cross-fitted on validation: the linear probe of all four probes, the MLP and kernel
+   probes of the cross ones);
 
-and prints one row per toy, scored against its ablation by the grid's targets (``disentangle_grid.score``: linear ff
-within 0.05 of the ablation's, bb >= 0.90, linear cross probes at most 0.02 over chance where LEACE's eraser is
-complete, MLP mean cross excess at most 0.75 of the ablation's), then the worst row. ``--methods`` and ``--common``
-work as the grid's. Resumable as the grid (run folders ``RUNS/<toy>/<method>-<steps>``).
-
-Measured on this project's 2-core machine: the four toys, defaults and ablations (8 runs, 2 jobs) in 627 s, every
-number equal to the same runs made by hand with ``--erase-probe both`` (the table in docs/disentanglement.md).
+and prints one row per toy, scored against its ablation by the grid's targets (``disentangle_grid.score``), with
+mean and spread over seeds and the verdict over every seed, then the worst row. ``--methods`` and ``--common`` work
+as the grid's. Resumable as the grid (run folders ``RUNS/<toy>/seed<T>/<method>-<steps>``).
 
 ::
 
     python benchmarks/image_toys.py --out out/itoys
-    python benchmarks/image_toys.py --out out/itoys-quick --quick --toys readme   # tiny sizes: a smoke test
+    python benchmarks/image_toys.py --out out/itoys-quick --quick --toys readme --seeds 101:1   # tiny sizes: a smoke test
 """
 
 from __future__ import annotations
@@ -30,7 +28,6 @@ import json
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,10 +68,19 @@ QUICK_TOY = ("--train-per-pair", "8", "--val-per-pair", "4")  # --quick: 200 + 1
 QUICK_STEPS = 3
 
 
-def ensure_toy(toy: ImageToy, quick: bool, root: Path) -> Path:
-    folder = root / toy.name
+def toy_flags(toy: ImageToy, seed: int, quick: bool) -> tuple[str, ...]:
+    """``d3s toy`` flags of ``toy`` with its seed replaced by ``seed``."""
+    flags = list(toy.toy)
+    if "--seed" in flags:
+        i = flags.index("--seed")
+        del flags[i : i + 2]
+    return (*flags, "--seed", str(seed), *(QUICK_TOY if quick else ()))
+
+
+def ensure_toy(toy: ImageToy, quick: bool, root: Path, seed: int) -> Path:
+    folder = root / toy.name / f"seed{seed}"
     if not (folder / "d3s_toy.json").exists():
-        cmd = [sys.executable, "-m", "d3s", "toy", "--out", str(folder), *toy.toy, *(QUICK_TOY if quick else ())]
+        cmd = [sys.executable, "-m", "d3s", "toy", "--out", str(folder), *toy_flags(toy, seed, quick)]
         proc = subprocess.run(cmd, cwd=grid.REPO, env=grid.thread_env(), capture_output=True, text=True)
         if proc.returncode != 0:
             raise grid.GridError(f"d3s toy failed for {toy.name}: {proc.stderr.strip().splitlines()[-1:]}")
@@ -87,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default=grid.DEFAULTS, metavar="LIST", help="as disentangle_grid.py's (default: %(default)s)")
     ap.add_argument("--common", metavar="NAME=FLAGS", help="as disentangle_grid.py's: flags for every run, the ablation included")
     ap.add_argument("--toys", metavar="NAMES", help=f"run only these: {', '.join(t.name for t in TOYS)} (default: all)")
+    ap.add_argument("--seeds", metavar="PAIRS", help="TOY:TRAIN seed pairs, as disentangle_grid.py's (default: "
+                                                     + ",".join(f"{t}:{s}" for t, s in grid.SEEDS) + ")")
     ap.add_argument("--jobs", type=int, default=2, metavar="N", help="runs side by side, one thread each (default: %(default)s)")
     ap.add_argument("--quick", action="store_true", help=f"8 + 4 rows per pair and {QUICK_STEPS} steps: a smoke test")
     args = ap.parse_args(argv)
@@ -98,59 +106,35 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
-    ablation, methods, common = grid.sweep(args.methods, args.common)
-    everything = {ablation[0]: ablation[1], **methods}
+    plan = grid.sweep(args.methods, args.common)
     toys = grid.pick_named(args.toys, TOYS, "--toys")
+    seeds = grid.parse_seeds(args.seeds)
     if not 1 <= args.jobs <= 64:
         raise grid.GridError(f"--jobs must be in 1..64, got {args.jobs}.")
     out = Path(args.out)
     toys_dir, runs_dir = out / ("toys-quick" if args.quick else "toys"), out / ("runs-quick" if args.quick else "runs")
     t0 = time.time()
-    folders = {t.name: ensure_toy(t, args.quick, toys_dir) for t in toys}
-
-    def flags_of(toy: ImageToy, m: str) -> tuple[str, ...]:
-        return ("--backbone", toy.backbone, "--no-pretrained", "--seed", "0", *toy.train, *everything[m])
-
-    def steps_of(toy: ImageToy) -> int:
-        return QUICK_STEPS if args.quick else toy.steps
-
-    jobs = [(t, m) for t in toys for m in everything
-            if not (grid.run_folder(runs_dir, t.name, m, steps_of(t)) / "probe.json").exists()]
-    print(f"{len(toys)} toys x {len(everything)} runs ({', '.join(everything)}); {len(toys) * len(everything) - len(jobs)} "
-          f"already probed, {len(jobs)} to do with {args.jobs} jobs; runs in {runs_dir}", flush=True)
-    errors = []
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {pool.submit(grid.do_run, folders[t.name], grid.run_folder(runs_dir, t.name, m, steps_of(t)), steps_of(t),
-                               flags_of(t, m)): (t.name, m) for t, m in sorted(jobs, key=lambda j: -j[0].steps)}
-        for fut in tqdm(as_completed(futures), total=len(futures), desc="runs", unit="run", disable=not futures):
-            if "error" in (spent := fut.result()):
-                errors.append(f"{futures[fut][0]} / {futures[fut][1]}: {spent['error']}")
-                print(errors[-1], file=sys.stderr, flush=True)
-
-    rows = []
-    for t in toys:
-        abl = grid.probe_numbers(grid.run_folder(runs_dir, t.name, ablation[0], steps_of(t)))
-        for m in methods:
-            run_dir = grid.run_folder(runs_dir, t.name, m, steps_of(t))
-            numbers = grid.probe_numbers(run_dir)
-            row = {"setting": t.name, "method": m, "chosen_on": t.chosen_on, "numbers": numbers, "ablation": abl,
-                   "complete_erasers": sorted(grid.complete_erasers(run_dir)), "run": str(run_dir),
-                   "flags": list(flags_of(t, m)), "steps": steps_of(t)}
-            if numbers is not None and abl is not None:
-                row["score"] = grid.score(numbers, abl, frozenset(row["complete_erasers"]))
-            rows.append(row)
+    cells = {t.name: [grid.Cell(t.name, s, r, ensure_toy(t, args.quick, toys_dir, s), QUICK_STEPS if args.quick else t.steps,
+                                runs_dir, extra=("--backbone", t.backbone, "--no-pretrained", *t.train)) for s, r in seeds]
+             for t in toys}
+    order = sorted((c for cs in cells.values() for c in cs), key=lambda c: -c.steps)  # the longest first
+    spent = grid.run_sweep(order, plan, args.jobs, f"{len(toys)} toys x {len(seeds)} seeds; runs in {runs_dir}")
+    rows, ablations = grid.collect([t.name for t in toys], cells, plan, spent)
+    for r in rows:
+        r["chosen_on"] = next(t.chosen_on for t in toys if t.name == r["setting"])
     text, last = grid.format_text(rows), grid.worst_line(rows)
     print(text)
     print(last)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"toys": [{"name": t.name, "toy": list(t.toy), "backbone": t.backbone, "steps": steps_of(t), "train": list(t.train),
-                        "chosen_on": t.chosen_on} for t in toys],
-              "quick": args.quick, "common": list(common), "rows": rows, "worst_line": last, "seconds": round(time.time() - t0, 1)}
+    result = {"toys": [{"name": t.name, "toy": list(t.toy), "backbone": t.backbone, "steps": QUICK_STEPS if args.quick else t.steps,
+                        "train": list(t.train), "chosen_on": t.chosen_on} for t in toys],
+              "seeds": [list(p) for p in seeds], "quick": args.quick, "common": list(plan.common), "rows": rows,
+              "ablations": ablations, "worst_line": last, "seconds": round(time.time() - t0, 1)}
     (out / "image_toys.json").write_text(json.dumps(grid._finite(result), indent=2) + "\n")
-    print(f"wrote {out / 'image_toys.json'} ({time.time() - t0:.0f} s)", file=sys.stderr)
-    return 1 if errors or any(r["numbers"] is None or r["ablation"] is None for r in rows) else 0
+    (out / "image_toys.md").write_text(grid.format_markdown(rows, ablations, "# Image toys: the defaults against the ablation, held out"))
+    print(f"wrote {out / 'image_toys.json'} and {out / 'image_toys.md'} ({time.time() - t0:.0f} s)", file=sys.stderr)
+    missing = any(r["summary"].get("seeds", 0) < r["summary"].get("of", 0) for r in rows + ablations)
+    return 1 if missing or any("error" in v for v in spent.values()) else 0
 
 
 if __name__ == "__main__":

@@ -15,6 +15,10 @@ METHODS = ("wasserstein", "erm", "groupdro", "irm", "adversarial")  # d3s.algori
 ERASE_PARTS = ("auto", "both", "z_fg", "z_bg")  # d3s.erase.PARTS: which parts get a LEACE eraser (auto: see d3s.erase)
 DISENTANGLING = ("wasserstein", "adversarial")  # the methods that make z_fg and z_bg independent (the rest are baselines)
 LR_SCHEDULES = ("cosine", "constant")
+# d3s.probes: linear (logistic regression), mlp (one hidden layer beside a linear path, tuned), kernel (RBF kernel ridge)
+PROBE_KINDS = ("linear", "mlp", "kernel")
+PROBE_SETS = {"both": ("linear", "mlp"), "all": PROBE_KINDS}  # --probe NAME: shorthands for a comma list of kinds
+PROBE_FOLDS = 2  # d3s probe: probes fitted on one part of the scored split and scored on the other, k ways
 NECKS = ("linear", "mlp")
 DEFAULT_NECK = "mlp"  # of `d3s train` on features
 

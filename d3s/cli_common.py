@@ -24,7 +24,7 @@ COMMANDS: dict[str, str] = {
     "toy": "write a dataset with known factors: shapes on textures, or features at the paper's sizes",
     "embed": "precompute a frozen backbone's features of every split (a features dataset for `d3s train`)",
     "train": "train a disentangled extractor (Wasserstein, paper sec. 5; or adversarial, DANN-style) or a baseline (ERM, GroupDRO, IRM)",
-    "probe": "probes on frozen features: fg/bg from z_fg/z_bg (paper, Table 2), linear and MLP",
+    "probe": "held-out probes on frozen features: fg/bg from z_fg/z_bg (paper, Table 2), linear, MLP and kernel",
     "features": "export z_fg, z_bg, fg, bg of a split to .npz",
     "erase": "LEACE: erase bg from z_fg and fg from z_bg (linear guarantee), stored in the checkpoint",
     "spurious": "spurious-correlation experiment: heads trained on correlated pairs (paper, Table 3)",
@@ -69,7 +69,8 @@ EXAMPLES: dict[str, str] = {
     "toy": """\
   d3s toy --out out/toy                                        # 5 shapes on 5 textures, 64 px
   d3s toy --kind features --out out/ftoy                       # 2048 features, 1000 fg x 10 bg
-  d3s toy --kind features --bg-scale 2.5 --train-per-pair 2 --mixing gated --out out/ftoy-hard""",
+  d3s toy --kind features --bg-scale 2.5 --train-per-pair 2 --mixing gated --out out/ftoy-hard
+  d3s toy --kind features --paired --train-per-pair 2 --out out/ftoy-paired   # each object on every background""",
     "embed": """\
   d3s embed --data d3s/ --backbone vit_base_patch14_dinov2.lvd142m --out d3s-dinov2/   # then d3s train --data d3s-dinov2/
   accelerate launch --multi_gpu --num_processes 4 --no_python d3s embed ...""",
@@ -78,8 +79,9 @@ EXAMPLES: dict[str, str] = {
   d3s train --data out/toy --backbone test_resnet --no-pretrained --iters 1500 --critic-weight 0 --out out/ablation
   d3s train --data out/ftoy --method adversarial --no-erase --out out/adv   # frozen features: neck, heads, adversaries only""",
     "probe": """\
-  d3s probe --data out/toy --checkpoint out/wd --out out/wd/probe.json             # linear and MLP (both)
-  d3s probe --data out/toy --checkpoint out/wd --probe linear --imagenet-split train""",
+  d3s probe --data out/toy --checkpoint out/wd --probe all --out out/wd/probe.json   # held out: cross-fitted on validation
+  d3s probe --data out/toy --checkpoint out/wd --probe both --probes cross          # the leakage probes, linear and MLP
+  d3s probe --data d3s-splits/ --checkpoint out/wd --imagenet imagenet/             # with Table 2's ImageNet rows""",
     "features": """\
   d3s features --data out/toy --checkpoint out/wd --split validation --out out/wd/val.npz""",
     "erase": """\

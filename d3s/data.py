@@ -73,6 +73,14 @@ def is_features(ds) -> bool:
     return FEATURES in ds.column_names
 
 
+def groups_of(ds) -> torch.Tensor | None:
+    """The ``group`` column of paired data (``d3s generate --paired``, ``d3s toy --kind features --paired``: the rows
+    of one object), as int64; None when the split has none."""
+    if "group" not in ds.column_names:
+        return None
+    return torch.as_tensor(np.asarray(ds.with_format("numpy", columns=["group"])[:]["group"], dtype=np.int64))
+
+
 def features_column(ds):
     """The ``features`` column as Arrow (rows in the split's order, a selection's indices applied)."""
     return ds.with_format("arrow", columns=[FEATURES])[:][FEATURES]

@@ -61,6 +61,8 @@ def timm_backbone(model) -> "torch.nn.Module | None":
 
 
 PROBE_NAMES = ("fg_from_fg", "bg_from_bg", "fg_from_bg", "bg_from_fg")
+PROBE_TITLES = {"linear": "Linear probes", "mlp": "MLP probes (a linear path and one hidden layer)",
+                "kernel": "Kernel probes (RBF kernel ridge)"}
 SPURIOUS_SETS = {"correct": "heads on z_fg / z_bg", "all": "heads on all of z"}
 METHOD_TEXT = {
     "wasserstein": "Wasserstein disentanglement, the paper's method (critics measure what z_fg tells of the background "
@@ -157,7 +159,7 @@ def eval_results(probe: dict | None, spurious: dict | None, benchmark: list[dict
     """
     from huggingface_hub import EvalResult
 
-    from .probes import by_kind
+    from .probes import by_kind, scored_splits
 
     out: list = []
 
@@ -168,8 +170,8 @@ def eval_results(probe: dict | None, spurious: dict | None, benchmark: list[dict
                                   metric_name=metric, metric_value=round(float(value), 4)))
 
     for kind, result in by_kind(probe or {}).items():
-        for split, probes in result.items():
-            if split in ("chance", "imagenet"):
+        for split, probes in scored_splits(result):
+            if split == "imagenet":
                 continue
             for name in PROBE_NAMES:
                 if name in probes:
@@ -201,22 +203,21 @@ def eval_results(probe: dict | None, spurious: dict | None, benchmark: list[dict
 
 def _metrics_tables(probe: dict | None, spurious: dict | None, benchmark: list[dict] | None = None, dataset: str | None = None) -> str:
     """The card's result tables (what its ``model-index`` holds, with top-5, chance and the baseline)."""
-    from .probes import PROBE_KINDS, by_kind
+    from .probes import by_kind, scored_splits
 
     parts = []
     for kind, result in by_kind(probe or {}).items():
         chance = result.get("chance", {})
-        title = {"linear": "Linear probes", "mlp": "MLP probes (one hidden layer)"}[kind] if kind in PROBE_KINDS else kind
+        title = PROBE_TITLES.get(kind, kind)
         chance_text = ", ".join(f"{label} {chance[label]:.3f}" for label in ("fg", "bg")
                                 if isinstance(chance.get(label), (int, float)) and math.isfinite(chance[label]))
-        for split, probes in result.items():
-            if split == "chance":
-                continue
+        for split, probes in scored_splits(result):
             names = [n for n in PROBE_NAMES if n in probes]
             rows = "\n".join(f"| {name} | {probes[name]['top1']:.3f} | {probes[name]['top5']:.3f} |" for name in names)
             where = "ImageNet rows (fg labels only)" if split == "imagenet" else f"`{split}`"
+            fitted = ((result.get("fit") or {}).get(split) or {}).get("text", "fitted on train, the rows the model was fitted on")
             parts.append(f"### {title} on frozen features, {where} (paper, Table 2)\n\n| probe | top-1 | top-5 |\n|---|---|---|\n"
-                         f"{rows}\n\n" + (f"Chance: {chance_text}. " if chance_text else "")
+                         f"{rows}\n\nProbes {fitted}. " + (f"Chance: {chance_text}. " if chance_text else "")
                          + "fg_from_bg and bg_from_fg measure leakage: the closer to chance, the better.")
     if spurious:
         cols = [c for c in ("corr_fg", "anticorr_fg", "corr_bg", "anticorr_bg", "imagenet_fg", "average", "average_4", "worst")
@@ -465,21 +466,30 @@ def _erasure_section(model, erasure: dict | None, has_timm: bool) -> str:
             "z_fg predicts." if has_timm and e["z_fg"]["erases"] else "")
     text = (f"\n## Linear concept erasure (LEACE)\n\nThis checkpoint erases {what} with LEACE (Belrose et al., *LEACE: Perfect "
             f"linear concept erasure in closed form*, NeurIPS 2023; the `concept-erasure` package), fitted on the model's "
-            f"features{rows}: on those rows no linear classifier reads the erased label from that part better than a constant, "
-            "and the features change least. The erasers are buffers of the model, applied in its forward: `model.features()`, "
-            f"both heads and the results below read the erased features. A nonlinear probe can still read what is left.{timm}\n")
+            f"features{rows}: on those rows no linear classifier reads the erased label from that part better than a constant "
+            "(by construction), and the features change least. On other rows the guarantee holds only as far as the class "
+            "means carry over, so the figures below are measured on rows the erasers never saw. The erasers are buffers of the "
+            "model, applied in its forward: `model.features()`, both heads and the results below read the erased features. A "
+            f"nonlinear probe can still read what is left.{timm}\n")
     if not erasure or not erasure.get("eval_split"):
-        return text
+        return text + "\nNo held-out rows were measured: the guarantee is shown on the fitted rows only.\n"
     split = erasure["eval_split"]
     lines = ["| measure | before | after |", "|---|---|---|"]
     for head in ("fg_head", "bg_head"):
         b, a = erasure["heads"]["before"].get(head), erasure["heads"]["after"].get(head)
         if b is not None:
             lines.append(f"| {head.replace('_', ' ')} accuracy | {b:.3f} | {a:.3f} |")
+    fitted = "probes fitted on the erasers' split"  # reports written before held-out probes existed
     for kind, before in (erasure.get("probes") or {}).get("before", {}).items():
-        for name, r in before[split].items():
-            lines.append(f"| {kind} probe {name} | {r['top1']:.3f} | {erasure['probes']['after'][kind][split][name]['top1']:.3f} |")
-    return text + f"\nTop-1 on `{split}`, before and after erasure (probes fitted on the erasers' split):\n\n" + "\n".join(lines) + "\n"
+        fitted = ((before.get("fit") or {}).get(split) or {}).get("text", fitted)
+        chance = before.get("chance", {})
+        for name, r in before.get(split, {}).items():
+            c = chance.get(name.split("_")[0])
+            lines.append(f"| {kind} probe {name} (chance {c:.3f}) | {r['top1']:.3f} | {erasure['probes']['after'][kind][split][name]['top1']:.3f} |"
+                         if isinstance(c, (int, float)) else
+                         f"| {kind} probe {name} | {r['top1']:.3f} | {erasure['probes']['after'][kind][split][name]['top1']:.3f} |")
+    warnings = "".join(f"\n> {w}.\n" for w in erasure.get("warnings", []))
+    return text + f"\nTop-1 on `{split}`, before and after erasure ({fitted}):\n\n" + "\n".join(lines) + "\n" + warnings
 
 
 __all__ = ["stage_checkpoint", "timm_backbone", "checkpoint_card", "eval_results", "benchmark_results"]

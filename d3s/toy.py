@@ -298,6 +298,11 @@ class FeatureToyConfig:
         nuisance_scale (`float`, defaults to 1.0): spread of the nuisance code (its share of every feature grows with it).
         noise_dims (`int`, defaults to 0): features (fixed random columns) replaced by rectified unit Gaussian
             noise, correlated with nothing (neither label nor the nuisance code).
+        paired (`bool`, defaults to False): each object on every background, as ``d3s generate --paired``: a row's fg
+            and nuisance codes (the object and everything about the picture but its background) are drawn once per
+            object and shared by its ``bg_classes`` rows, one per background; the bg code is drawn per row. Rows
+            carry a ``group`` column (the object). Each fg class then has ``train_per_pair`` objects in train
+            (``val_per_pair`` in validation); without it every row is a new object.
         seed (`int`, defaults to 0): everything is a function of it.
     """
 
@@ -317,6 +322,7 @@ class FeatureToyConfig:
     bg_scale: float = 1.0
     nuisance_scale: float = 1.0
     noise_dims: int = 0
+    paired: bool = False
     seed: int = 0
 
     def check(self) -> None:
@@ -344,20 +350,25 @@ class FeatureToyConfig:
 
 
 def latent_codes(cfg: FeatureToyConfig, fg: np.ndarray, bg: np.ndarray, rng: np.random.Generator,
-                 params: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The fg, bg and nuisance codes (float64) of rows with labels ``fg``, ``bg``; fresh noise from ``rng``."""
+                 params: dict[str, np.ndarray], shared: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The fg, bg and nuisance codes (float64) of rows with labels ``fg``, ``bg``; fresh noise from ``rng``.
+
+    ``shared``: the rows' fg and nuisance noise, given (the noise of each row's object, for a paired toy) instead of
+    drawn; the bg noise is always drawn."""
     n = len(fg)
-    return (params["fg_proto"][fg] + cfg.fg_noise * rng.standard_normal((n, cfg.fg_latent)),
-            cfg.bg_scale * params["bg_proto"][bg] + cfg.bg_noise * rng.standard_normal((n, cfg.bg_latent)),
-            cfg.nuisance_scale * rng.standard_normal((n, cfg.nuisance)))
+    fg_noise = rng.standard_normal((n, cfg.fg_latent)) if shared is None else shared[0]
+    u_bg = cfg.bg_scale * params["bg_proto"][bg] + cfg.bg_noise * rng.standard_normal((n, cfg.bg_latent))
+    nuisance = rng.standard_normal((n, cfg.nuisance)) if shared is None else shared[1]
+    return params["fg_proto"][fg] + cfg.fg_noise * fg_noise, u_bg, cfg.nuisance_scale * nuisance
 
 
 def mix_features(cfg: FeatureToyConfig, fg: np.ndarray, bg: np.ndarray, rng: np.random.Generator,
-                 params: dict[str, np.ndarray]) -> np.ndarray:
-    """float32 features (N, dim) of rows with labels ``fg``, ``bg``; fresh noise from ``rng``.
+                 params: dict[str, np.ndarray], shared: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """float32 features (N, dim) of rows with labels ``fg``, ``bg``; fresh noise from ``rng``, or the fg and nuisance
+    noise ``shared`` gives (:func:`latent_codes`).
 
     Every kind in :data:`FEATURE_MIXINGS` is a few matrix products over the whole batch of rows."""
-    u_fg, u_bg, u_nu = latent_codes(cfg, fg, bg, rng, params)
+    u_fg, u_bg, u_nu = latent_codes(cfg, fg, bg, rng, params, shared)
     nf, nb = cfg.fg_latent, cfg.fg_latent + cfg.bg_latent  # where the bg and nuisance rows of w1 start
     if cfg.mixing == "relu1":
         x = np.maximum(np.concatenate([u_fg, u_bg, u_nu], axis=1) @ params["w"] + params["b"], 0)
@@ -415,7 +426,8 @@ def feature_toy_settings(cfg: FeatureToyConfig) -> str:
     """The knobs of a features toy in one line, for its card and the commands' reports."""
     return (f"mixing {cfg.mixing}, bg scale {cfg.bg_scale}, fg / bg noise {cfg.fg_noise} / {cfg.bg_noise}, "
             f"nuisance {cfg.nuisance} dims at scale {cfg.nuisance_scale}, {cfg.noise_dims} pure-noise features, "
-            f"{cfg.train_per_pair} train / {cfg.val_per_pair} validation rows per pair, seed {cfg.seed}")
+            f"{cfg.train_per_pair} train / {cfg.val_per_pair} validation rows per pair"
+            f"{', paired (each object on every background)' if cfg.paired else ''}, seed {cfg.seed}")
 
 
 def write_feature_toy(cfg: FeatureToyConfig, shard_size: int = 4096) -> dict[str, int]:
@@ -434,40 +446,59 @@ def write_feature_toy(cfg: FeatureToyConfig, shard_size: int = 4096) -> dict[str
         "item_id": datasets.Value("int64"),
         "features": datasets.List(datasets.Value("float32"), length=cfg.dim),
         **label_features(fg_names, bg_names),
+        **({"group": datasets.Value("int64")} if cfg.paired else {}),  # the object, as `d3s generate --paired` rows
     })
     params = mixing_params(cfg)
     counts: dict[str, int] = {}
     item_id = 0
     total = cfg.fg_classes * cfg.bg_classes * (cfg.train_per_pair + cfg.val_per_pair)
     bar = tqdm(total=total, desc="features toy", unit="row", disable=total < 50_000, dynamic_ncols=True)
+    group_start = 0
     for split_index, (split, per_pair) in enumerate((("train", cfg.train_per_pair), ("validation", cfg.val_per_pair))):
         rng = np.random.default_rng([cfg.seed, split_index])
         fg = np.repeat(np.arange(cfg.fg_classes), cfg.bg_classes * per_pair)
         bg = np.tile(np.repeat(np.arange(cfg.bg_classes), per_pair), cfg.fg_classes)
+        if cfg.paired:  # object o (of class o // per_pair) on every background: its noise drawn once
+            objects = np.repeat(np.arange(cfg.fg_classes * per_pair), cfg.bg_classes)
+            fg, bg = objects // per_pair, np.tile(np.arange(cfg.bg_classes), cfg.fg_classes * per_pair)
+            object_noise = (rng.standard_normal((len(objects) // cfg.bg_classes, cfg.fg_latent)),
+                            rng.standard_normal((len(objects) // cfg.bg_classes, cfg.nuisance)))
         order = rng.permutation(len(fg))
         fg, bg = fg[order], bg[order]
+        if cfg.paired:
+            objects = objects[order]
         for start in range(0, len(fg), shard_size):
             f, b = fg[start : start + shard_size], bg[start : start + shard_size]
-            x = mix_features(cfg, f, b, rng, params)
-            table = pa.table({
+            shared = None
+            if cfg.paired:
+                o = objects[start : start + shard_size]
+                shared = (object_noise[0][o], object_noise[1][o])
+            x = mix_features(cfg, f, b, rng, params, shared)
+            columns = {
                 "item_id": pa.array(np.arange(item_id, item_id + len(f)), pa.int64()),
                 "features": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1), pa.float32()), cfg.dim),
                 "fg": pa.array(f, pa.int64()),
                 "bg": pa.array(b, pa.int64()),
-            }, schema=features.arrow_schema)
-            write_table(out, split, table)
+            }
+            if cfg.paired:
+                columns["group"] = pa.array(group_start + o, pa.int64())
+            write_table(out, split, pa.table(columns, schema=features.arrow_schema))
             item_id += len(f)
             bar.update(len(f))
+        if cfg.paired:
+            group_start += cfg.fg_classes * per_pair
         counts[split] = len(fg)
     bar.close()
     (out / "d3s_toy.json").write_text(json.dumps({"kind": "features", **asdict(cfg)}, indent=2) + "\n")
     knobs = "\n".join(f"| `{k}` | {v} |" for k, v in asdict(cfg).items() if k != "out")
+    paired = (" Each object is on every background: its rows share the fg and nuisance codes (`group` is the object), "
+              "as the rows of `d3s generate --paired`." if cfg.paired else "")
     body = f"""# d3s features toy
 
 Precomputed "backbone features" with known factors: {cfg.dim} non-negative features per row made from a fg code
 ({cfg.fg_classes} classes), a bg code ({cfg.bg_classes} classes) and a nuisance code by a fixed random network,
 `{cfg.mixing}`: {FEATURE_MIXINGS[cfg.mixing]}. Every (fg, bg) pair appears equally often: train {counts['train']} rows,
-validation {counts['validation']}. Train on it with `d3s train --data {out.name}`.
+validation {counts['validation']}.{paired} Train on it with `d3s train --data {out.name}`.
 
 Settings (also in `d3s_toy.json`; `d3s toy --kind features` takes each as a flag, `_` written `-`):
 

@@ -9,8 +9,9 @@ save. A run leaves in ``--out``:
 - ``checkpoint.pt``: model, critics, optimizers and step, every ``--checkpoint-every`` steps; a
   killed run given the same command continues from it, exactly as if it had not stopped;
 - ``done.json``: written last, with the final validation accuracy of the heads;
-- with ``--erase``: LEACE erasers fitted on the train split after the last step, stored in the extractor
-  (:mod:`d3s.erase`), with ``erasure.json`` (heads and probes before and after) and ``probe.json`` (after).
+- with ``--erase`` (the default of a disentangling method): LEACE erasers fitted on the train split after the last
+  step, stored in the extractor (:mod:`d3s.erase`), with ``erasure.json`` (heads and held-out leakage probes before
+  and after; ``d3s probe`` gives Table 2 of the erased extractor).
 
 Batches and every random draw of a step are functions of (seed, step), so a resumed run is
 bit-for-bit the uninterrupted one on the same machine. ``accelerate launch -m d3s train ...``
@@ -84,8 +85,9 @@ class TrainConfig:
             rerunning a finished run with ``--erase`` only adds them.
         erase_parts (`str`, defaults to ``"auto"``): ``auto``, ``both``, ``z_fg`` or ``z_bg``: the parts that get an
             eraser (:func:`d3s.erase.erase_model`; auto leaves out one that would cost its own part's head).
-        erase_probe (`str`, defaults to ``"linear"``): probes measured before and after erasure on the validation
-            split: ``linear``, ``mlp``, ``both`` or ``none`` (``d3s probe --probe both`` measures both later).
+        erase_probe (`str`, defaults to ``"linear"``): the leakage probes measured before and after erasure,
+            cross-fitted on the validation split: what ``d3s probe --probe`` takes (``linear``, ``mlp``, ``kernel``, a
+            comma list, ``both``, ``all``) or ``none``.
     """
 
     data: str
@@ -134,12 +136,14 @@ class TrainConfig:
             raise TrainError(f"--neck must be one of {', '.join(NECKS)}, got {self.neck!r}.")
         if self.neck_hidden is not None and self.neck_hidden < 1:
             raise TrainError(f"--neck-hidden must be at least 1, got {self.neck_hidden}.")
-        from .erase import PARTS, PROBE_CHOICES
+        from .erase import PARTS, EraseError, probe_kinds_of
 
         if self.erase_parts not in PARTS:
             raise TrainError(f"--erase-parts must be one of {', '.join(PARTS)}, got {self.erase_parts!r}.")
-        if self.erase_probe not in PROBE_CHOICES:
-            raise TrainError(f"--erase-probe must be one of {', '.join(PROBE_CHOICES)}, got {self.erase_probe!r}.")
+        try:
+            probe_kinds_of(self.erase_probe)
+        except EraseError as err:
+            raise TrainError(f"--erase-probe: {err}") from None
 
     def identity(self) -> dict[str, Any]:
         """The settings a resumed run must share with the run it continues."""
@@ -364,12 +368,14 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
         if erase:  # after the last step, before the final save: the saved extractor holds the erasers
             from .erase import erase_model, format_report, probe_kinds_of, retire_stale, write_model, write_reports
 
+            t_erase = time.time()
             report = erase_model(core, config.data, "train", probe_kinds_of(config.erase_probe), device=str(accelerator.device),
                                  progress=config.progress, parts=config.erase_parts)
             write_model(core, out)  # each file replaced atomically, as `d3s erase` does (a finished run may be rerun with --erase)
             retire_stale(out, write_reports(out, report))
             print(format_report(report))
             summary["erasure"] = {"z_fg_rank": report["z_fg"]["rank"], "z_bg_rank": report["z_bg"]["rank"],
+                                  "seconds": round(time.time() - t_erase, 1),
                                   **({"heads_before": report["heads"]["before"]} if "heads" in report else {})}
         else:
             core.save_pretrained(out)

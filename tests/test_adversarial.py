@@ -191,8 +191,7 @@ def _linear_probes(data, run) -> dict[str, float]:
     from d3s.probes import load_for_data, run_probes, split_features
 
     model = load_for_data(str(run), str(data))
-    train_z, val_z = (split_features(model, str(data), split, device="cpu") for split in ("train", "validation"))
-    result = run_probes(train_z, {"validation": val_z})["linear"]
+    result = run_probes({"validation": split_features(model, str(data), "validation", device="cpu")})["linear"]  # held out
     return {name: r["top1"] for name, r in result["validation"].items()} | {f"chance_{k}": v for k, v in result["chance"].items()}
 
 

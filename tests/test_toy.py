@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import torch
 
 from d3s.dataset import load
 from d3s.toy import FEATURE_MIXINGS, SHAPES, TEXTURES, FeatureToyConfig, ToyConfig, mix_features, mixing_params, write_feature_toy, write_toy
@@ -212,3 +213,29 @@ def test_feature_toy_cli_knobs_and_refusals(tmp_path, capsys):
     code, err = run_main(capsys, "toy", "--out", str(bad), "--mixing", "gated", "--bg-scale", "2")
     assert code == 2 and len(err) == 1 and "--mixing, --bg-scale apply to --kind features" in err[0], err
     assert not bad.exists()
+
+
+def test_paired_feature_toy_puts_each_object_on_every_background(tmp_path):
+    """--paired: each object (group) has one row per background, one fg class, and shares its fg and nuisance codes,
+    so its rows are nearer each other than rows of other objects of the same class; without it there is no group."""
+    from d3s.data import groups_of, load_split
+
+    cfg = FeatureToyConfig(out=str(tmp_path / "paired"), fg_classes=6, bg_classes=4, dim=48, train_per_pair=3, val_per_pair=2,
+                           paired=True)
+    assert write_feature_toy(cfg) == {"train": 72, "validation": 48}
+    for split, objects in (("train", 18), ("validation", 12)):
+        ds = load_split(cfg.out, split)
+        table, groups = _features(cfg.out, split), groups_of(ds)
+        assert len(set(groups.tolist())) == objects
+        for g in set(groups.tolist()):
+            rows = groups == g
+            assert sorted(table.bg[rows].tolist()) == [0, 1, 2, 3] and len(set(table.fg[rows].tolist())) == 1
+        first = int(groups[0])
+        same = table.x[groups == first]
+        others = table.x[(table.fg == table.fg[0]) & (groups != first)]
+        assert torch.cdist(same, same).mean() < 0.8 * torch.cdist(same, others).mean()
+    assert set(groups_of(load_split(cfg.out, "train")).tolist()).isdisjoint(groups_of(load_split(cfg.out, "validation")).tolist())
+    assert "Each object is on every background" in (tmp_path / "paired" / "README.md").read_text()
+    plain = FeatureToyConfig(out=str(tmp_path / "plain"), fg_classes=6, bg_classes=4, dim=48)
+    write_feature_toy(plain)
+    assert groups_of(load_split(plain.out, "train")) is None
