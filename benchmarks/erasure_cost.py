@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     probes = ", ".join(report.get("probes", {}).get("after", {})) or "none"
     print(f"d3s train, {iters} steps on {report['rows']} train rows (one thread): training {training:.1f} s, "
           f"erasers and their report ({probes} probes, held out) {erasure:.1f} s")
+    if args.quick:  # a handful of steps: the ratio says nothing about the paper's sizes
+        print(f"ratio {erasure / training:.3f} (--quick: not judged)")
+        return 0
     print(f"ratio {erasure / training:.3f} (target <= {TARGET})")
     return 0 if erasure <= TARGET * training else 1
 

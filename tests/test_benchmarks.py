@@ -183,3 +183,24 @@ def test_image_toys_quick_smoke(tmp_path):
     bad = subprocess.run([*cmd[:2], "--toys", "nope", "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and bad.stderr.strip() == ("image_toys: error: --toys: unknown nope; choose from readme, 64px, "
                                                           "resnet10t-5x5, 6x4.")
+
+
+def test_erasure_benchmarks_quick_smoke(tmp_path):
+    """The erasure benchmarks end to end at tiny sizes: the report's cost beside the training it ends, and held-out
+    leakage after LEACE for one size of each design (the train-fitted probe reading chance by construction)."""
+    cost = subprocess.run([sys.executable, "benchmarks/erasure_cost.py", "--quick", "--out", str(tmp_path / "cost")], cwd=REPO,
+                          capture_output=True, text=True, timeout=900)
+    assert cost.returncode == 0, cost.stderr[-3000:]
+    first, last = cost.stdout.strip().splitlines()[-2:]
+    assert first.startswith("d3s train, 60 steps on 800 train rows (one thread): training ") and "(linear probes, held out)" in first
+    assert last.startswith("ratio ") and last.endswith("(--quick: not judged)")
+    rows = subprocess.run([sys.executable, "benchmarks/erasure_rows.py", "--quick", "--rows", "2", "--regimes", "default relu2",
+                           "--out", str(tmp_path / "rows")], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert rows.returncode == 0, rows.stderr[-3000:]
+    result = json.loads((tmp_path / "rows" / "erasure_rows.json").read_text())["rows"]
+    assert [(r["paired"], r["rows_per_bg_class"]) for r in result] == [(False, 80), (True, 80)]
+    for r in result:
+        b = r["bg_from_fg"]
+        assert abs(b["after_train_fitted"] - r["chance"]["bg"]) < 0.01 and b["before"] > b["after"]
+        assert (b["after_folds_by_row"] is None) == (not r["paired"])
+    assert "| default relu2 | paired | 80 |" in (tmp_path / "rows" / "erasure_rows.md").read_text()
