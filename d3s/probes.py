@@ -139,7 +139,7 @@ def _standardiser(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def fit_probe(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-4, max_iter: int = 500, device: str | torch.device = "cpu",
-              init: LinearProbe | None = None) -> LinearProbe:
+              start: LinearProbe | None = None) -> LinearProbe:
     """Multinomial logistic regression on standardised ``x``, fitted to convergence (L-BFGS).
 
     Args:
@@ -148,6 +148,8 @@ def fit_probe(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-4, max_iter: int 
         l2 (`float`, defaults to 1e-4): weight penalty ``l2 / 2 * |W|^2``; small, so the probe reads
             anything linearly readable, yet large enough for the optimum to be finite.
         max_iter (`int`, defaults to 500): L-BFGS iterations (it stops earlier at convergence).
+        start (`LinearProbe`, *optional*): a probe of similar rows to start from (the optimum is unique, so the start
+            changes how many iterations it takes, not where it ends).
 
     ``info`` records ``iterations``, ``grad_max`` (the largest gradient entry at the end) and ``converged``
     (``grad_max`` under :data:`CONVERGED_GRAD`).
@@ -156,8 +158,9 @@ def fit_probe(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-4, max_iter: int 
     xs = ((x.float() - mean) / std).to(device)
     classes, target = torch.unique(y, return_inverse=True)
     target = target.to(device)
-    w = torch.zeros(len(classes), x.shape[1], device=device, requires_grad=True)
-    b = torch.zeros(len(classes), device=device, requires_grad=True)
+    w0, b0 = _restandardised(start, mean, std, classes) if start is not None else (None, None)
+    w = (w0 if w0 is not None else torch.zeros(len(classes), x.shape[1])).to(device).requires_grad_(True)
+    b = (b0 if b0 is not None else torch.zeros(len(classes))).to(device).requires_grad_(True)
     info = {"iterations": 0, "grad_max": 0.0, "converged": True}
     if len(classes) > 1:
         opt = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, history_size=20, tolerance_grad=1e-6,
@@ -174,6 +177,20 @@ def fit_probe(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-4, max_iter: int 
         grad_max = float(torch.cat([w.grad.flatten(), b.grad.flatten()]).abs().max())
         info = {"iterations": int(opt.state[w]["n_iter"]), "grad_max": grad_max, "converged": grad_max < CONVERGED_GRAD}
     return LinearProbe(mean, std, classes, info, weight=w.detach().cpu(), bias=b.detach().cpu())
+
+
+def _restandardised(probe: LinearProbe, mean: torch.Tensor, std: torch.Tensor, classes: torch.Tensor):
+    """``probe``'s map rewritten for features standardised by ``mean`` and ``std`` (the same logits), on ``classes``
+    (a class it lacks starts at zero); ``(None, None)`` when it reads other features."""
+    if probe.weight.shape[1] != len(mean):
+        return None, None
+    w = probe.weight * (std / probe.std)
+    b = probe.bias + ((mean - probe.mean) / probe.std) @ probe.weight.T
+    out_w, out_b = torch.zeros(len(classes), len(mean)), torch.zeros(len(classes))
+    where = torch.searchsorted(classes, probe.classes).clamp(max=len(classes) - 1)
+    known = classes[where] == probe.classes
+    out_w[where[known]], out_b[where[known]] = w[known], b[known]
+    return out_w, out_b
 
 
 MLP_GRID = ({"hidden": 512, "lr": 1e-3}, {"hidden": 2048, "lr": 1e-3})  # the settings tried on every fit
@@ -223,7 +240,7 @@ def fit_mlp_probe(x: torch.Tensor, y: torch.Tensor, start: LinearProbe | None = 
     g = torch.Generator().manual_seed(seed)
     best = {"accuracy": -1.0, "hidden": 0, "lr": None, "epochs": 0}
     if len(classes) > 1 and len(val):
-        inner = fit_probe(x[fit_rows], y[fit_rows], l2=l2, device=device)
+        inner = fit_probe(x[fit_rows], y[fit_rows], l2=l2, device=device, start=start)
         xs = inner.standardise(x).to(device)
         tgt = target.to(device)
         for setting in grid:
