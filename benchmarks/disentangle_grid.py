@@ -47,6 +47,7 @@ docs/disentanglement.md.
     python benchmarks/disentangle_grid.py --out out/grid --steps 2000            # at d3s train's own length
     python benchmarks/disentangle_grid.py --out out/grid --rows product --methods wasserstein,wasserstein+erase
     python benchmarks/disentangle_grid.py --out out/grid-quick --quick --steps 20 --seeds 101:1   # a smoke test
+    python benchmarks/disentangle_grid.py --out out/grid --no-train              # the table of the runs done so far
     # a candidate that changes what the ablation shares: every run, the ablation too, with the flags (runs METHOD@wd)
     python benchmarks/disentangle_grid.py --out out/grid --common "wd=--hparams '{\\"weight_decay\\": 0.001}'"
 """
@@ -362,9 +363,10 @@ def toy_command(cfg) -> list[str]:
     return cmd
 
 
-def ensure_toy(setting: Setting, quick: bool, root: Path, seed: int) -> dict:
+def ensure_toy(setting: Setting, quick: bool, root: Path, seed: int, make: bool = True) -> dict:
     """Write the setting's toy of ``seed`` (unless the folder already holds exactly it) and its raw linear bg probe
-    (cross-fitted on validation, as every probe of the grid)."""
+    (cross-fitted on validation, as every probe of the grid). With ``make=False`` a toy not written yet is left
+    unwritten (its ``raw`` is None)."""
     import torch
 
     from d3s.data import FeatureTable, load_split
@@ -375,6 +377,9 @@ def ensure_toy(setting: Setting, quick: bool, root: Path, seed: int) -> dict:
     want = {"kind": "features", **{k: v for k, v in asdict(cfg).items() if k != "out"}}
     meta = out / "d3s_toy.json"
     cmd = toy_command(cfg)
+    record = {"name": setting.name, "what": setting.what, "seed": seed, "toy": want, "folder": str(out), "command": shlex.join(cmd[2:])}
+    if not make and not (out / "raw_probe.json").exists():
+        return {**record, "raw": None}
     if meta.exists():
         from d3s.toy import FeatureToyConfig
 
@@ -398,8 +403,7 @@ def ensure_toy(setting: Setting, quick: bool, root: Path, seed: int) -> dict:
         raw = {"bg_first": round(r["linear"]["validation"]["bg_from_fg"]["top1"], 4), "first_dims": k,
                "fit": r["linear"]["fit"]["validation"]["text"]}
         raw_file.write_text(json.dumps(raw, indent=2) + "\n")
-    return {"name": setting.name, "what": setting.what, "seed": seed, "toy": want, "folder": str(out),
-            "command": shlex.join(cmd[2:]), "raw": json.loads(raw_file.read_text())}
+    return {**record, "raw": json.loads(raw_file.read_text())}
 
 
 # --- the runs ----------------------------------------------------------------------------------------------
@@ -777,6 +781,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, metavar="N",
                     help=f"d3s train --iters of every run (default: {DEFAULT_STEPS}; --quick: {QUICK_STEPS})")
     ap.add_argument("--jobs", type=int, default=2, metavar="N", help="runs side by side, one thread each (default: %(default)s)")
+    ap.add_argument("--no-train", action="store_true",
+                    help="train and probe nothing: score the runs already probed (a row's seeds column says how many)")
     ap.add_argument("--quick", action="store_true",
                     help=f"tiny toys ({QUICK['fg_classes']} fg x {QUICK['bg_classes']} bg, {QUICK['dim']}-d) and few steps: a smoke test")
     args = ap.parse_args(argv)
@@ -802,12 +808,13 @@ def run_grid(args: argparse.Namespace) -> int:
     toys_dir, runs_dir = out / ("toys-quick" if args.quick else "toys"), out / ("runs-quick" if args.quick else "runs")
     t0 = time.time()
 
-    toys = {(s.name, t): ensure_toy(s, args.quick, toys_dir, t)
+    toys = {(s.name, t): ensure_toy(s, args.quick, toys_dir, t, make=not args.no_train)
             for s, (t, _) in tqdm([(s, p) for s in settings for p in seeds], desc="toys", unit="toy", disable=len(settings) * len(seeds) < 2)}
     cells = {s.name: [Cell(s.name, t, r, Path(toys[(s.name, t)]["folder"]), steps, runs_dir) for t, r in seeds] for s in settings}
     order = sorted((c for cs in cells.values() for c in cs), key=lambda c: -toys[(c.setting, c.toy_seed)]["toy"]["train_per_pair"])
-    spent = run_sweep(order, plan, args.jobs, f"{len(settings)} settings x {len(seeds)} seeds, {steps} steps; runs in {runs_dir}")
-    raw = {s.name: [toys[(s.name, t)]["raw"]["bg_first"] for t, _ in seeds] for s in settings}
+    spent = {} if args.no_train else run_sweep(order, plan, args.jobs,
+                                               f"{len(settings)} settings x {len(seeds)} seeds, {steps} steps; runs in {runs_dir}")
+    raw = {s.name: [toys[(s.name, t)]["raw"]["bg_first"] for t, _ in seeds if toys[(s.name, t)]["raw"]] for s in settings}
     rows, ablations = collect([s.name for s in settings], cells, plan, spent, raw)
 
     text, last = format_text(rows), worst_line(rows)

@@ -159,24 +159,37 @@ def fit_probe(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-4, max_iter: int 
     classes, target = torch.unique(y, return_inverse=True)
     target = target.to(device)
     w0, b0 = _restandardised(start, mean, std, classes) if start is not None else (None, None)
-    w = (w0 if w0 is not None else torch.zeros(len(classes), x.shape[1])).to(device).requires_grad_(True)
-    b = (b0 if b0 is not None else torch.zeros(len(classes))).to(device).requires_grad_(True)
+    w = (w0 if w0 is not None else torch.zeros(len(classes), x.shape[1])).to(device)
+    b = (b0 if b0 is not None else torch.zeros(len(classes))).to(device)
     info = {"iterations": 0, "grad_max": 0.0, "converged": True}
     if len(classes) > 1:
-        opt = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, history_size=20, tolerance_grad=1e-6,
-                                tolerance_change=1e-10, line_search_fn="strong_wolfe")
-
-        def closure():
-            opt.zero_grad()
-            loss = F.cross_entropy(xs @ w.T + b, target) + 0.5 * l2 * (w * w).sum()
-            loss.backward()
-            return loss
-
-        opt.step(closure)
-        closure()
-        grad_max = float(torch.cat([w.grad.flatten(), b.grad.flatten()]).abs().max())
-        info = {"iterations": int(opt.state[w]["n_iter"]), "grad_max": grad_max, "converged": grad_max < CONVERGED_GRAD}
+        w, b, info = _lbfgs(xs, target, w, b, l2, max_iter)
+        if not info["converged"] and info["iterations"] < max_iter and xs.device.type != "mps":
+            # L-BFGS stopped where float32 no longer sees the loss change, short of the gradient target:
+            # polish the same optimum in float64 (a few iterations)
+            w, b, polish = _lbfgs(xs.double(), target, w.double(), b.double(), l2, max_iter - info["iterations"])
+            info = {**polish, "iterations": info["iterations"] + polish["iterations"]}
+            w, b = w.float(), b.float()
     return LinearProbe(mean, std, classes, info, weight=w.detach().cpu(), bias=b.detach().cpu())
+
+
+def _lbfgs(xs: torch.Tensor, target: torch.Tensor, w: torch.Tensor, b: torch.Tensor, l2: float, max_iter: int):
+    """L-BFGS on the probe's penalised cross-entropy from ``(w, b)``, in their dtype: ``(w, b, info)``."""
+    w, b = w.clone().requires_grad_(True), b.clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, history_size=20, tolerance_grad=1e-6,
+                            tolerance_change=1e-10, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(xs @ w.T + b, target) + 0.5 * l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    closure()
+    grad_max = float(torch.cat([w.grad.flatten(), b.grad.flatten()]).abs().max())
+    info = {"iterations": int(opt.state[w]["n_iter"]), "grad_max": grad_max, "converged": grad_max < CONVERGED_GRAD}
+    return w.detach(), b.detach(), info
 
 
 def _restandardised(probe: LinearProbe, mean: torch.Tensor, std: torch.Tensor, classes: torch.Tensor):

@@ -61,6 +61,12 @@ def test_disentangle_grid_quick_smoke(tmp_path):
     assert "| strong-bg-2pp | wasserstein+erase | 1/1 |" in (tmp_path / "grid.md").read_text()
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0 and "2 already probed, 0 to do" in again.stdout and again.stdout.splitlines()[-2:] == lines[-2:]
+    # --no-train: the table of what is there; a seed pair not run counts as missing and nothing is trained for it
+    partial = subprocess.run([*cmd[:cmd.index("--seeds")], "--seeds", "101:1,102:2", *cmd[cmd.index("--seeds") + 2:], "--no-train"],
+                             cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert partial.returncode == 1 and "to do" not in partial.stdout, partial.stderr[-3000:]
+    assert partial.stdout.splitlines()[-2].split()[:3] == ["strong-bg-2pp", "wasserstein+erase", "1/2"]
+    assert not (run.parent / "seed102").exists()
     # --common: flags for every run, the ablation too, in runs of their own (the plain sweep's are not reused)
     common = subprocess.run([*cmd, "--common", """ls=--hparams '{"label_smoothing": 0.1}'"""], cwd=REPO, capture_output=True,
                             text=True, timeout=900)
