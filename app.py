@@ -33,6 +33,7 @@ import atexit
 import dataclasses
 import os
 import shutil
+import signal
 import socket
 import tempfile
 from pathlib import Path
@@ -57,10 +58,11 @@ import gradio as gr  # noqa: E402
 
 from d3s.diffusion import DEFAULT_MODEL  # noqa: E402
 from d3s.handlers import (ALL, FG_FLIP_COLOUR, FLIP_COLOUR, NO_FLIP_COLOUR, Models, Settings, class_choices,  # noqa: E402,F401
-                          example_photos, decoded_preview, load_models, make_across_fn, make_benchmark_fns,
+                          example_photos, load_models, make_example_fn, make_preview_fn, queued_sessions, make_across_fn, make_benchmark_fns,
                           make_browse_fn, make_generate_fn, make_predict_fn, make_review_fns, wire)
-from d3s.hosting import (LOOPBACK, SPACE_HOST, Admission, Catalog, Limits, Reviewers, is_public,  # noqa: E402
-                         password_check, read_auth_file, reviewers_mode)
+from d3s.gate import install as install_gate  # noqa: E402
+from d3s.hosting import (LOOPBACK, SPACE_HOST, Admission, Catalog, Limits, Reviewers, UploadBudget,  # noqa: E402
+                         is_public, password_check, read_auth_file, reviewers_mode, sign_in_limit)
 from d3s.live import MAX_UPLOAD_BYTES  # noqa: E402
 from d3s.predict import DEFAULT_CLASSIFIER, OFFLINE_CLASSIFIER  # noqa: E402
 from d3s.prompts import BACKGROUNDS  # noqa: E402
@@ -167,15 +169,20 @@ def build_app(models: Models, settings: Settings | None = None) -> gr.Blocks:
                                    elem_id="predict-preview")
                 with gr.Column():
                     predict_btn = gr.Button("Predict", variant="primary", elem_id="predict-button")
-                    gr.Examples(example_photos(Path(tempfile.gettempdir()) / "d3s-examples"), inputs=[photo_in])
+                    examples = example_photos(Path(tempfile.gettempdir()) / "d3s-examples")
+                    # a Dataset wired like every other event (gr.Examples' own loader skips the queue and its gate)
+                    example_pick = gr.Dataset(components=[gr.Image(visible=False, type="filepath")], samples=[[p] for p in examples],
+                                              label="Examples", type="index", elem_id="predict-examples")
+            wire(example_pick.click, make_example_fn(settings, examples), [example_pick], [photo_in], api_name=False)
             with gr.Row():
                 fg_label = gr.Label(num_top_classes=5, label="Foreground (disentangled fg head)", elem_id="predict-fg")
                 bg_label = gr.Label(num_top_classes=10, label="Background (bg head)", elem_id="predict-bg")
                 ref_label = gr.Label(num_top_classes=5, label="Standard classifier", elem_id="predict-ref")
             # The preview is a second, UI-only event: identical images returned by concurrent API calls would be
             # written to the same cache file while another response streams it.
-            wire(predict_btn.click, make_predict_fn(models, settings), [photo_in], [fg_label, bg_label, ref_label],
-                 api_name="predict", concurrency_limit=4).then(decoded_preview, [photo_in], [preview], api_name=False)
+            predicted = wire(predict_btn.click, make_predict_fn(models, settings), [photo_in], [fg_label, bg_label, ref_label],
+                             api_name="predict", concurrency_limit=4)
+            wire(predicted.then, make_preview_fn(settings), [photo_in], [preview], api_name=False)
 
         with gr.Tab("Dataset", id="dataset"):
             if not data_labels:
@@ -212,7 +219,7 @@ def build_app(models: Models, settings: Settings | None = None) -> gr.Blocks:
                             if settings.reviewers.mode == "oauth":
                                 gr.LoginButton()
                             who = gr.Markdown(elem_id="reviewer-signed-in")
-                            demo.load(signed_in_fn, None, who, api_name=False)
+                            wire(demo.load, signed_in_fn, None, who, api_name=False)
                     review_source = gr.Dropdown(data_labels, value=data_labels[0] if data_labels else None, label="Dataset",
                                                 allow_custom_value=True, elem_id="review-source", scale=3)
                     start = gr.Button("Start", elem_id="review-start", scale=1)
@@ -226,9 +233,9 @@ def build_app(models: Models, settings: Settings | None = None) -> gr.Blocks:
                     present_btn = gr.Button("Object present (y)", variant="primary", elem_id="review-present")
                     missing_btn = gr.Button("Object missing (n)", variant="stop", elem_id="review-missing")
                 review_out = [review_image, review_guide, review_text, current, unsafe]
-                start.click(show_fn, [review_source, reviewer], review_out, api_name="review_next")
-                present_btn.click(present_fn, [reviewer, current, unsafe], review_out, api_name="review_present")
-                missing_btn.click(missing_fn, [reviewer, current, unsafe], review_out, api_name="review_missing")
+                wire(start.click, show_fn, [review_source, reviewer], review_out, api_name="review_next")
+                wire(present_btn.click, present_fn, [reviewer, current, unsafe], review_out, api_name="review_present")
+                wire(missing_btn.click, missing_fn, [reviewer, current, unsafe], review_out, api_name="review_missing")
 
         with gr.Tab("Benchmark", id="benchmark"):
             gr.Markdown("Results of `d3s benchmark --out RESULTS`: how much each model loses on D3S's shuffled backgrounds. "
@@ -272,6 +279,10 @@ def build_app(models: Models, settings: Settings | None = None) -> gr.Blocks:
             wire(model_pick.input, show_worst_cells, **cells_io, api_name=False)
     return demo
 
+
+# The tiny preset's two-block VAE halves each side only, so its cost grows fast with size: at 256 px ten guides take
+# ~25 s to encode and as long to decode on one CPU core, work no time limit can interrupt; at 128 px ~3 s each.
+TINY_MAX_SIZE = 128
 
 # --- launch ----------------------------------------------------------------------------------------------
 
@@ -322,33 +333,50 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "under the signed-in name. On a Space with `hf_oauth: true`, Hugging Face sign-in is used instead")
     parser.add_argument("--max-steps", type=int, default=50, help="most denoising steps a request may ask for")
     parser.add_argument("--max-size", type=int, default=None,
-                        help="largest image side (px) a request may ask for (default: 512; 256 on the tiny preset, whose "
+                        help=f"largest image side (px) a request may ask for (default: 512; {TINY_MAX_SIZE} on the tiny preset, whose "
                              "two-block VAE makes large sides far costlier than Stable Diffusion's)")
     parser.add_argument("--time-limit", type=float, default=120.0,
-                        help="seconds of denoising per request; a longer one is stopped and refused")
+                        help="seconds a generation request may take, from its start to its images (the denoising stops early "
+                             "enough to leave time for decoding); a longer one is stopped and refused")
     parser.add_argument("--safety-checker", choices=("auto", "on", "off"), default="auto",
                         help="the model's NSFW checker (flagged images are withheld); auto: on when the app is public")
     parser.add_argument("--hub-token", action="store_true",
                         help="send this machine's Hugging Face token when fetching a --data Hub dataset (off by default: a "
                              "public app must not reach private or gated data on your behalf)")
+    parser.add_argument("--proxy-hops", type=int, default=int(os.environ.get("D3S_PROXY_HOPS", 1 if os.environ.get("SPACE_ID") else 0)),
+                        help="trusted proxies in front of the app: a client's address is the hop the outermost one added "
+                             "to X-Forwarded-For (on a Space 1, its proxy; 0: the connection's address; env D3S_PROXY_HOPS)")
+    parser.add_argument("--upload-budget-mb", type=float, default=100.0,
+                        help="uploads one client address may make in an hour (also at most 50 files; public only)")
     parser.add_argument("--max-dataset-gb", type=float, default=5.0, help="a --data Hub dataset larger than this is refused")
     return parser.parse_args(argv)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    public = is_public(args.host)
+    space = bool(os.environ.get("SPACE_ID"))
+    public = is_public(args.host) or space  # a Space is public whatever address the app binds inside it
     results = args.results or _env_list("D3S_RESULTS") or (["results"] if Path("results").is_dir() else [])
     catalog = Catalog.from_entries(args.data or _env_list("D3S_DATA"), results, hub_token=args.hub_token,
                                    max_dataset_bytes=int(args.max_dataset_gb * 2**30))
-    oauth = bool(os.environ.get("SPACE_ID") and os.environ.get("OAUTH_CLIENT_ID"))
+    oauth = bool(space and os.environ.get("OAUTH_CLIENT_ID"))
     light = 4 if public else 10**9  # public: a few requests in flight per session and address; locally, no limit
     settings = Settings(
         catalog=catalog, reviews=args.reviews, reviewers=Reviewers(reviewers_mode(public, bool(args.review_auth), oauth)),
         limits=Limits(max_steps=args.max_steps, max_size=args.max_size or 512, time_limit=args.time_limit), public=public,
-        behind_proxy=bool(os.environ.get("SPACE_ID")),
+        proxy_hops=args.proxy_hops,
         admission=Admission(per_session={"diffusion": 1, "light": light}, per_client={"diffusion": 3, "light": 2 * light}),
         safety_off=args.safety_checker == "off")
     return settings
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (how a Space, Docker or systemd stops the app) ends it as Ctrl-C does: the server closes and the
+    exit handlers run (the Arrow copies of --data are removed)."""
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def main(argv=None) -> None:
@@ -357,19 +385,29 @@ def main(argv=None) -> None:
     users = read_auth_file(args.review_auth) if args.review_auth else None
     settings.cache_dir = tempfile.mkdtemp(prefix="d3s-app-datasets-")  # the Arrow copies of --data, gone at exit
     atexit.register(shutil.rmtree, settings.cache_dir, True)
+    _stop_on_sigterm()
     safety = args.safety_checker == "on" or (args.safety_checker == "auto" and settings.public)
     models = load_models(args.model, args.extractor, args.classifier, args.extractor_backbone, safety_checker=safety)
     if models.tiny and args.max_size is None:
-        settings.limits = dataclasses.replace(settings.limits, max_size=256)
+        settings.limits = dataclasses.replace(settings.limits, max_size=TINY_MAX_SIZE)
     print(models.banner.replace("**", ""))
     print(f"Listening on {args.host}:{args.port} ({'public' if settings.public else 'this machine only'}); "
           f"{len(settings.catalog.datasets)} dataset(s), {len(settings.catalog.results)} results folder(s); "
           f"reviewers: {settings.reviewers.mode}; safety checker {'on' if safety else 'off'}.", flush=True)
     demo = build_app(models, settings)
-    demo.queue(max_size=64, default_concurrency_limit=1)
+    settings.admission.alive = queued_sessions(demo)  # a job whose client went away frees its slot at once
+    # api_open=False: the REST routes that skip the queue (/run, /api, a body naming an fn_index) are closed;
+    # every event goes through the queue, its validator and its handler's gate.
+    demo.queue(max_size=64, default_concurrency_limit=1, api_open=False)
     demo.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD_BYTES, show_error=False,
-                head=REVIEW_KEYS_JS, auth=password_check(users) if users else None,
-                auth_message="Sign in with the name and password the operator gave you." if users else None)
+                head=REVIEW_KEYS_JS, auth=password_check(users, sign_in_limit("name")) if users else None,
+                auth_message="Sign in with the name and password the operator gave you." if users else None,
+                prevent_thread_lock=True)
+    install_gate(demo, dict(proxy_hops=settings.proxy_hops, space_host=os.environ.get("SPACE_HOST"),
+                            uploads=UploadBudget(max_bytes=int(args.upload_budget_mb * 2**20)) if settings.public else
+                            UploadBudget(max_bytes=2**62, max_files=2**62)))  # the operator's own machine: no budget
+    print("Ready: every request passes the gate (d3s.gate).", flush=True)
+    demo.block_thread()
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import threading
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from .browse import next_review, open_view
 from .dataset import DatasetFormatError
 from .diffusion import DEFAULT_MODEL, TINY, load_pipeline
 from .generate import GenerationError, GenerationStopped
-from .hosting import Admission, Catalog, Deadline, Limits, Refused, Reviewers, client_address
+from .hosting import Admission, Catalog, Deadline, Limits, Refused, Reviewers, bounded, client_address
 from .labels import LabelError, imagenet_classes
 from .live import UploadError, decode_stored, generate_across, generate_one, read_upload
 from .predict import DEFAULT_CLASSIFIER, Predictors, load_predictors, predict, shown_name
@@ -46,7 +47,7 @@ class Settings:
     limits: Limits = field(default_factory=Limits)
     public: bool = False  # listening beyond 127.0.0.1: only the 1000 ImageNet classes, light endpoints rate-limited
     safety_off: bool = False  # the operator turned the safety checker off explicitly (--safety-checker off)
-    behind_proxy: bool = False  # on a Space: the client address is the first X-Forwarded-For hop
+    proxy_hops: int = 0  # trusted proxies in front of the app (a Space: 1), see d3s.hosting.client_address
     cache_dir: str | None = None  # the `datasets` Arrow copies of the catalogued datasets (removed at exit)
     admission: Admission = field(default_factory=lambda: Admission(per_session={"diffusion": 1, "light": 10**9},
                                                                    per_client={"diffusion": 3, "light": 10**9}))
@@ -61,6 +62,7 @@ class Models:
     tiny: bool
     banner: str
     predictors: Predictors | None = field(default=None)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # one request inside the pipeline at a time
 
 
 def load_models(model: str = DEFAULT_MODEL, extractor: str | None = None, classifier: str = DEFAULT_CLASSIFIER,
@@ -144,14 +146,30 @@ def _quiet(fn):
 
 
 SPECIAL_PARAMETERS = ("request", "progress", "profile")  # filled by Gradio, not inputs of the event
+_KINDS = {"str": (str,), "float": (int, float), "bool": (bool,)}
+
+
+def _check_types(signature: inspect.Signature, arguments: dict) -> None:
+    """Inputs annotated ``str``, ``float`` or ``bool`` (``| None`` allowed) hold a value of that kind: anything
+    else (a list where a class name goes, a dict where a number goes) is refused before any rule reads it."""
+    for name, value in arguments.items():
+        annotation = str(signature.parameters[name].annotation).replace(" ", "")
+        kind, _, none = annotation.partition("|")
+        if kind not in _KINDS or (value is None and none == "None"):
+            continue
+        if not isinstance(value, _KINDS[kind]) or (kind == "float" and isinstance(value, bool)):
+            raise Refused("One of the values sent is not of the kind this field takes; use the app's page or its "
+                          "documented API.", field=name)
 
 
 def served(settings: Settings, lane: str, check=None):
     """Decorator for an event handler (last parameters ``request: gr.Request`` and any of ``progress``, ``profile``).
 
-    Its event gets a Gradio validator (``handler.validator``) that runs *before* the job is queued: ``check`` (the
-    handler's arguments by name -> raises :class:`Refused`) bounds the inputs, then the job is admitted in ``lane``
-    (:class:`d3s.hosting.Admission`). The job's slot is released when the handler returns.
+    One gate, whatever route reaches the handler: its event gets a Gradio validator (``handler.validator``) that
+    runs *before* the job is queued, and the handler itself runs the same gate again when it starts (a route that
+    skips validators meets it there). ``check`` (the handler's arguments by name -> raises :class:`Refused`) bounds
+    the inputs; then the job is admitted in ``lane`` (:class:`d3s.hosting.Admission`: the validator's admission is
+    claimed, or the job admitted now). The job's slot is released when the handler returns.
     """
 
     def decorate(fn):
@@ -159,9 +177,20 @@ def served(settings: Settings, lane: str, check=None):
         inputs = [p for p in signature.parameters if p not in SPECIAL_PARAMETERS]
         quiet = _quiet(fn)
 
+        def client(request) -> str:
+            return client_address(request, settings.proxy_hops)
+
         @functools.wraps(fn)
         def handler(*args, **kwargs):
-            request = signature.bind_partial(*args, **kwargs).arguments.get("request")
+            arguments = signature.bind_partial(*args, **kwargs).arguments
+            request = arguments.get("request")
+            try:
+                _check_types(signature, arguments)
+                if check is not None:
+                    check(arguments)
+                settings.admission.enter(lane, _session(request), client(request))
+            except Refused as err:
+                raise gr.Error(str(err)) from None
             try:
                 return quiet(*args, **kwargs)
             finally:
@@ -173,20 +202,44 @@ def served(settings: Settings, lane: str, check=None):
             request = arguments.get("request")
             verdict = [gr.validate(True, "") for _ in inputs]
             try:
+                _check_types(signature, arguments)
                 if check is not None:
                     check(arguments)
-                settings.admission.admit(lane, _session(request), client_address(request, settings.behind_proxy))
+                settings.admission.admit(lane, _session(request), client(request))
             except Refused as err:
                 verdict[inputs.index(err.field) if err.field in inputs else 0] = gr.validate(False, str(err))
             except Exception:  # a validator's own error text would reach the client: log it, refuse plainly
-                print(f"[d3s app] validating {fn.__name__} failed:\n{traceback.format_exc()}", flush=True)
+                print(f"[d3s app] validating {fn.__name__} failed: {_last_line()}", flush=True)
                 verdict[0] = gr.validate(False, SERVER_ERROR)
-            return verdict
+            return verdict or [gr.validate(True, "")]
 
         handler.validator = validator
         return handler
 
     return decorate
+
+
+def _last_line() -> str:
+    """The current exception in one line (its type and message), for the operator's log."""
+    import sys
+
+    err = sys.exc_info()[1]
+    return f"{type(err).__name__}: {err}"[:500] if err is not None else "-"
+
+
+def queued_sessions(demo) -> "callable":
+    """``alive(session)`` for :class:`d3s.hosting.Admission`: whether ``demo``'s queue still holds an event of the
+    session, waiting or running (a client that went away, or cancelled, has none). Reads the queue's table of
+    events, which Gradio keeps on ``demo._queue`` (gradio 6.x)."""
+
+    def alive(session: str) -> bool:
+        queue = getattr(demo, "_queue", None)
+        events = getattr(queue, "event_ids_to_events", None)
+        if events is None:
+            return True  # cannot tell: keep the job until it is stale
+        return any(getattr(e, "session_hash", None) == session for e in list(events.values()))
+
+    return alive
 
 
 def _session(request) -> str:
@@ -226,15 +279,15 @@ def make_generate_fn(models: Models, settings: Settings | None = None):
     def generate(foreground: str, background: str, seed: float = 0, photo=None, template=None, size: float = 0,
                  steps: float = 0, strength: float = 0.9, guidance: float = 5.0, request: gr.Request = None,
                  progress=gr.Progress()):
-        check(dict(foreground=foreground, background=background or BACKGROUNDS[0], seed=seed, size=size, steps=steps,
-                   strength=strength, guidance=guidance))
         _require_safety(models, settings)
         deadline = Deadline(limits.time_limit, lambda i, n: progress((i, n), desc="denoising"))
         try:
-            result = generate_one(models.pipe, foreground_key(foreground, settings), background or BACKGROUNDS[0],
-                                  limits.seed(seed), photo=photo, template=template, size=limits.size(size, default_size),
-                                  steps=limits.steps(steps, default_steps), strength=limits.strength(strength),
-                                  guidance=limits.guidance(guidance), callback=deadline)
+            with models.lock:
+                result = generate_one(models.pipe, foreground_key(foreground, settings), background or BACKGROUNDS[0],
+                                      limits.seed(seed), photo=photo, template=template,
+                                      size=limits.size(size, default_size), steps=limits.steps(steps, default_steps),
+                                      strength=limits.strength(strength), guidance=limits.guidance(guidance),
+                                      callback=deadline)
         except UploadError as err:
             raise Refused(str(err)) from None
         except GenerationStopped:
@@ -279,12 +332,13 @@ def make_across_fn(models: Models, settings: Settings | None = None):
         from .counterfactual import flips, majority_answer
         from .labels import resolve_concept
 
-        check(dict(foreground=foreground, seed=seed, size=size, steps=steps))
         _require_safety(models, settings)
         key, size, steps = foreground_key(foreground, settings), limits.size(size, default_size), limits.steps(steps, default_steps)
         deadline = Deadline(limits.time_limit, lambda i, n: progress((i, n), desc=f"denoising on {len(BACKGROUNDS)} backgrounds"))
         try:
-            result = generate_across(models.pipe, key, limits.seed(seed), photo=photo, size=size, steps=steps, callback=deadline)
+            with models.lock:
+                result = generate_across(models.pipe, key, limits.seed(seed), photo=photo, size=size, steps=steps,
+                                         callback=deadline)
         except (UploadError, GenerationError) as err:
             raise Refused(str(err).splitlines()[0] if isinstance(err, UploadError) else
                           "These settings cannot make one object on every background; try the defaults.") from None
@@ -356,12 +410,17 @@ def make_predict_fn(models: Models, settings: Settings | None = None):
     return predict_photo
 
 
-def decoded_preview(photo):
+def make_preview_fn(settings: Settings):
     """The upload as the models see it (UI only: not part of /predict, whose outputs stay labels)."""
-    try:
-        return read_upload(photo) if photo is not None else None
-    except UploadError:
-        return None
+
+    @served(settings, "light")
+    def decoded_preview(photo, request: gr.Request = None):
+        try:
+            return read_upload(photo) if photo is not None else None
+        except UploadError:
+            return None
+
+    return decoded_preview
 
 
 def example_photos(folder: Path, n: int = 3) -> list[str]:
@@ -377,6 +436,19 @@ def example_photos(folder: Path, n: int = 3) -> list[str]:
         compose(draw_procedural_template(bg, 0, 224), Image.new("RGB", (80, 80), colour), (70, 90, 150, 170)).save(path)
         paths.append(str(path))
     return paths
+
+
+def make_example_fn(settings: Settings, paths: list[str]):
+    """The example picture clicked (a ``gr.Dataset`` of ``type="index"``): its index in ``paths``, nothing else."""
+
+    def check(a: dict) -> None:
+        bounded(a.get("index"), 0, len(paths) - 1, "Example", integer=True)
+
+    @served(settings, "light", check)
+    def load_example(index, request: gr.Request = None):
+        return paths[int(index)]
+
+    return load_example
 
 
 # --- Dataset and Review: the operator's datasets, by label -------------------------------------------------------
@@ -485,7 +557,8 @@ def make_review_fns(settings: Settings):
         except Refused as err:
             return str(err)
 
-    return show, present, missing, signed_in
+    gate = served(settings, "light")  # one gate for every event, as the other tabs' handlers
+    return gate(show), gate(present), gate(missing), gate(signed_in)
 
 
 # --- Benchmark: the operator's results folders, by label ---------------------------------------------------------

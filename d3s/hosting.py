@@ -10,7 +10,8 @@ rules, so they can be read, tested and reused in one place:
 - :class:`Admission`: at most a few pending jobs per browser session and per client address in each lane, so
   one client cannot fill the queue.
 - :class:`Reviewers`: who a reviewer is (a signed-in name, or a typed one on a private bind) and how fast they
-  may answer.
+  may answer; :func:`sign_in_limit`, :class:`UploadBudget` and :func:`allowed_origin`: what
+  :class:`d3s.gate.Gate` checks on every HTTP request before Gradio sees it.
 
 Every refusal is a :class:`Refused` with a fixed sentence that says what to do; the app shows it as is.
 """
@@ -103,7 +104,7 @@ class Catalog:
         """The local folder of a catalogued dataset (a Hub id is fetched once, with the token policy and size cap)."""
         from .dataset import DatasetFormatError, local_folder
 
-        if label not in self.datasets:
+        if not isinstance(label, str) or label not in self.datasets:
             raise Refused("Choose one of the datasets this app offers from the list.")
         with self._lock:  # one download per dataset, even when several sessions ask at once
             if label not in self._folders:
@@ -117,7 +118,7 @@ class Catalog:
             return self._folders[label]
 
     def results_folder(self, label: str | None) -> Path:
-        if label not in self.results:
+        if not isinstance(label, str) or label not in self.results:
             raise Refused("Choose one of the results folders this app offers from the list.")
         return Path(self.results[label]).resolve()
 
@@ -179,67 +180,118 @@ class Limits:
 
 
 class Deadline:
-    """A denoising callback that asks the pipeline to stop once ``seconds`` have passed since it was made."""
+    """A denoising callback that bounds the whole request, not only its denoising loop.
+
+    Made when the request's handler starts, so the preparation (guides, the VAE encoding of the guides) counts. At
+    the first step it records what the request has cost so far and reserves as much for the decoding after the
+    last step (the VAE decodes about what it encoded): it asks the pipeline to stop once the time spent plus that
+    reserve passes ``seconds``.
+    """
 
     def __init__(self, seconds: float, progress=None):
         self.seconds, self.progress, self.start = seconds, progress, time.monotonic()
+        self.reserve: float | None = None
 
     def __call__(self, step: int, total: int) -> bool:
         if self.progress is not None:
             self.progress(step, total)
-        return time.monotonic() - self.start > self.seconds
+        spent = time.monotonic() - self.start
+        if self.reserve is None:
+            self.reserve = spent
+        return spent + self.reserve > self.seconds
 
 
-def client_address(request, behind_proxy: bool) -> str:
-    """The client's address: the first ``X-Forwarded-For`` hop behind a trusted proxy (a Space), else the peer."""
+def client_address(request, proxy_hops: int = 0) -> str:
+    """Who sent a request, as far as a client cannot forge it.
+
+    Behind ``proxy_hops`` trusted proxies (a Space: 1), the address the outermost trusted proxy saw, which it
+    appended to ``X-Forwarded-For``: the ``proxy_hops``-th hop from the right. Hops further left were written by the
+    client and are never read. With no trusted proxy, or a header shorter than that, the connection's peer.
+    """
     if request is None:
         return "?"
-    if behind_proxy:
-        forwarded = request.headers.get("x-forwarded-for", "")
-        if forwarded.strip():
-            return forwarded.split(",")[0].strip()
+    if proxy_hops > 0:
+        headers = getattr(request, "headers", None) or {}
+        hops = [h.strip() for h in str(headers.get("x-forwarded-for", "")).split(",") if h.strip()]
+        if len(hops) >= proxy_hops:
+            return hops[-proxy_hops]
     client = getattr(request, "client", None)
     return getattr(client, "host", None) or "?"
+
+
+@dataclass
+class _Job:
+    session: str
+    client: str
+    admitted: float
+    running: bool = False  # its handler has started (released when it ends)
 
 
 class Admission:
     """Who may put another job in the queue: at most ``per_session`` pending jobs per browser session and
     ``per_client`` per client address in each lane (a lane: the events that share one worker, e.g. diffusion).
 
-    A job is admitted before it is queued (:meth:`admit`, from the event's validator) and released when its
-    handler ends (:meth:`release`). A job that never reaches its handler (the client left while it waited)
-    is forgotten after ``stale_after`` seconds.
+    A job is admitted before it is queued (:meth:`admit`, from the event's validator) and claimed when its handler
+    starts (:meth:`enter`, which admits it there if no validator did: one gate whatever route reached the handler);
+    it is released when the handler ends (:meth:`release`). A job that never reaches its handler (the client went
+    away, or cancelled it, while it waited) is freed as soon as ``alive(session)`` says the session has nothing
+    waiting or running (checked ``grace`` seconds after admission, the time the queue takes to register it); without
+    ``alive``, after ``stale_after`` seconds.
     """
 
-    def __init__(self, per_session: dict[str, int], per_client: dict[str, int], stale_after: float = 900.0):
+    def __init__(self, per_session: dict[str, int], per_client: dict[str, int], stale_after: float = 900.0,
+                 alive=None, grace: float = 3.0):
         self.per_session, self.per_client, self.stale_after = per_session, per_client, stale_after
-        self._jobs: dict[str, list[tuple[str, str, float]]] = {lane: [] for lane in per_session}
+        self.alive, self.grace = alive, grace
+        self._jobs: dict[str, list[_Job]] = {lane: [] for lane in per_session}
         self._lock = threading.Lock()
 
+    def _current(self, lane: str, now: float) -> list[_Job]:
+        def kept(job: _Job) -> bool:
+            if job.running or now - job.admitted < self.grace:
+                return True
+            if self.alive is not None:
+                return bool(self.alive(job.session))
+            return now - job.admitted < self.stale_after
+
+        self._jobs[lane] = [j for j in self._jobs[lane] if kept(j)]
+        return self._jobs[lane]
+
+    def _admit(self, lane: str, session: str, client: str, now: float) -> _Job:
+        jobs = self._current(lane, now)
+        if sum(j.session == session for j in jobs) >= self.per_session[lane]:
+            raise Refused("You already have a request of this kind waiting or running; wait for it to finish, "
+                          "then try again.")
+        if sum(j.client == client for j in jobs) >= self.per_client[lane]:
+            raise Refused("Too many requests of this kind are waiting from your address; wait for them to "
+                          "finish, then try again.")
+        job = _Job(session, client, now)
+        jobs.append(job)
+        return job
+
     def admit(self, lane: str, session: str, client: str) -> None:
+        with self._lock:
+            self._admit(lane, session, client, time.monotonic())
+
+    def enter(self, lane: str, session: str, client: str) -> None:
+        """A handler starts: claim the job its validator admitted, or admit it now (raises :class:`Refused`)."""
         now = time.monotonic()
         with self._lock:
-            jobs = [j for j in self._jobs[lane] if now - j[2] < self.stale_after]
-            if sum(s == session for s, _, _ in jobs) >= self.per_session[lane]:
-                raise Refused("You already have a request of this kind waiting or running; wait for it to finish, "
-                              "then try again.")
-            if sum(c == client for _, c, _ in jobs) >= self.per_client[lane]:
-                raise Refused("Too many requests of this kind are waiting from your address; wait for them to "
-                              "finish, then try again.")
-            jobs.append((session, client, now))
-            self._jobs[lane] = jobs
+            waiting = [j for j in self._current(lane, now) if j.session == session and not j.running]
+            job = waiting[0] if waiting else self._admit(lane, session, client, now)
+            job.running = True
 
     def release(self, lane: str, session: str) -> None:
         with self._lock:
             jobs = self._jobs[lane]
             for k, job in enumerate(jobs):
-                if job[0] == session:
+                if job.session == session and job.running:
                     del jobs[k]
                     return
 
     def pending(self, lane: str) -> int:
         with self._lock:
-            return len(self._jobs[lane])
+            return len(self._current(lane, time.monotonic()))
 
 
 # --- reviewers ------------------------------------------------------------------------------------------------
@@ -267,10 +319,17 @@ def read_auth_file(path: str | Path) -> dict[str, str]:
     return users
 
 
-def password_check(users: dict[str, str]):
-    """Gradio's ``auth=`` callable for these users (constant-time comparison)."""
+def password_check(users: dict[str, str], attempts: "RateLimit | None" = None):
+    """Gradio's ``auth=`` callable for these users (constant-time comparison). With ``attempts``, at most its count
+    of sign-in attempts per name in its window: beyond it even the right password is turned down until the window
+    has passed (the address's own limit is :class:`d3s.gate.Gate`'s)."""
 
     def check(name: str, password: str) -> bool:
+        if attempts is not None:
+            try:
+                attempts.hit(f"name:{name}")
+            except Refused:
+                return False
         expected = users.get(name)
         return expected is not None and hmac.compare_digest(expected.encode(), str(password).encode())
 
@@ -278,10 +337,12 @@ def password_check(users: dict[str, str]):
 
 
 class RateLimit:
-    """At most ``count`` events per ``seconds`` per key (a sliding window)."""
+    """At most ``count`` events per ``seconds`` per key (a sliding window); ``message`` is the refusal's sentence
+    (``{count}`` and ``{seconds}`` filled in)."""
 
-    def __init__(self, count: int, seconds: float):
-        self.count, self.seconds = count, seconds
+    def __init__(self, count: int, seconds: float, message: str = "You are answering faster than {count} images in "
+                 "{seconds:g} seconds; wait a moment, then go on."):
+        self.count, self.seconds, self.message = count, seconds, message
         self._events: dict[str, deque] = {}
         self._lock = threading.Lock()
 
@@ -292,9 +353,56 @@ class RateLimit:
             while events and now - events[0] > self.seconds:
                 events.popleft()
             if len(events) >= self.count:
-                raise Refused(f"You are answering faster than {self.count} images in {self.seconds:g} seconds; "
-                              "wait a moment, then go on.")
+                raise Refused(self.message.format(count=self.count, seconds=self.seconds))
             events.append(now)
+            if len(self._events) > 100_000:  # keys of an hour-old burst: forget those with nothing in the window
+                self._events = {k: v for k, v in self._events.items() if v and now - v[-1] <= self.seconds}
+
+
+SIGN_IN_REFUSED = "Too many sign-in attempts; wait a few minutes, then try again."
+
+
+def sign_in_limit(per: str) -> RateLimit:
+    """Sign-in attempts in 5 minutes: 10 per ``"name"`` (:func:`password_check`), 30 per ``"address"``
+    (:class:`d3s.gate.Gate`: reviewers behind one network share an address)."""
+    return RateLimit({"name": 10, "address": 30}[per], 300.0, SIGN_IN_REFUSED)
+
+
+class UploadBudget:
+    """At most ``max_bytes`` and ``max_files`` of uploads per client address in ``seconds`` (uploads need no job or
+    session, so this is their only bound besides Gradio's per-file cap)."""
+
+    def __init__(self, max_bytes: int = 100 * 2**20, max_files: int = 50, seconds: float = 3600.0):
+        self.max_bytes, self.max_files, self.seconds = max_bytes, max_files, seconds
+        self._spent: dict[str, deque] = {}
+        self._lock = threading.Lock()
+
+    def charge(self, client: str, size: int) -> None:
+        now = time.monotonic()
+        with self._lock:
+            spent = self._spent.setdefault(client, deque())
+            while spent and now - spent[0][0] > self.seconds:
+                spent.popleft()
+            if len(spent) >= self.max_files or sum(n for _, n in spent) + size > self.max_bytes:
+                raise Refused(f"Your address has uploaded as much as this demo accepts in an hour "
+                              f"({self.max_files} files or {self.max_bytes // 2**20} MB); try again later.")
+            spent.append((now, size))
+
+
+def allowed_origin(origin: str, host: str | None, space_host: str | None = None) -> bool:
+    """Whether a request's ``Origin`` is the app's own (its ``Host``, or the Space's ``SPACE_HOST``) or the page a
+    Space is framed in (https://huggingface.co). A page elsewhere may not act with a visitor's cookies."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(origin)
+        netloc = parts.netloc.lower()
+    except ValueError:
+        return False
+    if parts.scheme not in ("http", "https") or not netloc:
+        return False
+    own = {h.lower() for h in (host, space_host) if h}
+    return netloc in own or (parts.scheme == "https" and netloc == "huggingface.co")
 
 
 @dataclass

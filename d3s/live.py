@@ -22,6 +22,8 @@ from .prompts import load_recipe
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_UPLOAD_PIXELS = 40_000_000  # larger images are refused (decompression bombs)
+MAX_ASPECT = 8  # longer side / shorter side: what a resize to a square input costs grows with it
+WORK_SIDE = 2048  # a decoded image is scaled down to this longer side at once: no step needs more
 
 
 class UploadError(ValueError):
@@ -55,20 +57,39 @@ def decode_stored(cell) -> Image.Image:
 
 
 def _open_capped(source) -> Image.Image:
-    """Open and load an image file or buffer, refusing more than :data:`MAX_UPLOAD_PIXELS` from its header."""
+    """Open and load an image file or buffer under the caps read from its header (at most
+    :data:`MAX_UPLOAD_PIXELS`, at most :data:`MAX_ASPECT` times longer than wide), scaled down at once to
+    :data:`WORK_SIDE` on its longer side: what any later step (a classifier's resize, a guide) costs is then
+    bounded too. A JPEG is decoded at a reduced scale where it can be (``draft``), never at full size first."""
     try:
         with Image.open(source) as probe:
             w, h = probe.size
             if w * h > MAX_UPLOAD_PIXELS:
                 raise UploadError(f"The image is {w}x{h} pixels; images up to {MAX_UPLOAD_PIXELS // 10**6} megapixels are accepted.")
+            if max(w, h) > MAX_ASPECT * max(min(w, h), 1):
+                raise UploadError(f"The image is {w}x{h} pixels; images at most {MAX_ASPECT} times as long as they are "
+                                  "wide are accepted: crop it, then upload it again.")
+            if max(w, h) > WORK_SIDE and probe.format == "JPEG":
+                probe.draft("RGB", (WORK_SIDE * w // max(w, h), WORK_SIDE * h // max(w, h)))
             probe.load()
-            return probe.copy()
+            if max(probe.size) <= WORK_SIDE:
+                return probe.copy()
+            smooth = probe.mode in ("RGB", "RGBA", "L", "LA")
+            image = probe.resize(_working_size(probe.size), Image.Resampling.BOX if smooth else Image.Resampling.NEAREST)
+            image.info.update(probe.info)  # the EXIF orientation, read later by exif_transpose
+            return image
     except UploadError:
         raise
     except Image.DecompressionBombError as err:
         raise UploadError(f"The image is too large; images up to {MAX_UPLOAD_PIXELS // 10**6} megapixels are accepted.") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise UploadError(f"This file could not be read as an image ({type(err).__name__}); upload a JPEG, PNG or WebP photo.") from err
+
+
+def _working_size(size: tuple[int, int]) -> tuple[int, int]:
+    w, h = size
+    scale = WORK_SIDE / max(w, h)
+    return max(1, round(w * scale)), max(1, round(h * scale))
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
