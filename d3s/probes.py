@@ -385,25 +385,44 @@ def probe_names(spec: str) -> tuple[str, ...]:
 
 # --- which rows fit, which rows score ----------------------------------------------------------------
 
-def _spread(keys: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Fold of each item: items sorted by ``keys`` (random order within a key) and dealt out in turn, so every key's
-    items, and neighbouring keys, are spread over the folds as evenly as their counts allow."""
-    order = np.lexsort((rng.random(len(keys)), keys))
-    out = np.empty(len(keys), dtype=np.int64)
-    out[order] = np.arange(len(keys)) % k
+def _spread(keys: np.ndarray, k: int, rng: np.random.Generator, within: np.ndarray | None = None) -> np.ndarray:
+    """Fold of each item, dealt out in turn within each key from a random fold: a key's items ordered by ``within``
+    (its values in an order drawn afresh for each key) and at random inside. So each key's items, each (key,
+    within) pair's, and each ``within`` value's over all keys, are spread over the folds as evenly as counts allow.
+
+    Each key starts at its own random fold and ranks its ``within`` values in its own order: dealing all items in one
+    sequence instead, with one row per (fg, bg) pair and an even number of backgrounds, puts every background in a
+    single fold (the fold is then a function of the background), and a probe scored on another fold reads 0.
+    """
+    n = len(keys)
+    if n == 0:
+        return np.empty(0, dtype=np.int64)
+    _, key = np.unique(keys, return_inverse=True)
+    if within is None:
+        rank_of_value = np.zeros(n)
+    else:
+        _, value = np.unique(within, return_inverse=True)
+        rank_of_value = rng.random((key.max() + 1, value.max() + 1))[key, value]
+    order = np.lexsort((rng.random(n), rank_of_value, key))
+    sorted_key = key[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_key)) + 1]
+    rank = np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n]))
+    offset = rng.integers(0, k, size=key.max() + 1)
+    out = np.empty(n, dtype=np.int64)
+    out[order] = (rank + offset[sorted_key]) % k
     return out
 
 
 def fold_ids(fg: torch.Tensor, bg: torch.Tensor | None, k: int, seed: int = 0, groups: torch.Tensor | None = None) -> torch.Tensor:
-    """The fold (``0..k-1``) of each row: whole groups (the object of paired data) in one fold, each fg class (and each
-    (fg, bg) pair) spread evenly over the folds; a function of ``seed``."""
+    """The fold (``0..k-1``) of each row: whole groups (the object of paired data) in one fold; each fg class, each
+    (fg, bg) pair and each bg class spread evenly over the folds; a function of ``seed``."""
     rng = np.random.default_rng([seed, 17])
     fg_np = fg.numpy()
     if groups is not None:
         uniq, first, inverse = np.unique(groups.numpy(), return_index=True, return_inverse=True)
         return torch.from_numpy(_spread(fg_np[first], k, rng)[inverse])
-    pair = fg_np * (int(bg.max()) + 2) + bg.numpy() + 1 if bg is not None and bool((bg >= 0).any()) else fg_np
-    return torch.from_numpy(_spread(pair, k, rng))
+    within = bg.numpy() if bg is not None and bool((bg >= 0).any()) else None
+    return torch.from_numpy(_spread(fg_np, k, rng, within))
 
 
 def inner_split(y: torch.Tensor, groups: torch.Tensor | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
