@@ -27,6 +27,7 @@ from .live import UploadError, decode_stored, generate_across, generate_one, rea
 from .predict import DEFAULT_CLASSIFIER, Predictors, load_predictors, predict, shown_name
 from .prompts import BACKGROUNDS
 from .review import ReviewError, ReviewStore, dataset_key
+from .zerogpu import on_gpu
 
 TINY_BANNER = (
     "**Tiny preset.** {reason} The app runs on tiny random-weight models of the same architectures, so every "
@@ -223,6 +224,7 @@ def make_generate_fn(models: Models, settings: Settings | None = None):
         limits.strength(a.get("strength", 0.9)), limits.guidance(a.get("guidance", 5.0))
 
     @served(settings, "diffusion", check)
+    @on_gpu(limits, default_size, default_steps)  # under `served`: checks and admission hold no GPU
     def generate(foreground: str, background: str, seed: float = 0, photo=None, template=None, size: float = 0,
                  steps: float = 0, strength: float = 0.9, guidance: float = 5.0, request: gr.Request = None,
                  progress=gr.Progress()):
@@ -270,6 +272,7 @@ def make_across_fn(models: Models, settings: Settings | None = None):
         limits.seed(a.get("seed", 0)), limits.size(a.get("size", 0), default_size), limits.steps(a.get("steps", 0), default_steps)
 
     @served(settings, "diffusion", check)
+    @on_gpu(limits, default_size, default_steps, images=len(BACKGROUNDS))
     def generate_all(foreground: str, seed: float = 0, photo=None, size: float = 0, steps: float = 0,
                      request: gr.Request = None, progress=gr.Progress()):
         """One object on all ten backgrounds, with both classifiers' top-1 on each and the flips marked."""
