@@ -26,7 +26,7 @@ from .labels import LabelError, imagenet_classes
 from .live import UploadError, decode_stored, generate_across, generate_one, read_upload
 from .predict import DEFAULT_CLASSIFIER, Predictors, load_predictors, predict, shown_name
 from .prompts import BACKGROUNDS
-from .review import ReviewError, ReviewStore, dataset_key
+from .review import ReviewError, ReviewStore, dataset_key, open_store
 from .zerogpu import on_gpu
 
 TINY_BANNER = (
@@ -42,7 +42,7 @@ class Settings:
     """The operator's choices: what the app shows, to whom, and how much work one request may ask for."""
 
     catalog: Catalog = field(default_factory=Catalog)
-    reviews: str = "reviews.sqlite"
+    reviews: str | ReviewStore = "reviews.sqlite"  # a store's path (d3s.review.open_store), or the store itself
     reviewers: Reviewers = field(default_factory=lambda: Reviewers("typed"))
     limits: Limits = field(default_factory=Limits)
     public: bool = False  # listening beyond 127.0.0.1: only the 1000 ImageNet classes, light endpoints rate-limited
@@ -438,7 +438,7 @@ def _dataset_key(folder: str) -> str:
 
 def make_review_fns(settings: Settings):
     """(show, answer, signed_in): the next image for the reviewer, the answer to it, and who is signed in."""
-    store = ReviewStore(settings.reviews)
+    store = settings.reviews if isinstance(settings.reviews, ReviewStore) else open_store(settings.reviews)
 
     def reviewer_of(typed, request, profile) -> str:
         return settings.reviewers.name(typed, request, profile)

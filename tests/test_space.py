@@ -129,3 +129,173 @@ def test_off_zerogpu_spaces_leaves_the_handlers_as_they_are():
     assert not spaces.config.Config.zero_gpu
     generate, _ = diffusion_handlers(Limits())
     assert generate.__wrapped__.__code__.co_name == "generate" and not hasattr(generate.__wrapped__, "__wrapped__")
+
+
+# --- reviews that survive a restart --------------------------------------------------------------------------------
+
+class LocalHub:
+    """The HfApi calls a reviews repository needs, on a local folder standing in for the Hub dataset (no network)."""
+
+    def __init__(self, root):
+        self.root, self.created, self.commits = root, [], 0
+
+    def create_repo(self, repo_id, repo_type=None, private=None, exist_ok=False, **_):
+        from types import SimpleNamespace
+
+        self.created.append((repo_id, repo_type, private))
+        self.root.mkdir(parents=True, exist_ok=True)
+        return SimpleNamespace(repo_id=repo_id)
+
+    def list_repo_files(self, repo_id, repo_type=None, **_):
+        return sorted(p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file())
+
+    def hf_hub_download(self, repo_id, filename, repo_type=None, local_dir=None, **_):
+        import shutil
+        from pathlib import Path
+
+        target = Path(local_dir) / filename
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self.root / filename, target)
+        return str(target)
+
+    def run_as_future(self, fn, *args, **kwargs):
+        from concurrent.futures import Future
+
+        future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as err:  # noqa: BLE001 - handed to whoever waits on the future
+            future.set_exception(err)
+        return future
+
+    def create_commit(self, repo_id, operations, commit_message=None, repo_type=None, revision=None, **_):
+        for op in operations:
+            with op.as_file() as f:
+                (self.root / op.path_in_repo).write_bytes(f.read())
+        self.commits += 1
+
+
+def test_reviews_uploaded_to_a_hub_dataset_come_back_after_a_restart_on_a_fresh_disk(tmp_path, synth_train, capsys):
+    """--reviews-repo: answers go to a local folder that CommitScheduler uploads; a Space restarted on an empty disk
+    reads them back from the repository, and `d3s split --reviews FOLDER` reads the folder."""
+    from conftest import run_main
+    from d3s.review import dataset_key
+    from d3s.review_hub import open_app_store
+
+    hub, key = LocalHub(tmp_path / "hub"), dataset_key(synth_train)
+    first = open_app_store(str(tmp_path / "space-1" / "reviews"), "me/d3s-reviews", api=hub)
+    try:
+        assert set(hub.created) == {("me/d3s-reviews", "dataset", True)}  # a private dataset: reviewer names are in it
+        first.add(key, 0, "ann", True, False)
+        first.add(key, 1, "ann", False, True)
+        first.scheduler.trigger().result()  # the scheduled upload
+        first.add(key, 2, "ann", True, False)
+        first.scheduler.trigger().result()  # what the exit handler does (app.py turns SIGTERM into a clean exit)
+    finally:
+        first.scheduler.stop()
+    assert [p.name for p in (tmp_path / "hub").glob("*.jsonl")] == [p.name for p in (tmp_path / "space-1" / "reviews").glob("*.jsonl")]
+    second = open_app_store(str(tmp_path / "space-2" / "reviews"), "me/d3s-reviews", api=hub)  # a fresh disk
+    try:
+        assert {(r.item_id, r.object_present, r.unsafe) for r in second.reviews(key)} == {(0, True, False), (1, False, True),
+                                                                                         (2, True, False)}
+        second.add(key, 3, "bob", True, False)
+        second.scheduler.trigger().result()
+    finally:
+        second.scheduler.stop()
+    assert len(list((tmp_path / "hub").glob("*.jsonl"))) == 2  # one file per run: runs never write each other's
+    code, err = run_main(capsys, "split", "--data", str(synth_train), "--out", str(tmp_path / "splits"), "--reviews",
+                         str(tmp_path / "space-2" / "reviews"), "--validation-fraction", "0.5")
+    assert code == 0, err
+    validation, benchmark = (split_ids(tmp_path / "splits", s) for s in ("validation", "benchmark"))
+    assert validation and benchmark == validation & {0, 2, 3}  # kept: seen by everyone who answered, flagged by none
+    with pytest.raises(Exception, match="give --reviews a folder"):
+        open_app_store(str(tmp_path / "reviews.sqlite"), "me/d3s-reviews", api=hub)
+
+
+@pytest.fixture()
+def synth_train(tmp_path):
+    from conftest import write_d3s_split
+
+    # 2 classes x 2 backgrounds x 2 rows, no diffusion: `d3s split` sends one row of each cell to validation
+    return write_d3s_split(tmp_path / "d3s", split="train", classes=(0, 207), backgrounds=range(2), per_cell=2)
+
+
+def split_ids(folder, split: str) -> set[int]:
+    import pyarrow.parquet as pq
+
+    from d3s.dataset import find_splits
+
+    return {i for path in find_splits(folder)[split] for i in pq.read_table(path, columns=["item_id"])["item_id"].to_pylist()}
+
+
+def test_every_acknowledged_answer_survives_sigterm_and_a_restart(tmp_path, synth_train, capsys):
+    """The app as a process: answers given through it, SIGTERM between answers (a Space stopping it), a restart on the
+    same folder, more answers, then SIGKILL (no exit handler at all): every answer the app acknowledged is there."""
+    import signal
+
+    from gradio_client import Client
+
+    from conftest import run_main, start_app
+
+    reviews = tmp_path / "reviews"  # a folder of JSON lines, the form --reviews-repo uploads
+    args = ("--model", "tiny", "--data", f"d3s={synth_train}", "--reviews", str(reviews))
+    proc, url, log = start_app(tmp_path, *args)  # 127.0.0.1: the typed reviewer name is trusted
+    try:
+        ann = Client(url, verbose=False)
+        *_, text, _ = ann.predict("d3s", "ann", api_name="/review_next")
+        assert "0 of 8 reviewed by ann" in text
+        ann.predict("ann", False, api_name="/review_present")
+        *_, text, _ = ann.predict("ann", True, api_name="/review_missing")  # acknowledged: the next image is shown
+        assert "2 of 8 reviewed by ann" in text
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0  # a clean exit, as Ctrl+C: the exit handlers ran
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "reviews in " + str(reviews) in log.read_text()
+    proc, url, log = start_app(tmp_path, *args)
+    try:
+        bob, ann = Client(url, verbose=False), Client(url, verbose=False)
+        *_, text, _ = ann.predict("d3s", "ann", api_name="/review_next")
+        assert "2 of 8 reviewed by ann" in text  # nothing answered before the restart is asked again
+        bob.predict("d3s", "bob", api_name="/review_next")
+        *_, text, _ = bob.predict("bob", False, api_name="/review_present")
+        assert "1 of 8 reviewed by bob" in text
+    finally:
+        proc.kill()  # SIGKILL
+        proc.wait(timeout=30)
+    from d3s.review import dataset_key, open_store
+
+    answers = {(r.reviewer, r.item_id): (r.object_present, r.unsafe) for r in open_store(reviews).reviews(dataset_key(synth_train))}
+    assert sorted(answers.values()) == [(False, True), (True, False), (True, False)] and len(answers) == 3
+    assert {who for who, _ in answers} == {"ann", "bob"}
+    code, err = run_main(capsys, "split", "--data", str(synth_train), "--out", str(tmp_path / "splits"), "--reviews",
+                         str(reviews), "--validation-fraction", "0.5")
+    assert code == 0, err
+    by_item: dict[int, list] = {}
+    for (_, item), answer in answers.items():
+        by_item.setdefault(item, []).append(answer)
+    kept = {item for item, given in by_item.items() if all(present and not unsafe for present, unsafe in given)}
+    assert kept  # bob's first image is ann's first, which she saw too
+    assert split_ids(tmp_path / "splits", "benchmark") == split_ids(tmp_path / "splits", "validation") & kept
+
+
+def test_on_a_space_the_review_store_defaults_to_its_persistent_storage(tmp_path, monkeypatch):
+    import app
+    from d3s import review_hub
+
+    monkeypatch.setattr(review_hub, "PERSISTENT_STORAGE", tmp_path / "data")
+    for name in ("SPACE_ID", "D3S_REVIEWS", "D3S_REVIEWS_REPO"):
+        monkeypatch.delenv(name, raising=False)
+
+    def store(*argv):
+        return app.settings_from_args(app.parse_args(["--model", "tiny", *argv])).reviews
+
+    assert store() == "reviews.sqlite" and store("--reviews-repo", "me/r") == "reviews"  # off a Space: the working folder
+    monkeypatch.setenv("SPACE_ID", "me/d3s")
+    assert store() == "reviews.sqlite"  # a Space without persistent storage
+    (tmp_path / "data").mkdir()
+    assert store() == str(tmp_path / "data" / "reviews.sqlite")
+    monkeypatch.setenv("D3S_REVIEWS_REPO", "me/r")
+    assert store() == str(tmp_path / "data" / "reviews")  # JSON lines, uploaded to the repository
+    assert store("--reviews", "elsewhere.sqlite") == "elsewhere.sqlite"  # the operator's choice wins
