@@ -64,8 +64,8 @@ from d3s.hosting import (LOOPBACK, SPACE_HOST, Admission, Catalog, Limits, Revie
                          password_check, read_auth_file, reviewers_mode)
 from d3s.live import MAX_UPLOAD_BYTES  # noqa: E402
 from d3s.predict import DEFAULT_CLASSIFIER, OFFLINE_CLASSIFIER  # noqa: E402
-from d3s.review_hub import default_reviews, open_app_store  # noqa: E402
 from d3s.prompts import BACKGROUNDS  # noqa: E402
+from d3s.review_hub import default_reviews, open_app_store  # noqa: E402
 
 # Keyboard shortcuts of the Review tab: y = object present, n = object missing, u = toggle unsafe.
 REVIEW_KEYS_JS = """
@@ -371,7 +371,8 @@ def main(argv=None) -> None:
     where = ""
     if settings.reviewers.enabled:  # opened before the models load, so a bad store or repository stops the app at once
         settings.reviews = open_app_store(settings.reviews, args.reviews_repo)
-        where = f" (reviews in {settings.reviews.location}" + (f", uploaded to {args.reviews_repo}" if args.reviews_repo else "") + ")"
+        uploaded = f", uploaded to {args.reviews_repo}" if args.reviews_repo else ""
+        where = f" (reviews in {settings.reviews.location}{uploaded})"
     settings.cache_dir = tempfile.mkdtemp(prefix="d3s-app-datasets-")  # the Arrow copies of --data, gone at exit
     atexit.register(shutil.rmtree, settings.cache_dir, True)
     safety = args.safety_checker == "on" or (args.safety_checker == "auto" and settings.public)
