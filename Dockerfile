@@ -10,7 +10,7 @@ RUN apt-get update \
 
 WORKDIR /app
 COPY requirements.txt .
-RUN pip install --no-cache-dir -r requirements.txt
+RUN pip install --no-cache-dir -r requirements.txt  # the runtime set, as a Space installs it (no test tools)
 COPY . .
 RUN pip install --no-cache-dir --no-deps -e .
 

@@ -66,6 +66,7 @@ from d3s.hosting import (LOOPBACK, SPACE_HOST, Admission, Catalog, Limits, Revie
 from d3s.live import MAX_UPLOAD_BYTES  # noqa: E402
 from d3s.predict import DEFAULT_CLASSIFIER, OFFLINE_CLASSIFIER  # noqa: E402
 from d3s.prompts import BACKGROUNDS  # noqa: E402
+from d3s.review_hub import default_reviews, open_app_store  # noqa: E402
 
 # Keyboard shortcuts of the Review tab: y = object present, n = object missing, u = toggle unsafe.
 REVIEW_KEYS_JS = """
@@ -327,7 +328,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--results", action="append", default=None, metavar="[LABEL=]FOLDER",
                         help="a results folder of `d3s benchmark` / `d3s bgchallenge` the Benchmark tab offers; repeat for "
                              "more (env D3S_RESULTS; default: ./results if it exists)")
-    parser.add_argument("--reviews", default=os.environ.get("D3S_REVIEWS", "reviews.sqlite"), help="SQLite review store (env D3S_REVIEWS)")
+    parser.add_argument("--reviews", default=os.environ.get("D3S_REVIEWS"), metavar="PATH",
+                        help="review store: a SQLite file (*.sqlite) or a folder of JSON lines (env D3S_REVIEWS; default: "
+                             "reviews.sqlite, or the folder reviews with --reviews-repo; on a Space with persistent "
+                             "storage, in /data). `d3s split --reviews PATH` reads it")
+    parser.add_argument("--reviews-repo", default=os.environ.get("D3S_REVIEWS_REPO"), metavar="ORG/NAME",
+                        help="a Hub dataset repository the answers are uploaded to every 5 minutes and read back from at "
+                             "start, so a Space's restart loses none (created private if missing; needs a token that may "
+                             "write to it, e.g. the Space's HF_TOKEN secret). Env D3S_REVIEWS_REPO")
     parser.add_argument("--review-auth", default=os.environ.get("D3S_REVIEW_AUTH"), metavar="FILE",
                         help="sign-in for the whole app (Gradio's login), one name:password per line; answers are recorded "
                              "under the signed-in name. On a Space with `hf_oauth: true`, Hugging Face sign-in is used instead")
@@ -360,8 +368,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                                    max_dataset_bytes=int(args.max_dataset_gb * 2**30))
     oauth = bool(space and os.environ.get("OAUTH_CLIENT_ID"))
     light = 4 if public else 10**9  # public: a few requests in flight per session and address; locally, no limit
+    reviews = args.reviews or default_reviews(bool(os.environ.get("SPACE_ID")), args.reviews_repo)
     settings = Settings(
-        catalog=catalog, reviews=args.reviews, reviewers=Reviewers(reviewers_mode(public, bool(args.review_auth), oauth)),
+        catalog=catalog, reviews=reviews, reviewers=Reviewers(reviewers_mode(public, bool(args.review_auth), oauth)),
         limits=Limits(max_steps=args.max_steps, max_size=args.max_size or 512, time_limit=args.time_limit), public=public,
         proxy_hops=args.proxy_hops,
         admission=Admission(per_session={"diffusion": 1, "light": light}, per_client={"diffusion": 3, "light": 2 * light}),
@@ -383,6 +392,14 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     settings = settings_from_args(args)
     users = read_auth_file(args.review_auth) if args.review_auth else None
+    # SIGTERM (a Space or `docker stop` stopping the app) ends it as Ctrl+C does: the server closes and the exit
+    # handlers run (the last upload of the reviews to --reviews-repo, the removal of temporary folders).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    where = ""
+    if settings.reviewers.enabled:  # opened before the models load, so a bad store or repository stops the app at once
+        settings.reviews = open_app_store(settings.reviews, args.reviews_repo)
+        uploaded = f", uploaded to {args.reviews_repo}" if args.reviews_repo else ""
+        where = f" (reviews in {settings.reviews.location}{uploaded})"
     settings.cache_dir = tempfile.mkdtemp(prefix="d3s-app-datasets-")  # the Arrow copies of --data, gone at exit
     atexit.register(shutil.rmtree, settings.cache_dir, True)
     _stop_on_sigterm()
@@ -393,7 +410,7 @@ def main(argv=None) -> None:
     print(models.banner.replace("**", ""))
     print(f"Listening on {args.host}:{args.port} ({'public' if settings.public else 'this machine only'}); "
           f"{len(settings.catalog.datasets)} dataset(s), {len(settings.catalog.results)} results folder(s); "
-          f"reviewers: {settings.reviewers.mode}; safety checker {'on' if safety else 'off'}.", flush=True)
+          f"reviewers: {settings.reviewers.mode}{where}; safety checker {'on' if safety else 'off'}.", flush=True)
     demo = build_app(models, settings)
     settings.admission.alive = queued_sessions(demo)  # a job whose client went away frees its slot at once
     # api_open=False: the REST routes that skip the queue (/run, /api, a body naming an fn_index) are closed;

@@ -217,7 +217,7 @@ def cmd_review(args: argparse.Namespace) -> int:
     import json
 
     from .dataset import local_folder
-    from .review import LEGACY, ReviewError, ReviewStore, dataset_key
+    from .review import LEGACY, ReviewError, dataset_key, open_store
 
     if args.action == "add":
         needed = {"--data": "the dataset folder the image belongs to (its answers are kept under that folder's key)",
@@ -227,7 +227,7 @@ def cmd_review(args: argparse.Namespace) -> int:
         if missing:
             raise ReviewError("`d3s review add` needs " + "; ".join(f"{flag}: {needed[flag]}" for flag in missing) + ".")
     key = dataset_key(local_folder(args.data)) if args.data else None
-    store = ReviewStore(args.store)
+    store = open_store(args.store)
     if args.action == "add":
         yes = {"yes": True, "y": True, "no": False, "n": False}
         review = store.add(key, args.item, args.reviewer, yes[args.present], yes[args.unsafe])
@@ -266,7 +266,9 @@ def _register_review(sub) -> None:
                                    "(a generated folder and its `d3s split` output share it).")
     p.add_argument("action", choices=("add", "export", "status"),
                    help="add: record one answer; export: the verdicts as JSON; status: how many images are kept")
-    p.add_argument("--store", required=True, metavar="FILE", help="the SQLite review store (created if missing)")
+    p.add_argument("--store", required=True, metavar="PATH",
+                   help="the review store (created if missing): a SQLite file (*.sqlite, *.db) or a folder of JSON lines (the app's "
+                        "--reviews with --reviews-repo)")
     p.add_argument("--data", metavar="DIR", help="the dataset folder the images belong to (required for add; for export "
                                                  "and status, only that dataset's answers, else every dataset's)")
     p.add_argument("--item", type=int, help="item_id of the image (add)")
@@ -299,7 +301,8 @@ def _register_split(sub) -> None:
     p.add_argument("--split", default="train", help="source split (default: %(default)s)")
     p.add_argument("--validation-fraction", type=float, default=VALIDATION_FRACTION,
                    help="share of each (fg, bg) cell for validation (default: 1/6, as 20,000 of 120,000)")
-    p.add_argument("--reviews", metavar="FILE", help="review store; the benchmark keeps images passing its consensus")
+    p.add_argument("--reviews", metavar="PATH", help="review store (a SQLite file or a folder of JSON lines, as the app's "
+                                                      "--reviews); the benchmark keeps images passing its consensus")
     p.add_argument("--rule", choices=("unanimous", "majority"), default="unanimous",
                    help="consensus over --reviews: unanimous (the paper's: every reviewer sees the object) or majority (default: %(default)s)")
     _add_threshold_args(p)

@@ -368,10 +368,10 @@ def split(data: str | Path, out: str | Path, source_split: str = "train", fracti
     removed: Counter = Counter()
     filter_model = None
     if reviews is not None:
-        from .review import ReviewStore, dataset_key
+        from .review import dataset_key, open_store
 
         key = dataset_key(data)  # the answers to this folder's rows (the app's, on it or on a split of it)
-        verdicts = ReviewStore(reviews).verdicts(key, rule)
+        verdicts = open_store(reviews).verdicts(key, rule)
         keep = []
         for i, item in enumerate(item_ids):
             v = verdicts.get(int(item))

@@ -27,7 +27,8 @@ from .labels import LabelError, imagenet_classes
 from .live import UploadError, decode_stored, generate_across, generate_one, read_upload
 from .predict import DEFAULT_CLASSIFIER, Predictors, load_predictors, predict, shown_name
 from .prompts import BACKGROUNDS
-from .review import ReviewError, ReviewStore, dataset_key
+from .review import ReviewError, ReviewStore, dataset_key, open_store
+from .zerogpu import on_gpu
 
 TINY_BANNER = (
     "**Tiny preset.** {reason} The app runs on tiny random-weight models of the same architectures, so every "
@@ -42,7 +43,7 @@ class Settings:
     """The operator's choices: what the app shows, to whom, and how much work one request may ask for."""
 
     catalog: Catalog = field(default_factory=Catalog)
-    reviews: str = "reviews.sqlite"
+    reviews: str | ReviewStore = "reviews.sqlite"  # a store's path (d3s.review.open_store), or the store itself
     reviewers: Reviewers = field(default_factory=lambda: Reviewers("typed"))
     limits: Limits = field(default_factory=Limits)
     public: bool = False  # listening beyond 127.0.0.1: only the 1000 ImageNet classes, light endpoints rate-limited
@@ -276,6 +277,7 @@ def make_generate_fn(models: Models, settings: Settings | None = None):
         limits.strength(a.get("strength", 0.9)), limits.guidance(a.get("guidance", 5.0))
 
     @served(settings, "diffusion", check)
+    @on_gpu(limits, default_size, default_steps)  # under `served`: checks and admission hold no GPU
     def generate(foreground: str, background: str, seed: float = 0, photo=None, template=None, size: float = 0,
                  steps: float = 0, strength: float = 0.9, guidance: float = 5.0, request: gr.Request = None,
                  progress=gr.Progress()):
@@ -323,6 +325,7 @@ def make_across_fn(models: Models, settings: Settings | None = None):
         limits.seed(a.get("seed", 0)), limits.size(a.get("size", 0), default_size), limits.steps(a.get("steps", 0), default_steps)
 
     @served(settings, "diffusion", check)
+    @on_gpu(limits, default_size, default_steps, images=len(BACKGROUNDS))
     def generate_all(foreground: str, seed: float = 0, photo=None, size: float = 0, steps: float = 0,
                      request: gr.Request = None, progress=gr.Progress()):
         """One object on all ten backgrounds, with both classifiers' top-1 on each and the flips marked."""
@@ -507,7 +510,7 @@ def _dataset_key(folder: str) -> str:
 
 def make_review_fns(settings: Settings):
     """(show, answer, signed_in): the next image for the reviewer, the answer to it, and who is signed in."""
-    store = ReviewStore(settings.reviews)
+    store = settings.reviews if isinstance(settings.reviews, ReviewStore) else open_store(settings.reviews)
 
     def reviewer_of(typed, request, profile) -> str:
         return settings.reviewers.name(typed, request, profile)

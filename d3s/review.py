@@ -13,16 +13,29 @@ for, unless the same reviewer answered the same item of that dataset under its k
 
 The default consensus is the paper's rule: an image is kept only if every reviewer says the object is
 there and nobody flags it unsafe (and at least one reviewer answered).
+
+A store is either that SQLite file or a folder of JSON-lines files (:class:`ReviewJournal`, the form a Hugging Face
+Space uploads to a Hub dataset repository, :mod:`d3s.review_hub`); :func:`open_store` tells them apart by the path.
+Both have an answer on disk before :meth:`ReviewStore.add` returns.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
+import json
 import operator
+import os
 import re
+import shutil
 import sqlite3
+import tempfile
+import threading
 import time
 import unicodedata
+import uuid
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,6 +207,12 @@ def _row(r: tuple) -> Review:
     return Review(r[0], r[1], r[2], bool(r[3]), bool(r[4]), r[5])
 
 
+def _new_review(dataset, item_id, reviewer, object_present, unsafe, answered_at: float | None = None) -> Review:
+    """A checked answer (every store's one rule for what it accepts); ``answered_at`` defaults to now."""
+    return Review(_check_dataset(dataset), _check_item(item_id), _check_reviewer(reviewer), bool(object_present),
+                  bool(unsafe), time.time() if answered_at is None else float(answered_at))
+
+
 class ReviewStore:
     """Answers of human reviewers, in one SQLite file, keyed by (dataset, item_id, reviewer).
 
@@ -213,6 +232,11 @@ class ReviewStore:
             db.execute("PRAGMA journal_mode=WAL")
             if self._columns(db) != _COLUMNS.split(", "):
                 self._create_or_migrate(db)
+
+    @property
+    def location(self) -> str:
+        """Where the answers are kept (for the operator's log)."""
+        return str(self.path)
 
     @staticmethod
     def _columns(db: sqlite3.Connection) -> list[str]:
@@ -252,8 +276,7 @@ class ReviewStore:
 
     def add(self, dataset: str, item_id: int, reviewer: str, object_present: bool, unsafe: bool) -> Review:
         """Record (or replace) one reviewer's answer for one image of one dataset (its :func:`dataset_key`)."""
-        review = Review(_check_dataset(dataset), _check_item(item_id), _check_reviewer(reviewer), bool(object_present),
-                        bool(unsafe), time.time())
+        review = _new_review(dataset, item_id, reviewer, object_present, unsafe)
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
             db.execute(
@@ -364,3 +387,149 @@ class ReviewStore:
             cols["review_unsafe"].append(v.unsafe_votes if v else 0)
             cols["review_keep"].append(v.keep if v else None)
         return cols
+
+
+# --- a folder of JSON lines -------------------------------------------------------------------------------------
+
+SQLITE_SUFFIXES = (".sqlite", ".sqlite3", ".db")
+JOURNAL_PATTERN = "*.jsonl"  # the files of a journal folder (and of the Hub repository it is uploaded to)
+
+
+def is_journal(path: str | Path) -> bool:
+    """Whether a store path names a folder of JSON-lines files: an existing folder, or a new path that does not end
+    in ``.sqlite``, ``.sqlite3`` or ``.db`` (those, and any existing file, are SQLite stores)."""
+    path = Path(path)
+    return path.is_dir() or (not path.exists() and path.suffix.lower() not in SQLITE_SUFFIXES)
+
+
+def open_store(path: str | Path, lock=None) -> "ReviewStore":
+    """The review store at ``path``: a :class:`ReviewJournal` for a folder (see :func:`is_journal`), else the SQLite
+    :class:`ReviewStore`. ``lock`` is the journal's (see there)."""
+    return ReviewJournal(path, lock=lock) if is_journal(path) else ReviewStore(path)
+
+
+class ReviewJournal(ReviewStore):
+    """Answers as JSON lines (one :class:`Review` each) in the ``*.jsonl`` files of a folder.
+
+    Each store object appends to a file of its own (``answers-<UTC time>-<random>.jsonl``, made at its first answer),
+    flushed to disk with ``fsync`` before :meth:`add` returns. It reads every ``*.jsonl`` file in the folder and below,
+    its own and others' (another process's, or files fetched from a Hub dataset repository), so folders merge by
+    copying files. Of two answers by one reviewer to one item, the later ``answered_at`` wins, whatever file it is in.
+    Only whole lines are read: a line that is being written, or that a killed process left half-written (never
+    acknowledged), is not an answer.
+
+    The queries are :class:`ReviewStore`'s, on a private SQLite index (a temporary file, removed with the object)
+    built from the lines at open and brought up to date before every read.
+
+    Args:
+        folder (`str` or `Path`): the folder; created if missing.
+        lock (*optional*): a lock held while a line is appended, e.g. ``huggingface_hub.CommitScheduler.lock``, so an
+            upload of the folder never reads half a line.
+        timeout (`float`, *optional*, defaults to 30): as for :class:`ReviewStore` (the index).
+    """
+
+    def __init__(self, folder: str | Path, lock=None, timeout: float = 30.0):
+        self.folder = Path(folder)
+        if self.folder.exists() and not self.folder.is_dir():
+            raise ReviewError(f"{self.folder} is a file; a journal of reviews is a folder of *.jsonl files.")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        index = tempfile.mkdtemp(prefix="d3s-review-index-")
+        self._cleanup = weakref.finalize(self, shutil.rmtree, index, True)
+        super().__init__(Path(index) / "index.sqlite", timeout)
+        self.lock = lock if lock is not None else contextlib.nullcontext()
+        self._mutex = threading.Lock()  # one writer of this object's file and of the index at a time
+        self._offsets: dict[Path, int] = {}  # bytes of each file already in the index (whole lines)
+        self._own: Path | None = None
+        self.sync()
+
+    @property
+    def location(self) -> str:
+        return str(self.folder)
+
+    def add(self, dataset: str, item_id: int, reviewer: str, object_present: bool, unsafe: bool) -> Review:
+        """Append one answer to this object's file and wait until it is on disk; then it is in the index too."""
+        review = _new_review(dataset, item_id, reviewer, object_present, unsafe)
+        data = (json.dumps(dataclasses.asdict(review), sort_keys=True) + "\n").encode()
+        with self._mutex, self.lock:
+            created = self._own is None
+            if created:
+                stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+                self._own = self.folder / f"answers-{stamp}-{uuid.uuid4().hex[:12]}.jsonl"
+            fd = os.open(self._own, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if created:  # the new file's name is on disk too
+                folder_fd = os.open(self.folder, os.O_RDONLY)
+                try:
+                    os.fsync(folder_fd)
+                finally:
+                    os.close(folder_fd)
+        self.sync()
+        return review
+
+    def sync(self) -> int:
+        """Read the whole lines added to the folder's files since the last call into the index; how many were read."""
+        with self._mutex:
+            answers: list[Review] = []
+            for path in sorted(self.folder.rglob(JOURNAL_PATTERN)):
+                start = self._offsets.get(path, 0)
+                try:
+                    if not path.is_file() or path.stat().st_size <= start:
+                        continue
+                    with open(path, "rb") as f:
+                        f.seek(start)
+                        chunk = f.read()
+                except OSError:  # removed while listed
+                    continue
+                whole = chunk[: chunk.rfind(b"\n") + 1]
+                for line in whole.splitlines():
+                    if line.strip():
+                        answers.append(self._parse(line, path))
+                self._offsets[path] = start + len(whole)
+            if answers:
+                self._index(answers)
+            return len(answers)
+
+    @staticmethod
+    def _parse(line: bytes, path: Path) -> Review:
+        try:
+            r = json.loads(line)
+            if not (isinstance(r["object_present"], bool) and isinstance(r["unsafe"], bool)
+                    and isinstance(r["answered_at"], (int, float)) and not isinstance(r["answered_at"], bool)):
+                raise TypeError("object_present and unsafe are true or false, answered_at a number")
+            return _new_review(r["dataset"], r["item_id"], r["reviewer"], r["object_present"], r["unsafe"], r["answered_at"])
+        except (ValueError, KeyError, TypeError, ReviewError) as err:
+            raise ReviewError(f"{path} holds a line that is not a review ({type(err).__name__}: {err}); "
+                              "each line is one JSON object with the fields of d3s.review.Review.") from None
+
+    def _index(self, answers: list[Review]) -> None:
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(
+                f"INSERT INTO reviews ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (dataset, item_id, reviewer) "
+                "DO UPDATE SET object_present = excluded.object_present, unsafe = excluded.unsafe, "
+                "answered_at = excluded.answered_at WHERE excluded.answered_at >= reviews.answered_at",
+                [(r.dataset, r.item_id, r.reviewer, int(r.object_present), int(r.unsafe), r.answered_at) for r in answers])
+            db.execute("COMMIT")
+
+    # Every read brings the index up to date first (verdicts, export_columns and next_item read through these).
+    def reviews(self, dataset: str | None = None, item_id: int | None = None) -> list[Review]:
+        self.sync()
+        return super().reviews(dataset, item_id)
+
+    def datasets(self) -> list[str]:
+        self.sync()
+        return super().datasets()
+
+    def reviewed_by(self, dataset: str, reviewer: str) -> set[int]:
+        self.sync()
+        return super().reviewed_by(dataset, reviewer)
+
+    def answered_since(self, dataset: str, reviewer: str, after: int = 0) -> tuple[list[int], int]:
+        self.sync()
+        return super().answered_since(dataset, reviewer, after)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-time set-up on a fresh machine; quick no-op when everything is already there.
 # Installs: Debian's WordNet database (for nltk, offline) and Chromium (browser tests), the pinned Python
-# packages, d3s itself.
+# packages (requirements-test.txt: the runtime set of requirements.txt, which a Space installs, and the test tools),
+# d3s itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,6 @@ if ! dpkg -s "${apt_packages[@]}" >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${apt_packages[@]}" >/dev/null
 fi
 
-python -m pip install --disable-pip-version-check -q -r requirements.txt
+python -m pip install --disable-pip-version-check -q -r requirements-test.txt  # the runtime set (requirements.txt) and the test tools
 python -m pip install --disable-pip-version-check -q --no-deps -e .
 python -m d3s.wordnet_data

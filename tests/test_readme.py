@@ -40,6 +40,47 @@ def test_the_tour_is_on_the_first_screen():
     assert len(commands) <= 14, commands
 
 
+def front_matter() -> dict:
+    import yaml
+
+    readme = (REPO / "README.md").read_text()
+    assert readme.startswith("---\n")
+    return yaml.safe_load(readme.split("---\n")[1])
+
+
+def test_the_front_matter_configures_the_space(tmp_path):
+    """The Space's config: sign-in, suggested hardware, the models the app loads by default, and those models' files
+    preloaded into the image (the fp16 files a GPU run reads), so a cold start downloads nothing large."""
+    import torch
+    from timm.models import get_pretrained_cfg
+
+    from d3s import diffusion
+    from d3s.predict import DEFAULT_CLASSIFIER
+
+    config = front_matter()
+    assert config["sdk"] == "gradio" and config["app_file"] == "app.py" and config["hf_oauth"] is True
+    requirements = (REPO / "requirements.txt").read_text()
+    assert f"gradio[oauth]=={config['sdk_version']}" in requirements  # the Space runs the pinned Gradio
+    assert config["suggested_hardware"] in ("a10g-small", "a10g-large", "l4x1", "t4-medium", "a100-large")
+    classifier = get_pretrained_cfg(DEFAULT_CLASSIFIER).hf_hub_id
+    assert config["models"] == [diffusion.DEFAULT_MODEL, classifier]
+    assert "datasets" not in config  # no published D3S id exists yet (hub/publish_dataset.py makes one)
+    preload = dict(entry.split(" ", 1) for entry in config["preload_from_hub"])
+    assert set(preload) == set(config["models"])
+    assert preload[classifier] == "model.safetensors"
+    # What the fp16 variant of the same pipeline class reads: a pipeline saved so lists it (the tiny preset has the
+    # components of SD v1.4, safety checker included). Its tokenizer is written in transformers' current layout; the
+    # repo's is vocab.json and merges.txt with two small configs.
+    assert diffusion.pretrained_kwargs(diffusion.DEFAULT_MODEL, torch.float16)["variant"] == "fp16"
+    pipe = diffusion.load_pipeline(diffusion.TINY, device="cpu", dtype=torch.float16, safety_checker=True)
+    pipe.save_pretrained(tmp_path / "sd", variant="fp16")
+    saved = {p.relative_to(tmp_path / "sd").as_posix() for p in (tmp_path / "sd").rglob("*") if p.is_file()}
+    files = set(preload[diffusion.DEFAULT_MODEL].split(","))
+    assert {f for f in files if not f.startswith("tokenizer/")} == {f for f in saved if not f.startswith("tokenizer/")}
+    assert {"tokenizer/vocab.json", "tokenizer/merges.txt"} <= files
+    assert not any(f.endswith((".bin", ".ckpt")) or (f.endswith(".safetensors") and ".fp16." not in f) for f in files)
+
+
 def test_the_tour_runs_verbatim(tmp_path):
     os.symlink(REPO / "app.py", tmp_path / "app.py")
     os.symlink(REPO / "hub", tmp_path / "hub")

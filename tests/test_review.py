@@ -219,3 +219,52 @@ def test_review_cli_keys_answers_by_the_data_folder(tmp_path, capsys):
     assert run_main(capsys, "review", "export", "--store", store, "--out", str(out))[0] == 0
     assert {(r["dataset"], r["keep"]) for r in json.loads(out.read_text())} == {(dataset_key(folders[0]), True),
                                                                                (dataset_key(folders[1]), False)}
+
+
+# --- a folder of JSON lines (the form a Space uploads to a Hub dataset repository) ------------------------------
+
+def test_a_journal_folder_is_a_store_whose_answers_are_on_disk_when_acknowledged(tmp_path):
+    import json
+
+    from d3s.review import ReviewJournal, open_store
+
+    folder = tmp_path / "reviews"
+    assert isinstance(open_store(tmp_path / "reviews.sqlite"), ReviewStore)
+    assert not isinstance(open_store(tmp_path / "reviews.sqlite"), ReviewJournal)
+    store = open_store(folder)
+    assert isinstance(store, ReviewJournal) and folder.is_dir() and not list(folder.iterdir())  # no file before an answer
+    store.add(D, 1, "ann", True, False)
+    store.add(D, 2, "ann", True, False)
+    store.add(D, 2, "ann", False, True)  # ann changes her mind: the later answer wins
+    (own,) = folder.glob("*.jsonl")
+    lines = [json.loads(line) for line in own.read_text().splitlines()]
+    assert [(r["item_id"], r["object_present"]) for r in lines] == [(1, True), (2, True), (2, False)]  # written at once
+    # Another store on the folder (a restart, or `d3s split`) reads every file; the first sees the second's answers.
+    other = open_store(folder)
+    assert {(r.item_id, r.object_present, r.unsafe) for r in other.reviews(D)} == {(1, True, False), (2, False, True)}
+    other.add(D, 3, "bob", True, False)
+    assert len(list(folder.glob("*.jsonl"))) == 2 and store.reviewed_by(D, "bob") == {3}
+    assert store.export_columns(D, [1, 2, 3, 4])["review_keep"] == [True, False, True, None]
+    # A line a killed writer left half-written was never acknowledged: it is not an answer, and nothing else is lost.
+    (folder / "answers-killed.jsonl").write_text(json.dumps({**lines[0], "item_id": 7}) + "\n" + '{"dataset": "dd')
+    assert {r.item_id for r in open_store(folder).reviews(D)} == {1, 2, 3, 7}
+    # Files copied in from elsewhere (a Hub repository's) merge; the latest answer of a reviewer to an item wins.
+    (folder / "sub").mkdir()
+    (folder / "sub" / "older.jsonl").write_text(json.dumps({**lines[0], "object_present": False, "answered_at": 1.0}) + "\n")
+    assert store.reviews(D, 1)[0].object_present is True
+    ids, end = store.answered_since(D, "ann", 0)
+    assert set(ids) == {1, 2, 7} and store.answered_since(D, "ann", end) == ([], end)
+
+
+def test_a_journal_refuses_a_line_that_is_not_an_answer(tmp_path):
+    from d3s.review import open_store
+
+    (tmp_path / "j").mkdir()
+    (tmp_path / "j" / "bad.jsonl").write_text('{"dataset": "dddddddddddddddd", "item_id": 1, "reviewer": "a/b", '
+                                              '"object_present": true, "unsafe": false, "answered_at": 1.0}\n')
+    with pytest.raises(ReviewError, match="bad.jsonl holds a line that is not a review"):
+        open_store(tmp_path / "j")
+    (tmp_path / "j" / "bad.jsonl").write_text('{"dataset": "dddddddddddddddd", "item_id": 1, "reviewer": "ann", '
+                                              '"object_present": "yes", "unsafe": false, "answered_at": 1.0}\n')
+    with pytest.raises(ReviewError, match="not a review"):
+        open_store(tmp_path / "j")
