@@ -378,16 +378,6 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def _stop_on_sigterm() -> None:
-    """SIGTERM (how a Space, Docker or systemd stops the app) ends it as Ctrl-C does: the server closes and the
-    exit handlers run (the Arrow copies of --data are removed)."""
-
-    def stop(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
     settings = settings_from_args(args)
@@ -402,7 +392,6 @@ def main(argv=None) -> None:
         where = f" (reviews in {settings.reviews.location}{uploaded})"
     settings.cache_dir = tempfile.mkdtemp(prefix="d3s-app-datasets-")  # the Arrow copies of --data, gone at exit
     atexit.register(shutil.rmtree, settings.cache_dir, True)
-    _stop_on_sigterm()
     safety = args.safety_checker == "on" or (args.safety_checker == "auto" and settings.public)
     models = load_models(args.model, args.extractor, args.classifier, args.extractor_backbone, safety_checker=safety)
     if models.tiny and args.max_size is None:
