@@ -178,18 +178,20 @@ def served(settings: Settings, lane: str, check=None):
         inputs = [p for p in signature.parameters if p not in SPECIAL_PARAMETERS]
         quiet = _quiet(fn)
 
-        def client(request) -> str:
-            return client_address(request, settings.proxy_hops)
+        def gate(arguments: dict, take) -> None:
+            """The one gate: kinds, then ``check``, then ``take`` (admit or enter) in ``lane``; raises Refused."""
+            request = arguments.get("request")
+            _check_types(signature, arguments)
+            if check is not None:
+                check(arguments)
+            take(lane, _session(request), client_address(request, settings.proxy_hops))
 
         @functools.wraps(fn)
         def handler(*args, **kwargs):
             arguments = signature.bind_partial(*args, **kwargs).arguments
             request = arguments.get("request")
             try:
-                _check_types(signature, arguments)
-                if check is not None:
-                    check(arguments)
-                settings.admission.enter(lane, _session(request), client(request))
+                gate(arguments, settings.admission.enter)
             except Refused as err:
                 raise gr.Error(str(err)) from None
             try:
@@ -200,13 +202,9 @@ def served(settings: Settings, lane: str, check=None):
         @functools.wraps(fn)
         def validator(*args, **kwargs):
             arguments = signature.bind_partial(*args, **kwargs).arguments
-            request = arguments.get("request")
             verdict = [gr.validate(True, "") for _ in inputs]
             try:
-                _check_types(signature, arguments)
-                if check is not None:
-                    check(arguments)
-                settings.admission.admit(lane, _session(request), client(request))
+                gate(arguments, settings.admission.admit)
             except Refused as err:
                 verdict[inputs.index(err.field) if err.field in inputs else 0] = gr.validate(False, str(err))
             except Exception:  # a validator's own error text would reach the client: log it, refuse plainly
