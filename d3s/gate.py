@@ -81,10 +81,7 @@ def _fixed_bad_requests(send):
     async def wrapped(message):
         if message["type"] == "http.response.start" and message["status"] == 400:
             state["replaced"] = True
-            body = json.dumps({"detail": BAD_REQUEST}).encode()
-            await send({"type": "http.response.start", "status": 400,
-                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-            await send({"type": "http.response.body", "body": body})
+            await _send_json(send, 400, BAD_REQUEST)
             return
         if state["replaced"]:
             return  # the original body goes nowhere
@@ -97,6 +94,11 @@ async def _refuse(scope, send, status: int, sentence: str) -> None:
     if scope["type"] == "websocket":
         await send({"type": "websocket.close", "code": 1008})
         return
+    await _send_json(send, status, sentence)
+
+
+async def _send_json(send, status: int, sentence: str) -> None:
+    """One whole answer: ``{"detail": sentence}`` with ``status``."""
     body = json.dumps({"detail": sentence}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})

@@ -151,8 +151,7 @@ def test_uploads_are_never_followed(client, secret, tmp_path):
 
 def _join(client: Client, api_name: str, data: list) -> tuple[int, str]:
     """One event by plain HTTP (queue/join, then the SSE stream until it completes): (join status, stream text)."""
-    config = httpx.get(client.src + "config", timeout=10).json()
-    fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == api_name.strip("/"))
+    fn_index = _fn_index(client.src, api_name.strip("/"))
     session = f"attacker-{time.time_ns()}"
     body = json.dumps({"data": data, "fn_index": fn_index, "session_hash": session, "event_data": None, "trigger_id": None},
                       allow_nan=True)
